@@ -1,0 +1,674 @@
+"""The session broker: drives one :class:`~vizgate.lifecycle.SessionLifecycle` per session.
+
+The broker owns the pools of instances (one per index of each session type), hands out
+reservations, runs the scripts' blocking ``start()`` / ``stop()`` in worker threads, probes
+readiness, keeps every timer, and tells viewers' connections when to close. It runs on the
+gateway's event loop; nothing in it blocks.
+
+Each instance has its own single worker thread, so ``start()`` and ``stop()`` of one instance run
+in the order they were asked for and never overlap, even when one of them overran its timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import itertools
+import logging
+import os
+import secrets
+import time
+from collections import deque
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from vizgate.catalog import Catalog, ServiceType
+from vizgate.exceptions import ReservationError, StartError
+from vizgate.lifecycle import (
+    Action,
+    CallStart,
+    CallStop,
+    CloseConnections,
+    Ended,
+    EndReason,
+    Persist,
+    ProbeReady,
+    SessionFailed,
+    SessionLifecycle,
+    SessionReady,
+    State,
+    Timeouts,
+)
+from vizgate.rfb import read_vnc_password_file
+from vizgate.scripts import RemoteServiceScript, realize_instances
+
+__all__ = [
+    "Attachment",
+    "Broker",
+    "CloseRequest",
+    "Reservation",
+    "ServiceInfo",
+    "SessionInfo",
+    "session_id_of",
+]
+
+logger = logging.getLogger(__name__)
+
+# How many ended sessions the broker remembers for status pages.
+HISTORY_LENGTH = 100
+# A readiness probe's single connection attempt gives up after this.
+PROBE_CONNECT_TIMEOUT = 2.0
+
+_TIMEOUT_OPTIONS = {
+    "start_timeout": "start",
+    "ready_timeout": "ready",
+    "linger": "linger",
+    "idle_timeout": "idle",
+    "max_lifetime": "max_lifetime",
+}
+
+
+def session_id_of(token: str) -> str:
+    """A stable public id for a session, derived from its token; safe to show and log."""
+    return hashlib.sha256(token.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """What :meth:`Broker.reserve` hands back. The token is the only secret."""
+
+    token: str = field(repr=False)
+    session_id: str
+    service: str
+    index: int
+
+
+@dataclass(frozen=True)
+class CloseRequest:
+    """Why the broker asks a viewer's connection to close."""
+
+    reason: EndReason
+    message: str
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    """A snapshot of one session for status pages and APIs (no secrets)."""
+
+    id: str
+    token_prefix: str
+    service: str
+    index: int
+    user: str
+    size: str
+    state: str
+    connections: int
+    host: str | None
+    port: int | None
+    created: float
+    started: float | None
+    ended: float | None
+    end_reason: str | None
+    message: str
+    bytes_to_client: int
+    bytes_to_server: int
+    stop_timed_out: bool
+
+
+@dataclass(frozen=True)
+class ServiceInfo:
+    """A snapshot of one session type's pool."""
+
+    name: str
+    count: int
+    in_use: int
+    sizes: tuple[str, ...]
+    group: str | None
+
+
+@dataclass(eq=False)
+class _Session:
+    token: str
+    id: str
+    service: ServiceType
+    index: int
+    script: RemoteServiceScript
+    user: str
+    options: dict[str, Any]
+    lifecycle: SessionLifecycle
+    created: float
+    ready: asyncio.Future[tuple[str, int]]
+    attachments: dict[int, Attachment] = field(default_factory=dict)
+    bytes_to_client: int = 0
+    bytes_to_server: int = 0
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    @property
+    def label(self) -> str:
+        return f"{self.service.name}#{self.index}"
+
+
+class Attachment:
+    """One viewer connection attached to a running session.
+
+    The tunnel relays bytes between its WebSocket and ``host:port``, counts them here, calls
+    :meth:`note_input` when the viewer sends something, awaits :attr:`close_requested` alongside
+    the relay, and calls :meth:`Broker.detach` when it is done.
+    """
+
+    def __init__(self, broker: Broker, session: _Session, connection_id: int) -> None:
+        self._broker = broker
+        self._session = session
+        self.connection_id = connection_id
+        self.host = ""
+        self.port = 0
+        self.bytes_to_client = 0
+        self.bytes_to_server = 0
+        self.close_requested: asyncio.Future[CloseRequest] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self.detached = False
+
+    @property
+    def session_id(self) -> str:
+        return self._session.id
+
+    @property
+    def password(self) -> bytes | None:
+        """The VNC password the gateway answers the VNC server with, if the session has one."""
+        return self._broker.password_of(self._session)
+
+    def note_input(self) -> None:
+        """The viewer sent input: the session is not idle."""
+        self._session.lifecycle.activity(self._broker.now())
+
+
+class Broker:
+    """Reserves, starts, watches and stops the sessions of a catalog.
+
+    Args:
+        catalog: the session types.
+        timeouts: server-wide default timeouts; a type's options ``start_timeout``,
+            ``ready_timeout``, ``linger``, ``idle_timeout`` and ``max_lifetime`` override them.
+        probe_interval: seconds between readiness probe attempts.
+    """
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        *,
+        timeouts: Timeouts | None = None,
+        probe_interval: float = 0.1,
+    ) -> None:
+        self.catalog = catalog
+        self.timeouts = timeouts or Timeouts()
+        self.probe_interval = probe_interval
+        self._instances: dict[str, list[RemoteServiceScript]] = {}
+        self._holders: dict[str, list[_Session | None]] = {}
+        self._executors: dict[tuple[str, int], ThreadPoolExecutor] = {}
+        self._sessions: dict[str, _Session] = {}
+        self._by_id: dict[str, _Session] = {}
+        self._history: deque[SessionInfo] = deque(maxlen=HISTORY_LENGTH)
+        self._connection_ids = itertools.count(1)
+        self._wakeup = asyncio.Event()
+        self._timer_task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wall_offset = 0.0
+        self._all_ended = asyncio.Event()
+        self._all_ended.set()
+
+    # -- opening and closing ------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Load every script, realize every instance, start the timers.
+
+        Raises:
+            ScriptError: a script cannot be loaded or realized.
+        """
+        self._loop = asyncio.get_running_loop()
+        # Status pages show wall-clock times; the lifecycle keeps monotonic ones.
+        self._wall_offset = time.time() - self._loop.time()
+        for service in self.catalog:
+            instances = await asyncio.to_thread(
+                realize_instances,
+                service.name,
+                service.script,
+                service.count,
+                service.options_dict(),
+            )
+            self._instances[service.name] = instances
+            self._holders[service.name] = [None] * service.count
+        self._timer_task = asyncio.create_task(self._run_timers(), name="vizgate-broker-timers")
+
+    async def close(self, *, stop_sessions: bool = True, timeout: float | None = None) -> None:
+        """Stop the timers; with ``stop_sessions``, end every live session and wait for it.
+
+        Args:
+            stop_sessions: end live sessions (reason ``shutdown``) and wait for their ``stop()``.
+            timeout: how long to wait for them; default the stop timeout plus a little.
+        """
+        if stop_sessions:
+            for session in list(self._sessions.values()):
+                self._release(session, EndReason.SHUTDOWN, "")
+            wait = timeout if timeout is not None else self.timeouts.stop + 5
+            try:
+                await asyncio.wait_for(self._all_ended.wait(), wait)
+            except TimeoutError:
+                logger.warning("%d session(s) did not end before shutdown", len(self._sessions))
+        if self._timer_task is not None:
+            self._timer_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._timer_task
+            self._timer_task = None
+        for session in list(self._sessions.values()):
+            for task in list(session.tasks):
+                task.cancel()
+        for executor in self._executors.values():
+            executor.shutdown(wait=False, cancel_futures=False)
+        self._executors.clear()
+
+    # -- the public operations -------------------------------------------------------------------
+
+    def now(self) -> float:
+        """The broker's clock (the event loop's monotonic time)."""
+        assert self._loop is not None, "Broker.open() was not awaited"
+        return self._loop.time()
+
+    def _wall(self, monotonic: float | None) -> float | None:
+        if monotonic is None:
+            return None
+        return self._wall_offset + monotonic
+
+    def service(self, name: str) -> ServiceType:
+        """The session type called ``name``.
+
+        Raises:
+            ReservationError: no such type (reason ``unknown_type``).
+        """
+        service = self.catalog.get(name)
+        if service is None:
+            raise ReservationError(f"no session type named {name!r}", reason="unknown_type")
+        return service
+
+    async def reserve(
+        self,
+        service_name: str,
+        *,
+        user: str = "",
+        options: Mapping[str, Any] | None = None,
+    ) -> Reservation:
+        """Hold the lowest free instance of a type for a new token.
+
+        Args:
+            service_name: the session type.
+            user: who the session is for; given to ``start()`` as ``options['username']``.
+            options: what the reservation carries to ``start()`` (e.g. ``size``).
+
+        Raises:
+            ReservationError: unknown type, a size not offered, or no free instance.
+        """
+        service = self.service(service_name)
+        start_options = dict(options or {})
+        size = str(start_options.get("size") or service.sizes[0])
+        if size not in service.sizes:
+            raise ReservationError(
+                f"size {size!r} is not offered for {service.name!r}; "
+                f"choose one of: {', '.join(service.sizes)}",
+                reason="bad_option",
+            )
+        holders = self._holders[service.name]
+        try:
+            index = holders.index(None)
+        except ValueError:
+            raise ReservationError(
+                f"no free instance of {service.name!r} ({service.count} of {service.count} in use)",
+                reason="no_free_instance",
+            ) from None
+        start_options["size"] = size
+        start_options["username"] = user
+        token = secrets.token_urlsafe(32)
+        now = self.now()
+        session = _Session(
+            token=token,
+            id=session_id_of(token),
+            service=service,
+            index=index,
+            script=self._instances[service.name][index],
+            user=user,
+            options=start_options,
+            lifecycle=SessionLifecycle(
+                now=now,
+                timeouts=self._timeouts_for(service),
+                label=f"{service.name}#{index}",
+            ),
+            created=time.time(),
+            ready=self._new_ready_future(),
+        )
+        holders[index] = session
+        self._sessions[token] = session
+        self._by_id[session.id] = session
+        self._all_ended.clear()
+        logger.info(
+            "%s: reserved for %s at %s (session %s)", session.label, user or "-", size, session.id
+        )
+        self._wakeup.set()
+        return Reservation(token=token, session_id=session.id, service=service.name, index=index)
+
+    async def attach(self, token: str) -> Attachment:
+        """Attach a viewer to a session; the first attach starts it. Waits until it runs.
+
+        Raises:
+            ReservationError: the token is unknown, expired or released (``unknown_token``).
+            StartError: the session failed to start (its user message says why).
+        """
+        session = self._sessions.get(token)
+        if session is None or not session.lifecycle.accepts_connections:
+            raise ReservationError("unknown, expired or released token", reason="unknown_token")
+        attachment = Attachment(self, session, next(self._connection_ids))
+        session.attachments[attachment.connection_id] = attachment
+        session.lifecycle.connected(attachment.connection_id, self.now())
+        logger.info(
+            "%s: viewer %d connected (%d open)",
+            session.label,
+            attachment.connection_id,
+            len(session.attachments),
+        )
+        self._drive(session)
+        try:
+            host, port = await asyncio.shield(session.ready)
+        except BaseException:
+            self.detach(attachment)
+            raise
+        attachment.host, attachment.port = host, port
+        return attachment
+
+    def detach(self, attachment: Attachment) -> None:
+        """A viewer's connection is gone; idempotent."""
+        if attachment.detached:
+            return
+        attachment.detached = True
+        session = attachment._session
+        session.attachments.pop(attachment.connection_id, None)
+        session.bytes_to_client += attachment.bytes_to_client
+        session.bytes_to_server += attachment.bytes_to_server
+        session.lifecycle.disconnected(attachment.connection_id, self.now())
+        logger.info(
+            "%s: viewer %d disconnected (%d open)",
+            session.label,
+            attachment.connection_id,
+            len(session.attachments),
+        )
+        self._drive(session)
+
+    def release(
+        self, token: str, reason: EndReason = EndReason.RELEASED, message: str = ""
+    ) -> bool:
+        """End the session of a token: stop it if it started, free it if it did not.
+
+        Returns:
+            False when the session was already ending.
+
+        Raises:
+            ReservationError: the token is unknown or the session already ended.
+        """
+        session = self._sessions.get(token)
+        if session is None:
+            raise ReservationError("unknown, expired or released token", reason="unknown_token")
+        return self._release(session, reason, message)
+
+    def terminate(self, session_id: str, message: str = "") -> bool:
+        """An admin ends a session by its public id.
+
+        Raises:
+            ReservationError: no live session has that id.
+        """
+        session = self._by_id.get(session_id)
+        if session is None:
+            raise ReservationError(f"no live session {session_id!r}", reason="unknown_session")
+        return self._release(session, EndReason.TERMINATED, message)
+
+    def _release(self, session: _Session, reason: EndReason, message: str) -> bool:
+        changed = session.lifecycle.release(reason, self.now(), message)
+        self._drive(session)
+        return changed
+
+    def session_of_token(self, token: str) -> SessionInfo | None:
+        """The live session of a token, or None."""
+        session = self._sessions.get(token)
+        return self._info(session) if session is not None else None
+
+    def password_of(self, session: _Session) -> bytes | None:
+        """The VNC password the gateway answers a session's VNC server with.
+
+        The script's own ``set_password()`` wins; else the type's ``vnc_password_file`` option
+        (TigerVNC's ``passwd`` format; ``~`` expanded; relative to the configuration's folder),
+        read at each connection so that a changed file takes effect at once.
+
+        Raises:
+            VncPasswordFileError: the file named by ``vnc_password_file`` cannot be read.
+        """
+        password = session.script.password()
+        if password is not None:
+            return password
+        name = session.service.options.get("vnc_password_file")
+        if not name:
+            return None
+        path = Path(os.path.expanduser(str(name)))
+        if not path.is_absolute():
+            path = self.catalog.path.parent / path
+        return read_vnc_password_file(path)
+
+    def sessions(self) -> list[SessionInfo]:
+        """Every live session, oldest first."""
+        return [self._info(s) for s in self._sessions.values()]
+
+    def history(self) -> list[SessionInfo]:
+        """The last ended sessions, newest first."""
+        return list(reversed(self._history))
+
+    def services(self) -> list[ServiceInfo]:
+        """Every session type with how many of its instances are in use."""
+        return [
+            ServiceInfo(
+                name=service.name,
+                count=service.count,
+                in_use=sum(h is not None for h in self._holders.get(service.name, ())),
+                sizes=service.sizes,
+                group=service.group,
+            )
+            for service in self.catalog
+        ]
+
+    async def wait_until_idle(self) -> None:
+        """Wait until no session is live (tests and graceful shutdown)."""
+        await self._all_ended.wait()
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _timeouts_for(self, service: ServiceType) -> Timeouts:
+        overrides = {
+            field_name: float(service.options[key])
+            for key, field_name in _TIMEOUT_OPTIONS.items()
+            if service.options.get(key) is not None
+        }
+        return replace(self.timeouts, **overrides) if overrides else self.timeouts
+
+    def _new_ready_future(self) -> asyncio.Future[tuple[str, int]]:
+        future: asyncio.Future[tuple[str, int]] = asyncio.get_running_loop().create_future()
+        # A failed start nobody waits for any more must not be reported as "never retrieved".
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())
+        return future
+
+    def _info(self, session: _Session) -> SessionInfo:
+        lifecycle = session.lifecycle
+        host_port = lifecycle.host_port
+        return SessionInfo(
+            id=session.id,
+            token_prefix=session.token[:6],
+            service=session.service.name,
+            index=session.index,
+            user=session.user,
+            size=str(session.options.get("size", "")),
+            state=lifecycle.state.value,
+            connections=len(session.attachments),
+            host=host_port[0] if host_port else None,
+            port=host_port[1] if host_port else None,
+            created=session.created,
+            started=self._wall(lifecycle.ready_at),
+            ended=self._wall(lifecycle.ended_at),
+            end_reason=lifecycle.end_reason.value if lifecycle.end_reason else None,
+            message=lifecycle.message,
+            bytes_to_client=session.bytes_to_client
+            + sum(a.bytes_to_client for a in session.attachments.values()),
+            bytes_to_server=session.bytes_to_server
+            + sum(a.bytes_to_server for a in session.attachments.values()),
+            stop_timed_out=lifecycle.stop_timed_out,
+        )
+
+    def _executor(self, session: _Session) -> ThreadPoolExecutor:
+        key = (session.service.name, session.index)
+        executor = self._executors.get(key)
+        if executor is None:
+            executor = ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix=f"vizgate-{session.label}"
+            )
+            self._executors[key] = executor
+        return executor
+
+    def _spawn(self, session: _Session, coroutine: Any, name: str) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(coroutine, name=f"{session.label} {name}")
+        session.tasks.add(task)
+        task.add_done_callback(session.tasks.discard)
+
+    def _drive(self, session: _Session) -> None:
+        """Carry out what the session's lifecycle asks for."""
+        for action in session.lifecycle.actions_to_run():
+            self._perform(session, action)
+        self._wakeup.set()
+
+    def _perform(self, session: _Session, action: Action) -> None:
+        if isinstance(action, CallStart):
+            self._spawn(session, self._run_start(session), "start")
+        elif isinstance(action, ProbeReady):
+            self._spawn(session, self._probe(session, action.host, action.port), "probe")
+        elif isinstance(action, SessionReady):
+            logger.info("%s: running at %s:%d", session.label, action.host, action.port)
+            if not session.ready.done():
+                session.ready.set_result((action.host, action.port))
+        elif isinstance(action, SessionFailed):
+            logger.warning("%s: failed to start: %s", session.label, action.message)
+            if not session.ready.done():
+                session.ready.set_exception(StartError(action.message, reason=action.reason.value))
+        elif isinstance(action, CloseConnections):
+            request = CloseRequest(action.reason, action.message)
+            for attachment in list(session.attachments.values()):
+                if not attachment.close_requested.done():
+                    attachment.close_requested.set_result(request)
+        elif isinstance(action, CallStop):
+            self._spawn(session, self._run_stop(session), "stop")
+        elif isinstance(action, Ended):
+            self._end(session, action.reason)
+        elif isinstance(action, Persist):
+            pass  # The in-memory broker has nothing to save; stores hook in here.
+
+    def _end(self, session: _Session, reason: EndReason) -> None:
+        holders = self._holders[session.service.name]
+        if holders[session.index] is session:
+            holders[session.index] = None
+        self._sessions.pop(session.token, None)
+        self._by_id.pop(session.id, None)
+        if not session.ready.done():
+            session.ready.set_exception(
+                StartError(session.lifecycle.message or reason.value, reason=reason.value)
+            )
+        info = self._info(session)
+        self._history.append(info)
+        logger.info(
+            "%s: ended (%s)%s",
+            session.label,
+            reason.value,
+            f": {info.message}" if info.message else "",
+        )
+        if not self._sessions:
+            self._all_ended.set()
+
+    async def _run_start(self, session: _Session) -> None:
+        script = session.script
+        loop = asyncio.get_running_loop()
+
+        def call_start() -> bool:
+            script.reset()
+            return bool(
+                script.start(session.token, timestamp=time.time(), options=dict(session.options))
+            )
+
+        began = loop.time()
+        try:
+            ok = await loop.run_in_executor(self._executor(session), call_start)
+        except Exception as exc:
+            logger.exception("%s: start() raised", session.label)
+            session.lifecycle.start_failed(
+                f"start() raised {type(exc).__name__}: {exc}", self.now()
+            )
+        else:
+            host_port = script.host_port()
+            if not ok:
+                session.lifecycle.start_failed("start() returned False", self.now())
+            elif host_port is None:
+                session.lifecycle.start_failed(
+                    "start() returned True but did not call set_host_port()", self.now()
+                )
+            else:
+                logger.info("%s: start() returned after %.1f s", session.label, loop.time() - began)
+                session.lifecycle.start_succeeded(*host_port, self.now())
+        self._drive(session)
+
+    async def _probe(self, session: _Session, host: str, port: int) -> None:
+        while session.lifecycle.state is State.WAITING_READY:
+            try:
+                _, writer = await asyncio.wait_for(
+                    asyncio.open_connection(host, port), PROBE_CONNECT_TIMEOUT
+                )
+            except (OSError, TimeoutError):
+                await asyncio.sleep(self.probe_interval)
+                continue
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+            if session.lifecycle.state is State.WAITING_READY:
+                session.lifecycle.ready(self.now())
+                self._drive(session)
+            return
+
+    async def _run_stop(self, session: _Session) -> None:
+        script = session.script
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._executor(session), script.stop)
+        except Exception:
+            logger.exception("%s: stop() raised", session.label)
+        if session.lifecycle.state is State.STOPPING:
+            session.lifecycle.stop_returned(self.now())
+            self._drive(session)
+        else:
+            logger.warning("%s: stop() returned after its timeout", session.label)
+
+    async def _run_timers(self) -> None:
+        while True:
+            self._wakeup.clear()
+            deadlines = [
+                d for s in self._sessions.values() if (d := s.lifecycle.next_deadline()) is not None
+            ]
+            timeout = max(0.0, min(deadlines) - self.now()) if deadlines else None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), timeout)
+            now = self.now()
+            for session in list(self._sessions.values()):
+                deadline = session.lifecycle.next_deadline()
+                if deadline is not None and deadline <= now:
+                    session.lifecycle.tick(now)
+                    self._drive(session)

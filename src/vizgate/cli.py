@@ -1,0 +1,188 @@
+"""The ``vizgate`` command line: ``vizgate check CONFIG`` (``serve``, ``user`` ... to come).
+
+Each subcommand is one ``_add_<name>`` function that declares its arguments and binds one
+``_run_<name>(args) -> int`` with ``set_defaults(func=...)``; adding a command means writing
+those two functions and listing the first in ``_COMMANDS``.
+
+:func:`main` returns the exit status instead of exiting, so tests call it directly:
+
+* 0: the command succeeded (``check``: the catalog is usable; warnings are allowed).
+* 2: bad usage, or the configuration has problems (every one is printed to stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, TextIO
+
+from vizgate import __version__
+from vizgate.catalog import DEFAULT_SIZES, TIMEOUT_OPTIONS, Catalog, ServiceType, load_catalog
+from vizgate.exceptions import ConfigError, ConfigProblem, ScriptError
+from vizgate.scripts import realize_instances
+
+__all__ = ["EXIT_OK", "EXIT_PROBLEMS", "build_parser", "main"]
+
+EXIT_OK = 0
+#: argparse's own status for bad usage; a configuration with problems is "bad input" too.
+EXIT_PROBLEMS = 2
+
+# Options vizgate itself reads; they get their own lines in ``check`` and are not repeated
+# under "other options".
+_SHOWN_OPTIONS = frozenset({"sizes", "group", "file_ext", *TIMEOUT_OPTIONS})
+
+# Option values under keys like these are not printed: a site may pass credentials to its
+# scripts through options, and the output of ``check`` ends up in tickets and chat.
+_SECRET_KEY = re.compile(r"pass|secret|token|key|credential", re.IGNORECASE)
+
+_Subparsers = Any  # argparse's _SubParsersAction is private; its type adds nothing here
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``vizgate``, with every subcommand registered."""
+    parser = argparse.ArgumentParser(
+        prog="vizgate",
+        description="A web gateway that delivers remote visualization sessions (VNC) to a browser.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
+    for add_command in _COMMANDS:
+        add_command(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``vizgate`` command line.
+
+    Args:
+        argv: the arguments after the program name; ``sys.argv[1:]`` when None.
+
+    Returns:
+        The exit status: :data:`EXIT_OK` or :data:`EXIT_PROBLEMS`.
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        # argparse exits on --help, --version and usage errors; a library function returns.
+        return exc.code if isinstance(exc.code, int) else EXIT_PROBLEMS
+    func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)
+    if func is None:
+        parser.print_help(sys.stderr)
+        return EXIT_PROBLEMS
+    return func(args)
+
+
+# --- vizgate check --------------------------------------------------------------------------
+
+
+def _add_check(subparsers: _Subparsers) -> None:
+    check = subparsers.add_parser(
+        "check",
+        help="validate a session catalog and realize every script instance",
+        description="Read CONFIG (the seed's external_services.json), import every session "
+        "script, call its realize_service() once per instance index, and print the catalog. "
+        "Nothing is started. Exit status 0 when the catalog is usable (warnings allowed), 2 "
+        "when it has problems.",
+    )
+    check.add_argument("config", metavar="CONFIG", help="path of external_services.json")
+    check.set_defaults(func=_run_check)
+
+
+def _run_check(args: argparse.Namespace) -> int:
+    try:
+        catalog = load_catalog(args.config)
+    except ConfigError as exc:
+        return _report_problems(exc.problems, args.config)
+
+    # Scripts run their module code and realize_service() here, and may print; realizing
+    # before printing the catalog keeps their output from splitting it up.
+    problems: list[ConfigProblem] = []
+    for service in catalog:
+        try:
+            realize_instances(service.name, service.script, service.count, service.options_dict())
+        except ScriptError as exc:
+            problems.append(
+                ConfigProblem(
+                    str(args.config),
+                    f"{json.dumps(service.name, ensure_ascii=False)} > script",
+                    str(exc),
+                )
+            )
+
+    _print_catalog(catalog, sys.stdout)
+    if problems:
+        return _report_problems(problems, args.config)
+    types = _plural(len(catalog), "session type")
+    print(f"OK: {types}, {_plural(catalog.instance_count, 'instance')}")
+    return EXIT_OK
+
+
+def _report_problems(problems: Sequence[ConfigProblem], config: str) -> int:
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    print(
+        f"vizgate check: {_plural(len(problems), 'problem')} in {config}; the catalog is not "
+        "usable",
+        file=sys.stderr,
+    )
+    return EXIT_PROBLEMS
+
+
+def _print_catalog(catalog: Catalog, out: TextIO) -> None:
+    print(f"Catalog {catalog.path}", file=out)
+    for service in catalog:
+        print(file=out)
+        _print_service(service, out)
+    if catalog.warnings:
+        print(file=out)
+        print(f"{_plural(len(catalog.warnings), 'warning')}:", file=out)
+        for warning in catalog.warnings:
+            print(f"  {warning}", file=out)
+    print(file=out)
+
+
+def _print_service(service: ServiceType, out: TextIO) -> None:
+    indexes = "index 0" if service.count == 1 else f"indexes 0-{service.count - 1}"
+    sizes = ", ".join(service.sizes)
+    if "sizes" not in service.options and service.sizes == DEFAULT_SIZES:
+        sizes += " (default)"
+    lines = [
+        ("count", f"{service.count} ({indexes})"),
+        ("sizes", sizes),
+        ("group", service.group if service.group is not None else "everyone"),
+        ("file_ext", ", ".join(service.file_ext) if service.file_ext else "(none)"),
+        ("script", str(service.script)),
+    ]
+    lines += [
+        (key, f"{service.options[key]} s") for key in TIMEOUT_OPTIONS if key in service.options
+    ]
+    options = service.options_dict()
+    other = {key: value for key, value in options.items() if key not in _SHOWN_OPTIONS}
+    if other:
+        shown = ", ".join(f"{key}={_show_value(key, value)}" for key, value in other.items())
+        lines.append(("options", shown))
+    print(service.name, file=out)
+    width = max(len(label) for label, _ in lines)
+    for label, text in lines:
+        print(f"  {label + ':':<{width + 1}} {text}", file=out)
+
+
+def _show_value(key: str, value: Any) -> str:
+    if _SECRET_KEY.search(key):
+        return "(hidden)"
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+_COMMANDS: tuple[Callable[[_Subparsers], None], ...] = (_add_check,)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,320 @@
+"""The WebSocket tunnel: relays a browser's WebSocket to the VNC server of its session.
+
+An ASGI application for ``websocket`` scopes. The path is ignored, as the seed's websocket
+server does (its pages use ``path=websockify``); the reservation travels in the ``token`` query
+field. The first connection of a reserved token makes the broker start the session; every
+connection gets its own TCP connection to the script's ``host:port`` and bytes are relayed both
+ways with backpressure: the tunnel reads from one side only when the other side has taken what
+it was given, so a slow browser cannot grow the gateway's memory.
+
+Close codes (RFC 6455 §7.4.1), with reasons a person can read and that never hold a secret:
+
+* 1008 (policy violation): unknown, expired or released token;
+* 1011 (internal error): the session failed to start, or the VNC server went away;
+* 1001 (going away): the session ended by a release, an administrator, a timeout or shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+from urllib.parse import parse_qs
+
+from vizgate.broker import Attachment, Broker, CloseRequest
+from vizgate.exceptions import ReservationError, StartError
+from vizgate.lifecycle import EndReason
+from vizgate.rfb import RfbBridge, VncPasswordFileError
+
+__all__ = [
+    "CLOSE_GOING_AWAY",
+    "CLOSE_INTERNAL_ERROR",
+    "CLOSE_POLICY_VIOLATION",
+    "Tunnel",
+    "close_code_for",
+]
+
+logger = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY_VIOLATION = 1008
+CLOSE_INTERNAL_ERROR = 1011
+
+# RFC 6455 §5.5: a control frame's payload is at most 125 bytes, 2 of them the close code.
+MAX_CLOSE_REASON_BYTES = 123
+
+# One read from the VNC server; large reads keep the per-byte cost low for full-screen updates.
+READ_CHUNK = 256 * 1024
+
+# The VNC server's socket buffers at most this much before writes from the browser wait.
+SERVER_WRITE_HIGH_WATER = 256 * 1024
+
+# Both RFB handshakes, when the gateway answers the VNC server's authentication, end within this.
+HANDSHAKE_TIMEOUT = 15.0
+
+_FAILURE_REASONS = frozenset({EndReason.START_FAILED, EndReason.START_TIMEOUT, EndReason.CRASHED})
+
+
+def close_code_for(reason: EndReason) -> int:
+    """The WebSocket close code for a session that ended for ``reason``."""
+    return CLOSE_INTERNAL_ERROR if reason in _FAILURE_REASONS else CLOSE_GOING_AWAY
+
+
+def _close_reason(text: str) -> str:
+    encoded = text.encode()
+    if len(encoded) <= MAX_CLOSE_REASON_BYTES:
+        return text
+    return encoded[: MAX_CLOSE_REASON_BYTES - 3].decode(errors="ignore") + "..."
+
+
+def token_from_scope(scope: Scope) -> str:
+    """The ``token`` query field of a WebSocket request, or ``""``."""
+    query = parse_qs(bytes(scope.get("query_string", b"")).decode("latin-1"))
+    values = query.get("token")
+    return values[0] if values else ""
+
+
+class _ClientGone(Exception):
+    """The browser closed its WebSocket."""
+
+
+class Tunnel:
+    """The ASGI application that carries VNC over WebSockets.
+
+    Args:
+        broker: the session broker the tokens belong to.
+        ping_interval: kept for the server's configuration (the WebSocket server sends the
+            pings); 0 or None disables them.
+    """
+
+    def __init__(self, broker: Broker, *, ping_interval: float | None = 20.0) -> None:
+        self.broker = broker
+        self.ping_interval = ping_interval
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "websocket":
+            raise ValueError(f"the tunnel serves websocket scopes, not {scope['type']!r}")
+        message = await receive()
+        if message["type"] != "websocket.connect":
+            return
+        await _Connection(self.broker, scope, receive, send).run()
+
+
+class _Connection:
+    """One browser WebSocket and its TCP connection to the VNC server."""
+
+    def __init__(self, broker: Broker, scope: Scope, receive: Receive, send: Send) -> None:
+        self.broker = broker
+        self.scope = scope
+        self.receive = receive
+        self.send = send
+        self.client_gone = False
+        self.closed = False
+        # The receive() begun while the session started; the relay takes it over.
+        self._early_message: asyncio.Future[Message] | None = None
+
+    async def run(self) -> None:
+        subprotocols = self.scope.get("subprotocols") or []
+        accept: Message = {"type": "websocket.accept"}
+        if "binary" in subprotocols:
+            accept["subprotocol"] = "binary"
+        token = token_from_scope(self.scope)
+        if not token or self.broker.session_of_token(token) is None:
+            await self.send(accept)
+            await self.close(CLOSE_POLICY_VIOLATION, "unknown, expired or released token")
+            return
+        await self.send(accept)
+        attachment = await self.attach(token)
+        if attachment is None:
+            return
+        try:
+            await self.relay(attachment)
+        finally:
+            self.broker.detach(attachment)
+
+    async def close(self, code: int, reason: str) -> None:
+        if self.closed or self.client_gone:
+            return
+        self.closed = True
+        with contextlib.suppress(OSError, RuntimeError):
+            await self.send(
+                {"type": "websocket.close", "code": code, "reason": _close_reason(reason)}
+            )
+
+    async def attach(self, token: str) -> Attachment | None:
+        """Attach to the session, starting it if needed; watch for the browser leaving meanwhile."""
+        attaching = asyncio.ensure_future(self.broker.attach(token))
+        # A browser speaks second in RFB, so it sends nothing but a close while the session starts.
+        leaving = asyncio.ensure_future(self.receive())
+        try:
+            await asyncio.wait({attaching, leaving}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            attaching.cancel()
+            leaving.cancel()
+            raise
+        if not attaching.done():
+            self.client_gone = True
+            attaching.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ReservationError, StartError):
+                await attaching
+            return None
+        try:
+            attachment = attaching.result()
+        except ReservationError:
+            leaving.cancel()
+            await self.close(CLOSE_POLICY_VIOLATION, "unknown, expired or released token")
+            return None
+        except StartError as error:
+            leaving.cancel()
+            await self.close(CLOSE_INTERNAL_ERROR, f"session failed to start: {error.user_message}")
+            return None
+        self._early_message = leaving
+        return attachment
+
+    async def relay(self, attachment: Attachment) -> None:
+        try:
+            reader, writer = await asyncio.open_connection(attachment.host, attachment.port)
+        except OSError as error:
+            if self._early_message is not None:
+                self._early_message.cancel()
+            logger.warning(
+                "viewer %d: cannot connect to %s:%d: %s",
+                attachment.connection_id,
+                attachment.host,
+                attachment.port,
+                error.strerror or error,
+            )
+            await self.close(CLOSE_INTERNAL_ERROR, "cannot connect to the VNC server")
+            return
+        writer.transport.set_write_buffer_limits(high=SERVER_WRITE_HIGH_WATER)
+        try:
+            password = attachment.password
+        except VncPasswordFileError as error:
+            logger.error("viewer %d: %s", attachment.connection_id, error)
+            password = None
+            failure: str | None = "the gateway cannot read its VNC password file (see its log)"
+        else:
+            failure = None
+            if password is not None:
+                failure = await self._answer_authentication(reader, writer, password)
+        if failure is not None:
+            if self._early_message is not None:
+                self._early_message.cancel()
+            writer.close()
+            if not self.client_gone:
+                logger.warning("viewer %d: %s", attachment.connection_id, failure)
+            await self.close(CLOSE_INTERNAL_ERROR, failure)
+            return
+        to_server = asyncio.ensure_future(self._browser_to_server(attachment, writer))
+        to_client = asyncio.ensure_future(self._server_to_browser(attachment, reader))
+        pumps: set[asyncio.Future[Any]] = {to_server, to_client, attachment.close_requested}
+        try:
+            done, _ = await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            to_server.cancel()
+            to_client.cancel()
+            for task in (to_server, to_client):
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+        if attachment.close_requested in done:
+            request: CloseRequest = attachment.close_requested.result()
+            await self.close(close_code_for(request.reason), request.message)
+        elif to_client in done and to_client.exception() is None:
+            await self.close(CLOSE_INTERNAL_ERROR, "VNC server closed the connection")
+        elif to_server in done and isinstance(to_server.exception(), _ClientGone):
+            self.client_gone = True
+        else:
+            await self.close(CLOSE_INTERNAL_ERROR, "connection to the VNC server failed")
+
+    async def _answer_authentication(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, password: bytes
+    ) -> str | None:
+        """Run both RFB handshakes, answering the VNC server's challenge with ``password``.
+
+        The browser is offered security type None and never sees the password (RFC 6143 §7.2).
+        Returns None when the relay may start, else why it may not.
+        """
+        bridge = RfbBridge(password)
+        assert self._early_message is not None
+        from_client: asyncio.Future[Message] = self._early_message
+        from_server: asyncio.Future[bytes] = asyncio.ensure_future(reader.read(READ_CHUNK))
+        try:
+            async with asyncio.timeout(HANDSHAKE_TIMEOUT):
+                while True:
+                    to_client = bridge.data_to_client()
+                    if to_client:
+                        await self.send({"type": "websocket.send", "bytes": to_client})
+                    to_server = bridge.data_to_server()
+                    if to_server:
+                        writer.write(to_server)
+                        await writer.drain()
+                    if bridge.established or bridge.failure is not None:
+                        break
+                    pending: set[asyncio.Future[Any]] = {from_client, from_server}
+                    await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                    if from_server.done():
+                        data = from_server.result()
+                        if data:
+                            bridge.receive_from_server(data)
+                            from_server = asyncio.ensure_future(reader.read(READ_CHUNK))
+                        else:
+                            bridge.receive_eof_from_server()
+                    if from_client.done():
+                        message = from_client.result()
+                        if message["type"] == "websocket.disconnect":
+                            self.client_gone = True
+                            return "the browser left during the VNC handshake"
+                        data = message.get("bytes") or (message.get("text") or "").encode()
+                        bridge.receive_from_client(data)
+                        from_client = asyncio.ensure_future(self.receive())
+        except TimeoutError:
+            return f"the VNC handshake did not finish within {HANDSHAKE_TIMEOUT:g} s"
+        except OSError:
+            return "connection to the VNC server failed during the handshake"
+        finally:
+            # A pending read keeps its bytes in the reader's buffer when cancelled.
+            from_server.cancel()
+            self._early_message = from_client
+        return bridge.failure
+
+    async def _browser_to_server(
+        self, attachment: Attachment, writer: asyncio.StreamWriter
+    ) -> None:
+        assert self._early_message is not None
+        message = await self._early_message
+        while True:
+            kind = message["type"]
+            if kind == "websocket.disconnect":
+                raise _ClientGone
+            if kind == "websocket.receive":
+                data = message.get("bytes")
+                if data is None:
+                    data = (message.get("text") or "").encode()
+                if data:
+                    writer.write(data)
+                    attachment.bytes_to_server += len(data)
+                    attachment.note_input()
+                    await writer.drain()
+            message = await self.receive()
+
+    async def _server_to_browser(
+        self, attachment: Attachment, reader: asyncio.StreamReader
+    ) -> None:
+        send = self.send
+        while True:
+            data = await reader.read(READ_CHUNK)
+            if not data:
+                return
+            attachment.bytes_to_client += len(data)
+            await send({"type": "websocket.send", "bytes": data})
