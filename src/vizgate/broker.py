@@ -117,6 +117,7 @@ class SessionInfo:
     bytes_to_client: int
     bytes_to_server: int
     stop_timed_out: bool
+    progress: str = ""
 
 
 @dataclass(frozen=True)
@@ -256,7 +257,8 @@ class Broker:
                 self._release(session, EndReason.SHUTDOWN, "")
             wait = timeout if timeout is not None else self.timeouts.stop + 5
             try:
-                await asyncio.wait_for(self._all_ended.wait(), wait)
+                async with asyncio.timeout(wait):
+                    await self._all_ended.wait()
             except TimeoutError:
                 logger.warning("%d session(s) did not end before shutdown", len(self._sessions))
         if self._timer_task is not None:
@@ -527,6 +529,9 @@ class Broker:
             bytes_to_server=session.bytes_to_server
             + sum(a.bytes_to_server for a in session.attachments.values()),
             stop_timed_out=lifecycle.stop_timed_out,
+            progress=session.script.progress()
+            if lifecycle.state in (State.STARTING, State.WAITING_READY)
+            else "",
         )
 
     def _executor(self, session: _Session) -> ThreadPoolExecutor:
@@ -617,7 +622,11 @@ class Broker:
         else:
             host_port = script.host_port()
             if not ok:
-                session.lifecycle.start_failed("start() returned False", self.now())
+                # A script may say why before it gives up (report_progress); the person waiting
+                # is better served by that than by the bare fact.
+                said = script.progress()
+                message = f"start() returned False: {said}" if said else "start() returned False"
+                session.lifecycle.start_failed(message, self.now())
             elif host_port is None:
                 session.lifecycle.start_failed(
                     "start() returned True but did not call set_host_port()", self.now()
@@ -664,8 +673,11 @@ class Broker:
                 d for s in self._sessions.values() if (d := s.lifecycle.next_deadline()) is not None
             ]
             timeout = max(0.0, min(deadlines) - self.now()) if deadlines else None
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
+            # that arrives just as the event is set, and close() would wait forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wakeup.wait()
             now = self.now()
             for session in list(self._sessions.values()):
                 deadline = session.lifecycle.next_deadline()

@@ -1,4 +1,4 @@
-"""The ``vizgate`` command line: ``vizgate check CONFIG`` (``serve``, ``user`` ... to come).
+"""The ``vizgate`` command line: ``vizgate check CONFIG`` and ``vizgate serve --config CONFIG``.
 
 Each subcommand is one ``_add_<name>`` function that declares its arguments and binds one
 ``_run_<name>(args) -> int`` with ``set_defaults(func=...)``; adding a command means writing
@@ -88,11 +88,37 @@ def _add_check(subparsers: _Subparsers) -> None:
         "Nothing is started. Exit status 0 when the catalog is usable (warnings allowed), 2 "
         "when it has problems.",
     )
-    check.add_argument("config", metavar="CONFIG", help="path of external_services.json")
+    check.add_argument("config", metavar="CONFIG", nargs="?", help="path of external_services.json")
+    check.add_argument(
+        "--config", dest="config_option", metavar="CONFIG", help="the same, as for serve"
+    )
     check.set_defaults(func=_run_check)
 
 
+def _add_serve(subparsers: _Subparsers) -> None:
+    from vizgate.server import add_serve_arguments, run_serve
+
+    serve = subparsers.add_parser(
+        "serve",
+        help="run the gateway: web portal, /v1 API, WebSocket tunnel and session broker",
+        description="Serve the session catalog CONFIG: one process with the web portal, the "
+        "seed's /v1 REST API, the WebSocket tunnel to the sessions' VNC servers and the broker "
+        "that starts and stops them.",
+    )
+    add_serve_arguments(serve)
+    serve.set_defaults(func=run_serve)
+
+
 def _run_check(args: argparse.Namespace) -> int:
+    if args.config and args.config_option:
+        print("vizgate check: give CONFIG once, not both ways", file=sys.stderr)
+        return EXIT_PROBLEMS
+    args.config = args.config or args.config_option
+    if not args.config:
+        print(
+            "vizgate check: which CONFIG? (vizgate check external_services.json)", file=sys.stderr
+        )
+        return EXIT_PROBLEMS
     try:
         catalog = load_catalog(args.config)
     except ConfigError as exc:
@@ -181,7 +207,7 @@ def _plural(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
-_COMMANDS: tuple[Callable[[_Subparsers], None], ...] = (_add_check,)
+_COMMANDS: tuple[Callable[[_Subparsers], None], ...] = (_add_check, _add_serve)
 
 
 if __name__ == "__main__":

@@ -48,6 +48,8 @@ class RemoteServiceScript:
     * ``poll() -> bool | None``: is the session still alive? ``True`` alive, ``False`` dead,
       ``None`` unknown (the default). vizgate asks it when it re-adopts a session after a
       restart and while a session runs.
+    * ``report_progress(message)`` (provided): what a slow ``start()`` is waiting for, shown
+      to the person waiting.
     * ``set_password(password)`` (provided): a per-session VNC password the script also gives to
       its VNC server (in a 0600 file). vizgate answers the VNC server's authentication with it,
       so the browser never holds it. It is kept only in memory.
@@ -70,6 +72,7 @@ class RemoteServiceScript:
         self._timestamp: float | None = None
         self._options: dict[str, Any] = {}
         self._password: bytes | None = None
+        self._progress = ""
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -108,6 +111,20 @@ class RemoteServiceScript:
         with self._lock:
             self._password = raw
 
+    def report_progress(self, message: str) -> None:
+        """Tell the person waiting what ``start()`` is doing (e.g. ``"PENDING (Resources)"``).
+
+        Shown on the viewer's status overlay and status pages while the session starts; may be
+        called from ``start()``'s thread at any time.
+        """
+        with self._lock:
+            self._progress = str(message)[:200]
+
+    def progress(self) -> str:
+        """The last message given to :meth:`report_progress` during the current start."""
+        with self._lock:
+            return self._progress
+
     def password(self) -> bytes | None:
         """The password given to :meth:`set_password` for the current session, if any."""
         with self._lock:
@@ -145,6 +162,7 @@ class RemoteServiceScript:
             self._host = None
             self._port = None
             self._password = None
+            self._progress = ""
 
 
 _modules_lock = threading.Lock()

@@ -1,0 +1,64 @@
+"""The Django project of vizgate: settings, URLs and the ASGI application of the gateway.
+
+Django is configured through a few environment variables that :func:`setup_django` sets
+before ``django.setup()`` (see :mod:`vizgate.web.settings`); the server calls it once, before
+its event loop starts, because migrations are synchronous database work.
+
+Importing this package does not import Django.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["SETTINGS_MODULE", "default_data_dir", "setup_django"]
+
+SETTINGS_MODULE = "vizgate.web.settings"
+
+
+def default_data_dir() -> Path:
+    """Where vizgate keeps its database and secret key when ``--data-dir`` is not given.
+
+    ``$XDG_DATA_HOME/vizgate``, else ``~/.local/share/vizgate`` (XDG Base Directory spec).
+    """
+    base = os.environ.get("XDG_DATA_HOME", "")
+    # The XDG spec says a relative value is invalid and must be ignored.
+    root = Path(base) if os.path.isabs(base) else Path.home() / ".local" / "share"
+    return root / "vizgate"
+
+
+def setup_django(
+    data_dir: Path,
+    *,
+    allowed_hosts: Sequence[str],
+    https: bool = False,
+    migrate: bool = True,
+) -> None:
+    """Configure and set up Django for this process, and bring the database up to date.
+
+    Args:
+        data_dir: the data directory (created 0700 if missing); holds the SQLite database and
+            the secret key.
+        allowed_hosts: the host names the server answers to (Django's ``ALLOWED_HOSTS``).
+        https: the server speaks https, so cookies are marked ``Secure``.
+        migrate: apply migrations (quietly).
+
+    Raises:
+        OSError: the data directory cannot be created, or the secret key cannot be written.
+    """
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.environ["VIZGATE_DATA_DIR"] = str(data_dir)
+    os.environ["VIZGATE_ALLOWED_HOSTS"] = ",".join(allowed_hosts)
+    os.environ["VIZGATE_HTTPS"] = "1" if https else ""
+    # Unconditionally: a DJANGO_SETTINGS_MODULE left in the shell by another project must not
+    # turn vizgate into that project.
+    os.environ["DJANGO_SETTINGS_MODULE"] = SETTINGS_MODULE
+
+    import django
+    from django.core.management import call_command
+
+    django.setup()
+    if migrate:
+        call_command("migrate", interactive=False, verbosity=0)

@@ -1,0 +1,156 @@
+"""Django settings of vizgate.
+
+They are read from a few environment variables, which ``vizgate serve`` sets (through
+:func:`vizgate.web.setup_django`) before ``django.setup()``:
+
+``VIZGATE_DATA_DIR``
+    The data directory: the SQLite database ``vizgate.sqlite3`` and the ``secret_key`` file.
+``VIZGATE_ALLOWED_HOSTS``
+    Comma-separated host names the server answers to.
+``VIZGATE_HTTPS``
+    Non-empty when the server speaks https.
+
+Settings of vizgate itself are prefixed ``VIZGATE_``; each has a default and a docstring.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+from vizgate.web import default_data_dir
+
+__all__: list[str] = []  # a settings module is read by Django, not imported from
+
+
+def _env_list(name: str, default: list[str]) -> list[str]:
+    value = os.environ.get(name, "")
+    items = [item.strip() for item in value.split(",") if item.strip()]
+    return items or default
+
+
+def _secret_key(data_dir: Path, *, create: bool) -> str:
+    """The key Django signs sessions and CSRF tokens with, kept in ``data_dir/secret_key``.
+
+    Generated once and stored 0600, so sessions survive a restart. With ``create`` False and
+    no file yet (the settings imported by a tool, not by the server), a key for this process
+    only is used and nothing is written.
+    """
+    path = data_dir / "secret_key"
+    try:
+        key = path.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        key = ""
+    if key:
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o600)
+        return key
+    key = secrets.token_urlsafe(50)
+    if not create:
+        return key
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        # Another process created it between our read and our write; its key wins.
+        return path.read_text(encoding="ascii").strip()
+    with os.fdopen(descriptor, "w", encoding="ascii") as file:
+        file.write(key + "\n")
+    return key
+
+
+# --- vizgate's own settings -------------------------------------------------------------------
+
+VIZGATE_DATA_DIR: Path = Path(os.environ.get("VIZGATE_DATA_DIR") or default_data_dir())
+"""The data directory: database and secret key. Default ``~/.local/share/vizgate``."""
+
+VIZGATE_HTTPS: bool = bool(os.environ.get("VIZGATE_HTTPS"))
+"""The server speaks https (``--cert`` / ``--key``): cookies are sent over https only."""
+
+VIZGATE_DEFAULT_ALLOWED_HOSTS: list[str] = ["localhost", "127.0.0.1", "[::1]"]
+"""Host names allowed when ``VIZGATE_ALLOWED_HOSTS`` is not set."""
+
+# --- Django -----------------------------------------------------------------------------------
+
+BASE_DIR = Path(__file__).resolve().parent
+
+SECRET_KEY = _secret_key(VIZGATE_DATA_DIR, create="VIZGATE_DATA_DIR" in os.environ)
+
+DEBUG = False
+
+ALLOWED_HOSTS = _env_list("VIZGATE_ALLOWED_HOSTS", VIZGATE_DEFAULT_ALLOWED_HOSTS)
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "vizgate.web.portal",
+    "vizgate.web.api",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "vizgate.web.urls"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    "default": {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": VIZGATE_DATA_DIR / "vizgate.sqlite3",
+        "OPTIONS": {
+            # The server writes from several threads; WAL lets readers go on while one writes,
+            # and IMMEDIATE takes the write lock up front instead of failing mid-transaction.
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL",
+            "transaction_mode": "IMMEDIATE",
+            "timeout": 20,
+        },
+    }
+}
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+
+SESSION_COOKIE_SECURE = VIZGATE_HTTPS
+CSRF_COOKIE_SECURE = VIZGATE_HTTPS
+
+# vizgate.logs configures logging for the whole process (with redaction of secrets);
+# Django must not install its own handlers next to it.
+LOGGING_CONFIG = None

@@ -1,0 +1,14 @@
+"""The URLs of the gateway: the portal at ``/``, the seed's REST API at ``/v1/``, the admin."""
+
+from __future__ import annotations
+
+from django.contrib import admin
+from django.urls import include, path
+
+__all__ = ["urlpatterns"]
+
+urlpatterns = [
+    path("", include("vizgate.web.portal.urls")),
+    path("v1/", include("vizgate.web.api.urls")),
+    path("admin/", admin.site.urls),
+]

@@ -1,0 +1,223 @@
+"""The WebSocket tunnel served by a real uvicorn on 127.0.0.1, with the broker in the same loop
+and the shipped test-double scripts standing in for VNC servers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import uvicorn
+import websockets
+from websockets.exceptions import ConnectionClosed
+
+from support import await_until, scaled
+from vizgate.broker import Broker
+from vizgate.catalog import load_catalog
+from vizgate.lifecycle import Timeouts
+from vizgate.server import WS_IMPLEMENTATION
+from vizgate.testing import DOUBLE_SESSION_SCRIPT, instances
+from vizgate.tunnel import Tunnel
+
+LINGER = 0.3
+
+
+@dataclass
+class Served:
+    broker: Broker
+    port: int
+
+    def url(self, token: str, path: str = "/websockify") -> str:
+        return f"ws://127.0.0.1:{self.port}{path}?token={token}"
+
+
+@contextlib.asynccontextmanager
+async def serve(
+    tmp_path: Path, types: dict[str, dict[str, object]], timeouts: Timeouts
+) -> AsyncIterator[Served]:
+    # Type names are unique per test: the doubles' registry is per process.
+    config = tmp_path / "external_services.json"
+    config.write_text(
+        json.dumps(
+            {
+                name: {"script": str(DOUBLE_SESSION_SCRIPT), "count": 2, "options": options}
+                for name, options in types.items()
+            }
+        )
+    )
+    broker = Broker(load_catalog(config), timeouts=timeouts)
+    await broker.open()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            Tunnel(broker),
+            ws=WS_IMPLEMENTATION,
+            lifespan="off",
+            log_config=None,
+            ws_per_message_deflate=False,
+        )
+    )
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    await await_until(lambda: server.started, timeout=scaled(10), message="uvicorn did not start")
+    try:
+        yield Served(broker, sock.getsockname()[1])
+    finally:
+        await broker.close()
+        server.should_exit = True
+        await task
+        sock.close()
+
+
+def unique(name: str) -> str:
+    return f"{name} {uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+async def echo(tmp_path: Path) -> AsyncIterator[tuple[Served, str]]:
+    name = unique("Echo")
+    async with serve(
+        tmp_path, {name: {"behaviour": "starts"}}, Timeouts(linger=LINGER, stop=5)
+    ) as served:
+        yield served, name
+
+
+async def closed_with(ws: websockets.ClientConnection) -> tuple[int, str]:
+    """Read until the server closes; its close code and reason."""
+    with pytest.raises(ConnectionClosed) as closed:
+        await asyncio.wait_for(drain(ws), scaled(10))
+    assert closed.value.rcvd is not None
+    return closed.value.rcvd.code, closed.value.rcvd.reason
+
+
+async def drain(ws: websockets.ClientConnection) -> None:
+    while True:
+        await ws.recv()
+
+
+async def test_a_made_up_token_is_closed_with_1008(echo: tuple[Served, str]) -> None:
+    served, _ = echo
+    for token in ("made-up", ""):
+        async with websockets.connect(served.url(token)) as ws:
+            assert await closed_with(ws) == (1008, "unknown, expired or released token")
+
+
+async def test_the_path_is_ignored_and_binary_is_accepted(echo: tuple[Served, str]) -> None:
+    served, name = echo
+    reservation = await served.broker.reserve(name)
+    url = served.url(reservation.token, path="/any/path/at/all")
+    async with websockets.connect(url, subprotocols=["binary"]) as ws:
+        assert ws.subprotocol == "binary"
+        assert await ws.recv() == b"RFB 003.008\n"
+
+
+async def test_twenty_clients_on_two_sessions_each_get_their_own_bytes_back(
+    echo: tuple[Served, str],
+) -> None:
+    served, name = echo
+    tokens = [(await served.broker.reserve(name)).token for _ in range(2)]
+
+    async def client(number: int) -> int:
+        async with websockets.connect(served.url(tokens[number % 2])) as ws:
+            assert await ws.recv() == b"RFB 003.008\n"
+            sent = received = b""
+            for round_number in range(20):
+                payload = os.urandom(1 + (number * 997 + round_number * 131) % 70000)
+                await ws.send(payload)
+                sent += payload
+                while len(received) < len(sent):
+                    received += await asyncio.wait_for(ws.recv(), scaled(10))  # type: ignore[operator]
+            assert received == sent
+            return len(sent)
+
+    moved = await asyncio.gather(*(client(n) for n in range(20)))
+    assert all(moved)
+    doubles = instances(name)
+    assert [d.start_calls for d in doubles] == [1, 1], "one start() per session"
+
+    await await_until(
+        lambda: not served.broker.sessions(), timeout=LINGER + scaled(5), message="not stopped"
+    )
+    assert [d.stop_calls for d in doubles] == [1, 1]
+    history = served.broker.history()
+    assert sum(s.bytes_to_server for s in history) == sum(moved)
+    assert sum(s.bytes_to_client for s in history) == sum(moved) + 20 * len(b"RFB 003.008\n")
+
+
+async def test_a_start_that_returns_false_closes_with_1011_and_frees_the_index(
+    tmp_path: Path,
+) -> None:
+    name = unique("False")
+    async with serve(tmp_path, {name: {"behaviour": "false"}}, Timeouts(stop=5)) as served:
+        reservation = await served.broker.reserve(name)
+        async with websockets.connect(served.url(reservation.token)) as ws:
+            code, reason = await closed_with(ws)
+        assert code == 1011
+        assert reason == "session failed to start: start() returned False"
+        double = instances(name)[reservation.index]
+        await await_until(lambda: double.stop_calls == 1, timeout=scaled(5), message="no stop()")
+        assert double.start_calls == 1
+        assert not double.overlapped
+        await await_until(
+            lambda: not served.broker.sessions(), timeout=scaled(5), message="index still held"
+        )
+        assert (await served.broker.reserve(name)).index == reservation.index
+
+
+async def test_a_port_that_never_accepts_closes_with_1011_saying_so(tmp_path: Path) -> None:
+    name = unique("Deaf")
+    async with serve(
+        tmp_path, {name: {"behaviour": "not_listening"}}, Timeouts(ready=0.5, stop=5)
+    ) as served:
+        reservation = await served.broker.reserve(name)
+        async with websockets.connect(served.url(reservation.token)) as ws:
+            code, reason = await closed_with(ws)
+        assert code == 1011
+        assert reason == (
+            "session failed to start: VNC server did not accept connections within 0.5 s"
+        )
+
+
+async def test_release_closes_viewers_with_1001(echo: tuple[Served, str]) -> None:
+    served, name = echo
+    reservation = await served.broker.reserve(name)
+    async with websockets.connect(served.url(reservation.token)) as ws:
+        assert await ws.recv() == b"RFB 003.008\n"
+        served.broker.release(reservation.token)
+        assert await closed_with(ws) == (1001, "the session was released")
+    # A released token is refused from then on.
+    async with websockets.connect(served.url(reservation.token)) as ws:
+        assert (await closed_with(ws))[0] == 1008
+
+
+async def test_the_vnc_server_going_away_closes_with_1011(echo: tuple[Served, str]) -> None:
+    served, name = echo
+    reservation = await served.broker.reserve(name)
+    async with websockets.connect(served.url(reservation.token)) as ws:
+        assert await ws.recv() == b"RFB 003.008\n"
+        server = instances(name)[reservation.index].server
+        assert server is not None
+        server.close()
+        assert await closed_with(ws) == (1011, "VNC server closed the connection")
+
+
+async def test_an_unused_reservation_is_reclaimed_after_the_timeout(tmp_path: Path) -> None:
+    name = unique("Reclaim")
+    async with serve(
+        tmp_path, {name: {"behaviour": "starts"}}, Timeouts(reservation=0.5)
+    ) as served:
+        reservation = await served.broker.reserve(name)
+        await await_until(
+            lambda: not served.broker.sessions(), timeout=scaled(5), message="not reclaimed"
+        )
+        assert served.broker.history()[0].end_reason == "reservation_timeout"
+        assert instances(name)[reservation.index].start_calls == 0
+        async with websockets.connect(served.url(reservation.token)) as ws:
+            assert (await closed_with(ws))[0] == 1008
