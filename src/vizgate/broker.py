@@ -118,6 +118,7 @@ class SessionInfo:
     bytes_to_server: int
     stop_timed_out: bool
     progress: str = ""
+    bound: bool = False
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,7 @@ class _Session:
     lifecycle: SessionLifecycle
     created: float
     ready: asyncio.Future[tuple[str, int]]
+    bound: bool = False
     attachments: dict[int, Attachment] = field(default_factory=dict)
     bytes_to_client: int = 0
     bytes_to_server: int = 0
@@ -302,6 +304,7 @@ class Broker:
         *,
         user: str = "",
         options: Mapping[str, Any] | None = None,
+        bound: bool = False,
     ) -> Reservation:
         """Hold the lowest free instance of a type for a new token.
 
@@ -309,6 +312,8 @@ class Broker:
             service_name: the session type.
             user: who the session is for; given to ``start()`` as ``options['username']``.
             options: what the reservation carries to ``start()`` (e.g. ``size``).
+            bound: only ``user`` (or staff) may connect with the token, as the tunnel's
+                authorizer decides; otherwise the token is a bearer token as the seed defines.
 
         Raises:
             ReservationError: unknown type, a size not offered, or no free instance.
@@ -349,6 +354,7 @@ class Broker:
             ),
             created=time.time(),
             ready=self._new_ready_future(),
+            bound=bound,
         )
         holders[index] = session
         self._sessions[token] = session
@@ -443,6 +449,17 @@ class Broker:
         session = self._sessions.get(token)
         return self._info(session) if session is not None else None
 
+    def session_by_id(self, session_id: str) -> SessionInfo | None:
+        """The live session with this public id, or None."""
+        session = self._by_id.get(session_id)
+        return self._info(session) if session is not None else None
+
+    def token_of(self, session_id: str) -> str | None:
+        """The token of a live session, for in-process callers that authenticated its owner
+        another way (the tunnel, for a logged-in portal user); never send it anywhere."""
+        session = self._by_id.get(session_id)
+        return session.token if session is not None else None
+
     def password_of(self, session: _Session) -> bytes | None:
         """The VNC password the gateway answers a session's VNC server with.
 
@@ -532,6 +549,7 @@ class Broker:
             progress=session.script.progress()
             if lifecycle.state in (State.STARTING, State.WAITING_READY)
             else "",
+            bound=session.bound,
         )
 
     def _executor(self, session: _Session) -> ThreadPoolExecutor:

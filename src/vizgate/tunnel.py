@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import parse_qs
 
-from vizgate.broker import Attachment, Broker, CloseRequest
+from vizgate.broker import Attachment, Broker, CloseRequest, SessionInfo
 from vizgate.exceptions import ReservationError, StartError
 from vizgate.lifecycle import EndReason
 from vizgate.rfb import RfbBridge, VncPasswordFileError
@@ -32,6 +32,7 @@ __all__ = [
     "CLOSE_GOING_AWAY",
     "CLOSE_INTERNAL_ERROR",
     "CLOSE_POLICY_VIOLATION",
+    "Authorizer",
     "Tunnel",
     "close_code_for",
 ]
@@ -42,6 +43,10 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
+
+#: Decides whether the WebSocket request ``scope`` may use ``session``: returns None to allow,
+#: or the reason it may not (a close reason a person reads; never a secret).
+Authorizer = Callable[[Scope, SessionInfo], Awaitable[str | None]]
 
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
@@ -75,13 +80,6 @@ def _close_reason(text: str) -> str:
     return encoded[: MAX_CLOSE_REASON_BYTES - 3].decode(errors="ignore") + "..."
 
 
-def token_from_scope(scope: Scope) -> str:
-    """The ``token`` query field of a WebSocket request, or ``""``."""
-    query = parse_qs(bytes(scope.get("query_string", b"")).decode("latin-1"))
-    values = query.get("token")
-    return values[0] if values else ""
-
-
 class _ClientGone(Exception):
     """The browser closed its WebSocket."""
 
@@ -93,11 +91,21 @@ class Tunnel:
         broker: the session broker the tokens belong to.
         ping_interval: kept for the server's configuration (the WebSocket server sends the
             pings); 0 or None disables them.
+        authorize: asked before the WebSocket is accepted whether the request may use the
+            token's session (its logged-in user owns it, belongs to the type's group, ...);
+            None lets every holder of a valid token in, as the seed's bearer tokens do.
     """
 
-    def __init__(self, broker: Broker, *, ping_interval: float | None = 20.0) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        *,
+        ping_interval: float | None = 20.0,
+        authorize: Authorizer | None = None,
+    ) -> None:
         self.broker = broker
         self.ping_interval = ping_interval
+        self.authorize = authorize
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "websocket":
@@ -105,14 +113,22 @@ class Tunnel:
         message = await receive()
         if message["type"] != "websocket.connect":
             return
-        await _Connection(self.broker, scope, receive, send).run()
+        await _Connection(self.broker, scope, receive, send, self.authorize).run()
 
 
 class _Connection:
     """One browser WebSocket and its TCP connection to the VNC server."""
 
-    def __init__(self, broker: Broker, scope: Scope, receive: Receive, send: Send) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        authorize: Authorizer | None,
+    ) -> None:
         self.broker = broker
+        self.authorize = authorize
         self.scope = scope
         self.receive = receive
         self.send = send
@@ -126,12 +142,17 @@ class _Connection:
         accept: Message = {"type": "websocket.accept"}
         if "binary" in subprotocols:
             accept["subprotocol"] = "binary"
-        token = token_from_scope(self.scope)
-        if not token or self.broker.session_of_token(token) is None:
+        token, session = self.find_session()
+        if session is None:
             await self.send(accept)
             await self.close(CLOSE_POLICY_VIOLATION, "unknown, expired or released token")
             return
+        refusal = await self.authorize(self.scope, session) if self.authorize else None
         await self.send(accept)
+        if refusal is not None:
+            logger.warning("refused a viewer of session %s: %s", session.id, refusal)
+            await self.close(CLOSE_POLICY_VIOLATION, refusal)
+            return
         attachment = await self.attach(token)
         if attachment is None:
             return
@@ -139,6 +160,26 @@ class _Connection:
             await self.relay(attachment)
         finally:
             self.broker.detach(attachment)
+
+    def find_session(self) -> tuple[str, SessionInfo | None]:
+        """The token and session a request names.
+
+        A ``token`` query field is the seed's bearer token. A ``session`` field names a session
+        by its public id instead, so a logged-in portal user's page never holds the token; it is
+        only honoured for sessions bound to a user, and the authorizer must then approve.
+        """
+        query = parse_qs(bytes(self.scope.get("query_string", b"")).decode("latin-1"))
+        token = (query.get("token") or [""])[0]
+        if token:
+            return token, self.broker.session_of_token(token)
+        session_id = (query.get("session") or [""])[0]
+        if not session_id or self.authorize is None:
+            return "", None
+        session = self.broker.session_by_id(session_id)
+        token = self.broker.token_of(session_id) or ""
+        if session is None or not session.bound or not token:
+            return "", None
+        return token, session
 
     async def close(self, code: int, reason: str) -> None:
         if self.closed or self.client_gone:
