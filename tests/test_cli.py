@@ -340,7 +340,7 @@ def test_unknown_command_and_missing_argument_exit_2(capsys: pytest.CaptureFixtu
     assert main(["frobnicate"]) == EXIT_PROBLEMS
     assert "invalid choice: 'frobnicate'" in capsys.readouterr().err
     assert main(["check"]) == EXIT_PROBLEMS
-    assert "the following arguments are required: CONFIG" in capsys.readouterr().err
+    assert "vizgate check: which CONFIG?" in capsys.readouterr().err
 
 
 def test_help_and_version_exit_0(capsys: pytest.CaptureFixture[str]) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import itertools
 import logging
 import os
@@ -22,7 +21,7 @@ import time
 from collections import deque
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -43,25 +42,28 @@ from vizgate.lifecycle import (
     State,
     Timeouts,
 )
+from vizgate.live import Attachment, LiveSession
+from vizgate.net import port_answers
+from vizgate.readoption import restored_lifecycle
 from vizgate.rfb import read_vnc_password_file
+from vizgate.script_hooks import script_state
 from vizgate.scripts import RemoteServiceScript, realize_instances
+from vizgate.sessions import (
+    CloseRequest,
+    Reservation,
+    ServiceInfo,
+    SessionInfo,
+    session_id_of,
+    token_hash,
+)
+from vizgate.store import SessionEventRecord, SessionRecord, SessionStore, ThreadedStore
 
-__all__ = [
-    "Attachment",
-    "Broker",
-    "CloseRequest",
-    "Reservation",
-    "ServiceInfo",
-    "SessionInfo",
-    "session_id_of",
-]
+__all__ = ["Attachment", "Broker"]
 
 logger = logging.getLogger(__name__)
 
 # How many ended sessions the broker remembers for status pages.
 HISTORY_LENGTH = 100
-# A readiness probe's single connection attempt gives up after this.
-PROBE_CONNECT_TIMEOUT = 2.0
 
 _TIMEOUT_OPTIONS = {
     "start_timeout": "start",
@@ -72,124 +74,6 @@ _TIMEOUT_OPTIONS = {
 }
 
 
-def session_id_of(token: str) -> str:
-    """A stable public id for a session, derived from its token; safe to show and log."""
-    return hashlib.sha256(token.encode()).hexdigest()[:16]
-
-
-@dataclass(frozen=True)
-class Reservation:
-    """What :meth:`Broker.reserve` hands back. The token is the only secret."""
-
-    token: str = field(repr=False)
-    session_id: str
-    service: str
-    index: int
-
-
-@dataclass(frozen=True)
-class CloseRequest:
-    """Why the broker asks a viewer's connection to close."""
-
-    reason: EndReason
-    message: str
-
-
-@dataclass(frozen=True)
-class SessionInfo:
-    """A snapshot of one session for status pages and APIs (no secrets)."""
-
-    id: str
-    token_prefix: str
-    service: str
-    index: int
-    user: str
-    size: str
-    state: str
-    connections: int
-    host: str | None
-    port: int | None
-    created: float
-    started: float | None
-    ended: float | None
-    end_reason: str | None
-    message: str
-    bytes_to_client: int
-    bytes_to_server: int
-    stop_timed_out: bool
-    progress: str = ""
-    bound: bool = False
-
-
-@dataclass(frozen=True)
-class ServiceInfo:
-    """A snapshot of one session type's pool."""
-
-    name: str
-    count: int
-    in_use: int
-    sizes: tuple[str, ...]
-    group: str | None
-
-
-@dataclass(eq=False)
-class _Session:
-    token: str
-    id: str
-    service: ServiceType
-    index: int
-    script: RemoteServiceScript
-    user: str
-    options: dict[str, Any]
-    lifecycle: SessionLifecycle
-    created: float
-    ready: asyncio.Future[tuple[str, int]]
-    bound: bool = False
-    attachments: dict[int, Attachment] = field(default_factory=dict)
-    bytes_to_client: int = 0
-    bytes_to_server: int = 0
-    tasks: set[asyncio.Task[None]] = field(default_factory=set)
-
-    @property
-    def label(self) -> str:
-        return f"{self.service.name}#{self.index}"
-
-
-class Attachment:
-    """One viewer connection attached to a running session.
-
-    The tunnel relays bytes between its WebSocket and ``host:port``, counts them here, calls
-    :meth:`note_input` when the viewer sends something, awaits :attr:`close_requested` alongside
-    the relay, and calls :meth:`Broker.detach` when it is done.
-    """
-
-    def __init__(self, broker: Broker, session: _Session, connection_id: int) -> None:
-        self._broker = broker
-        self._session = session
-        self.connection_id = connection_id
-        self.host = ""
-        self.port = 0
-        self.bytes_to_client = 0
-        self.bytes_to_server = 0
-        self.close_requested: asyncio.Future[CloseRequest] = (
-            asyncio.get_running_loop().create_future()
-        )
-        self.detached = False
-
-    @property
-    def session_id(self) -> str:
-        return self._session.id
-
-    @property
-    def password(self) -> bytes | None:
-        """The VNC password the gateway answers the VNC server with, if the session has one."""
-        return self._broker.password_of(self._session)
-
-    def note_input(self) -> None:
-        """The viewer sent input: the session is not idle."""
-        self._session.lifecycle.activity(self._broker.now())
-
-
 class Broker:
     """Reserves, starts, watches and stops the sessions of a catalog.
 
@@ -198,6 +82,8 @@ class Broker:
         timeouts: server-wide default timeouts; a type's options ``start_timeout``,
             ``ready_timeout``, ``linger``, ``idle_timeout`` and ``max_lifetime`` override them.
         probe_interval: seconds between readiness probe attempts.
+        store: where sessions are saved; at :meth:`open` the broker adopts the sessions it
+            holds that had not ended (a restarted gateway keeps its users' desktops).
     """
 
     def __init__(
@@ -206,15 +92,17 @@ class Broker:
         *,
         timeouts: Timeouts | None = None,
         probe_interval: float = 0.1,
+        store: SessionStore | None = None,
     ) -> None:
         self.catalog = catalog
+        self._store = ThreadedStore(store) if store is not None else None
         self.timeouts = timeouts or Timeouts()
         self.probe_interval = probe_interval
         self._instances: dict[str, list[RemoteServiceScript]] = {}
-        self._holders: dict[str, list[_Session | None]] = {}
+        self._holders: dict[str, list[LiveSession | None]] = {}
         self._executors: dict[tuple[str, int], ThreadPoolExecutor] = {}
-        self._sessions: dict[str, _Session] = {}
-        self._by_id: dict[str, _Session] = {}
+        self._sessions: dict[str, LiveSession] = {}
+        self._by_id: dict[str, LiveSession] = {}
         self._history: deque[SessionInfo] = deque(maxlen=HISTORY_LENGTH)
         self._connection_ids = itertools.count(1)
         self._wakeup = asyncio.Event()
@@ -245,13 +133,18 @@ class Broker:
             )
             self._instances[service.name] = instances
             self._holders[service.name] = [None] * service.count
+        if self._store is not None:
+            for record in await asyncio.to_thread(self._store.load_live):
+                await self._adopt(record)
         self._timer_task = asyncio.create_task(self._run_timers(), name="vizgate-broker-timers")
 
     async def close(self, *, stop_sessions: bool = True, timeout: float | None = None) -> None:
         """Stop the timers; with ``stop_sessions``, end every live session and wait for it.
 
         Args:
-            stop_sessions: end live sessions (reason ``shutdown``) and wait for their ``stop()``.
+            stop_sessions: end live sessions (reason ``shutdown``) and wait for their ``stop()``;
+                without it, running sessions keep running and a broker opened later on the
+                same store adopts them.
             timeout: how long to wait for them; default the stop timeout plus a little.
         """
         if stop_sessions:
@@ -274,6 +167,10 @@ class Broker:
         for executor in self._executors.values():
             executor.shutdown(wait=False, cancel_futures=False)
         self._executors.clear()
+        if self._store is not None:
+            for session in self._sessions.values():
+                self._save(session)
+            await asyncio.to_thread(self._store.close)
 
     # -- the public operations -------------------------------------------------------------------
 
@@ -339,8 +236,9 @@ class Broker:
         start_options["username"] = user
         token = secrets.token_urlsafe(32)
         now = self.now()
-        session = _Session(
+        session = LiveSession(
             token=token,
+            token_hash=token_hash(token),
             id=session_id_of(token),
             service=service,
             index=index,
@@ -356,27 +254,40 @@ class Broker:
             ready=self._new_ready_future(),
             bound=bound,
         )
-        holders[index] = session
-        self._sessions[token] = session
-        self._by_id[session.id] = session
-        self._all_ended.clear()
+        self._register(session)
         logger.info(
             "%s: reserved for %s at %s (session %s)", session.label, user or "-", size, session.id
         )
+        self._save(session)
+        self._event(session, "reserved", user=user)
         self._wakeup.set()
         return Reservation(token=token, session_id=session.id, service=service.name, index=index)
 
-    async def attach(self, token: str) -> Attachment:
+    async def attach(self, token: str, *, client: str = "") -> Attachment:
         """Attach a viewer to a session; the first attach starts it. Waits until it runs.
+
+        Args:
+            token: the reservation's token.
+            client: the viewer's address, for the audit trail.
 
         Raises:
             ReservationError: the token is unknown, expired or released (``unknown_token``).
             StartError: the session failed to start (its user message says why).
         """
-        session = self._sessions.get(token)
+        session = self._sessions.get(token_hash(token))
+        if session is not None and session.token is None:
+            session.token = token
+        return await self._attach(session, client)
+
+    async def attach_session(self, session_id: str, *, client: str = "") -> Attachment:
+        """Attach a viewer to a session by its public id, for callers that authenticated the
+        viewer another way (a logged-in owner); see :meth:`attach`."""
+        return await self._attach(self._by_id.get(session_id), client)
+
+    async def _attach(self, session: LiveSession | None, client: str) -> Attachment:
         if session is None or not session.lifecycle.accepts_connections:
             raise ReservationError("unknown, expired or released token", reason="unknown_token")
-        attachment = Attachment(self, session, next(self._connection_ids))
+        attachment = Attachment(self, session, next(self._connection_ids), client)
         session.attachments[attachment.connection_id] = attachment
         session.lifecycle.connected(attachment.connection_id, self.now())
         logger.info(
@@ -385,6 +296,7 @@ class Broker:
             attachment.connection_id,
             len(session.attachments),
         )
+        self._event(session, "connected", client=client)
         self._drive(session)
         try:
             host, port = await asyncio.shield(session.ready)
@@ -410,6 +322,7 @@ class Broker:
             attachment.connection_id,
             len(session.attachments),
         )
+        self._event(session, "disconnected", client=attachment.client)
         self._drive(session)
 
     def release(
@@ -423,9 +336,10 @@ class Broker:
         Raises:
             ReservationError: the token is unknown or the session already ended.
         """
-        session = self._sessions.get(token)
+        session = self._sessions.get(token_hash(token))
         if session is None:
             raise ReservationError("unknown, expired or released token", reason="unknown_token")
+        self._event(session, "released", detail=reason.value)
         return self._release(session, reason, message)
 
     def terminate(self, session_id: str, message: str = "") -> bool:
@@ -437,30 +351,25 @@ class Broker:
         session = self._by_id.get(session_id)
         if session is None:
             raise ReservationError(f"no live session {session_id!r}", reason="unknown_session")
+        self._event(session, "terminated", detail=message)
         return self._release(session, EndReason.TERMINATED, message)
 
-    def _release(self, session: _Session, reason: EndReason, message: str) -> bool:
+    def _release(self, session: LiveSession, reason: EndReason, message: str) -> bool:
         changed = session.lifecycle.release(reason, self.now(), message)
         self._drive(session)
         return changed
 
     def session_of_token(self, token: str) -> SessionInfo | None:
         """The live session of a token, or None."""
-        session = self._sessions.get(token)
-        return self._info(session) if session is not None else None
+        session = self._sessions.get(token_hash(token))
+        return session.info(self._wall) if session is not None else None
 
     def session_by_id(self, session_id: str) -> SessionInfo | None:
         """The live session with this public id, or None."""
         session = self._by_id.get(session_id)
-        return self._info(session) if session is not None else None
+        return session.info(self._wall) if session is not None else None
 
-    def token_of(self, session_id: str) -> str | None:
-        """The token of a live session, for in-process callers that authenticated its owner
-        another way (the tunnel, for a logged-in portal user); never send it anywhere."""
-        session = self._by_id.get(session_id)
-        return session.token if session is not None else None
-
-    def password_of(self, session: _Session) -> bytes | None:
+    def password_of(self, session: LiveSession) -> bytes | None:
         """The VNC password the gateway answers a session's VNC server with.
 
         The script's own ``set_password()`` wins; else the type's ``vnc_password_file`` option
@@ -483,7 +392,7 @@ class Broker:
 
     def sessions(self) -> list[SessionInfo]:
         """Every live session, oldest first."""
-        return [self._info(s) for s in self._sessions.values()]
+        return [s.info(self._wall) for s in self._sessions.values()]
 
     def history(self) -> list[SessionInfo]:
         """The last ended sessions, newest first."""
@@ -508,6 +417,102 @@ class Broker:
 
     # -- internals -------------------------------------------------------------------------------
 
+    async def _adopt(self, record: SessionRecord) -> None:
+        """Take back a session a previous gateway process left live (see
+        :mod:`vizgate.readoption`)."""
+        service = self.catalog.get(record.service)
+        if service is None or record.index >= service.count:
+            logger.warning(
+                "session %s of %r #%d is not in the catalog any more; it cannot be stopped",
+                record.id,
+                record.service,
+                record.index,
+            )
+            if self._store is not None:
+                self._store.save(
+                    replace(
+                        record,
+                        state=State.ENDED.value,
+                        ended=time.time(),
+                        end_reason=EndReason.CRASHED.value,
+                        message="its session type is no longer in the catalog",
+                        stop_timed_out=True,
+                    )
+                )
+            return
+        script = self._instances[service.name][record.index]
+        timeouts = self._timeouts_for(service)
+        label = f"{service.name}#{record.index}"
+
+        lifecycle = await restored_lifecycle(
+            record, script, timeouts, label, now=self.now(), wall=time.time()
+        )
+        ready = self._new_ready_future()
+        if lifecycle.state is State.RUNNING and lifecycle.host_port is not None:
+            ready.set_result(lifecycle.host_port)
+        session = LiveSession(
+            token=None,
+            token_hash=record.token_hash,
+            id=record.id,
+            service=service,
+            index=record.index,
+            script=script,
+            user=record.user,
+            options=dict(record.options),
+            lifecycle=lifecycle,
+            created=record.created,
+            ready=ready,
+            bound=record.bound,
+            bytes_to_client=record.bytes_to_client,
+            bytes_to_server=record.bytes_to_server,
+            script_state=dict(record.script_state),
+        )
+        self._register(session)
+        logger.info("%s: adopted after a restart (%s)", label, lifecycle.state.value)
+        self._event(session, "adopted", detail=lifecycle.state.value)
+        self._save(session)
+        self._drive(session)
+
+    def _register(self, session: LiveSession) -> None:
+        self._holders[session.service.name][session.index] = session
+        self._sessions[session.token_hash] = session
+        self._by_id[session.id] = session
+        self._all_ended.clear()
+
+    def _save(self, session: LiveSession) -> None:
+        if self._store is not None:
+            self._store.save(session.record(self._wall))
+
+    def _event(
+        self, session: LiveSession, kind: str, *, user: str = "", client: str = "", detail: str = ""
+    ) -> None:
+        if self._store is not None:
+            self._store.add_event(
+                SessionEventRecord(
+                    session_id=session.id,
+                    kind=kind,
+                    at=time.time(),
+                    user=user or session.user,
+                    client=client,
+                    detail=detail[:500],
+                )
+            )
+
+    def server_closed(self, session: LiveSession) -> None:
+        """A viewer's VNC connection was closed by the server: if the server is gone, the
+        session crashed."""
+        if session.lifecycle.state is State.RUNNING and not session.lifecycle.is_ending:
+            self._spawn(session, self._confirm_crash(session), "crash check")
+
+    async def _confirm_crash(self, session: LiveSession) -> None:
+        host_port = session.lifecycle.host_port
+        if host_port is None or await port_answers(*host_port):
+            return
+        if session.lifecycle.state is State.RUNNING and not session.lifecycle.is_ending:
+            logger.warning("%s: the VNC server at %s:%d is gone", session.label, *host_port)
+            session.lifecycle.crashed("VNC server closed the connection", self.now())
+            self._drive(session)
+
     def _timeouts_for(self, service: ServiceType) -> Timeouts:
         overrides = {
             field_name: float(service.options[key])
@@ -522,37 +527,7 @@ class Broker:
         future.add_done_callback(lambda f: f.cancelled() or f.exception())
         return future
 
-    def _info(self, session: _Session) -> SessionInfo:
-        lifecycle = session.lifecycle
-        host_port = lifecycle.host_port
-        return SessionInfo(
-            id=session.id,
-            token_prefix=session.token[:6],
-            service=session.service.name,
-            index=session.index,
-            user=session.user,
-            size=str(session.options.get("size", "")),
-            state=lifecycle.state.value,
-            connections=len(session.attachments),
-            host=host_port[0] if host_port else None,
-            port=host_port[1] if host_port else None,
-            created=session.created,
-            started=self._wall(lifecycle.ready_at),
-            ended=self._wall(lifecycle.ended_at),
-            end_reason=lifecycle.end_reason.value if lifecycle.end_reason else None,
-            message=lifecycle.message,
-            bytes_to_client=session.bytes_to_client
-            + sum(a.bytes_to_client for a in session.attachments.values()),
-            bytes_to_server=session.bytes_to_server
-            + sum(a.bytes_to_server for a in session.attachments.values()),
-            stop_timed_out=lifecycle.stop_timed_out,
-            progress=session.script.progress()
-            if lifecycle.state in (State.STARTING, State.WAITING_READY)
-            else "",
-            bound=session.bound,
-        )
-
-    def _executor(self, session: _Session) -> ThreadPoolExecutor:
+    def _executor(self, session: LiveSession) -> ThreadPoolExecutor:
         key = (session.service.name, session.index)
         executor = self._executors.get(key)
         if executor is None:
@@ -562,28 +537,30 @@ class Broker:
             self._executors[key] = executor
         return executor
 
-    def _spawn(self, session: _Session, coroutine: Any, name: str) -> None:
+    def _spawn(self, session: LiveSession, coroutine: Any, name: str) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coroutine, name=f"{session.label} {name}")
         session.tasks.add(task)
         task.add_done_callback(session.tasks.discard)
 
-    def _drive(self, session: _Session) -> None:
+    def _drive(self, session: LiveSession) -> None:
         """Carry out what the session's lifecycle asks for."""
         for action in session.lifecycle.actions_to_run():
             self._perform(session, action)
         self._wakeup.set()
 
-    def _perform(self, session: _Session, action: Action) -> None:
+    def _perform(self, session: LiveSession, action: Action) -> None:
         if isinstance(action, CallStart):
             self._spawn(session, self._run_start(session), "start")
         elif isinstance(action, ProbeReady):
             self._spawn(session, self._probe(session, action.host, action.port), "probe")
         elif isinstance(action, SessionReady):
             logger.info("%s: running at %s:%d", session.label, action.host, action.port)
+            self._event(session, "started", detail=f"{action.host}:{action.port}")
             if not session.ready.done():
                 session.ready.set_result((action.host, action.port))
         elif isinstance(action, SessionFailed):
             logger.warning("%s: failed to start: %s", session.label, action.message)
+            self._event(session, "failed", detail=action.message)
             if not session.ready.done():
                 session.ready.set_exception(StartError(action.message, reason=action.reason.value))
         elif isinstance(action, CloseConnections):
@@ -592,24 +569,26 @@ class Broker:
                 if not attachment.close_requested.done():
                     attachment.close_requested.set_result(request)
         elif isinstance(action, CallStop):
+            self._event(session, "stopping", detail=session.lifecycle.message)
             self._spawn(session, self._run_stop(session), "stop")
         elif isinstance(action, Ended):
             self._end(session, action.reason)
         elif isinstance(action, Persist):
-            pass  # The in-memory broker has nothing to save; stores hook in here.
+            self._save(session)
 
-    def _end(self, session: _Session, reason: EndReason) -> None:
+    def _end(self, session: LiveSession, reason: EndReason) -> None:
         holders = self._holders[session.service.name]
         if holders[session.index] is session:
             holders[session.index] = None
-        self._sessions.pop(session.token, None)
+        self._sessions.pop(session.token_hash, None)
         self._by_id.pop(session.id, None)
         if not session.ready.done():
             session.ready.set_exception(
                 StartError(session.lifecycle.message or reason.value, reason=reason.value)
             )
-        info = self._info(session)
+        info = session.info(self._wall)
         self._history.append(info)
+        self._event(session, "stopped", detail=reason.value)
         logger.info(
             "%s: ended (%s)%s",
             session.label,
@@ -619,15 +598,19 @@ class Broker:
         if not self._sessions:
             self._all_ended.set()
 
-    async def _run_start(self, session: _Session) -> None:
+    async def _run_start(self, session: LiveSession) -> None:
         script = session.script
         loop = asyncio.get_running_loop()
 
         def call_start() -> bool:
             script.reset()
-            return bool(
-                script.start(session.token, timestamp=time.time(), options=dict(session.options))
+            # A reservation adopted after a restart and reached by its id has no token here.
+            token = session.token or session.id
+            started = bool(
+                script.start(token, timestamp=time.time(), options=dict(session.options))
             )
+            session.script_state = script_state(script)
+            return started
 
         began = loop.time()
         try:
@@ -654,24 +637,17 @@ class Broker:
                 session.lifecycle.start_succeeded(*host_port, self.now())
         self._drive(session)
 
-    async def _probe(self, session: _Session, host: str, port: int) -> None:
+    async def _probe(self, session: LiveSession, host: str, port: int) -> None:
         while session.lifecycle.state is State.WAITING_READY:
-            try:
-                _, writer = await asyncio.wait_for(
-                    asyncio.open_connection(host, port), PROBE_CONNECT_TIMEOUT
-                )
-            except (OSError, TimeoutError):
+            if not await port_answers(host, port):
                 await asyncio.sleep(self.probe_interval)
                 continue
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
             if session.lifecycle.state is State.WAITING_READY:
                 session.lifecycle.ready(self.now())
                 self._drive(session)
             return
 
-    async def _run_stop(self, session: _Session) -> None:
+    async def _run_stop(self, session: LiveSession) -> None:
         script = session.script
         loop = asyncio.get_running_loop()
         try:

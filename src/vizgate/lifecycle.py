@@ -206,6 +206,57 @@ class SessionLifecycle:
         self._last_disconnect: float | None = None
         self._actions: list[Action] = []
 
+    # -- a restarted gateway's sessions -------------------------------------------------------
+
+    @classmethod
+    def adopt_reserved(
+        cls, *, now: float, timeouts: Timeouts, label: str, deadline: float
+    ) -> SessionLifecycle:
+        """A reservation made before a restart; it keeps its original deadline."""
+        lifecycle = cls(now=now, timeouts=timeouts, label=label)
+        lifecycle._deadline_of_phase = deadline
+        return lifecycle
+
+    @classmethod
+    def adopt_running(
+        cls,
+        *,
+        now: float,
+        timeouts: Timeouts,
+        label: str,
+        host: str,
+        port: int,
+        ready_at: float,
+        last_activity: float,
+    ) -> SessionLifecycle:
+        """A session that ran before a restart and still answers at host:port.
+
+        Nobody is connected yet, so the linger starts now: if no viewer comes back within it,
+        the session is stopped as after any last disconnect.
+        """
+        lifecycle = cls(now=now, timeouts=timeouts, label=label)
+        lifecycle._state = State.RUNNING
+        lifecycle.host_port = (host, port)
+        lifecycle.started_at = lifecycle.ready_at = ready_at
+        lifecycle.last_activity = max(last_activity, ready_at)
+        lifecycle._deadline_of_phase = None
+        lifecycle._last_disconnect = now
+        return lifecycle
+
+    @classmethod
+    def adopt_interrupted(
+        cls, *, now: float, timeouts: Timeouts, label: str, reason: EndReason, message: str
+    ) -> SessionLifecycle:
+        """A session whose ``start()`` or ``stop()`` the restart cut short, or that no longer
+        answers: ``stop()`` runs now (again, for an interrupted stop) and it ends with
+        ``reason``."""
+        lifecycle = cls(now=now, timeouts=timeouts, label=label)
+        lifecycle._state = State.STARTING  # start() was called before the restart
+        lifecycle._end_with(reason, message, now)
+        lifecycle._begin_stop(now)
+        lifecycle._actions = [a for a in lifecycle._actions if isinstance(a, CallStop)]
+        return lifecycle
+
     # -- state ----------------------------------------------------------------------------
 
     @property
@@ -367,6 +418,18 @@ class SessionLifecycle:
             raise self._illegal("crashed")
         self._end_with(EndReason.CRASHED, message, now)
         self._begin_stop(now)
+
+    def timeout_deadline(self) -> tuple[float, EndReason] | None:
+        """When the idle timeout or the maximum lifetime will end this running session, and
+        which; what a viewer warns its user about. None when neither applies."""
+        if self._state is not State.RUNNING or self.is_ending:
+            return None
+        candidates: list[tuple[float, EndReason]] = []
+        if self.timeouts.idle is not None:
+            candidates.append((self.last_activity + self.timeouts.idle, EndReason.IDLE_TIMEOUT))
+        if self.timeouts.max_lifetime is not None and self.ready_at is not None:
+            candidates.append((self.ready_at + self.timeouts.max_lifetime, EndReason.MAX_LIFETIME))
+        return min(candidates, key=lambda c: c[0]) if candidates else None
 
     def next_deadline(self) -> float | None:
         """When :meth:`tick` next has something to do, or None."""

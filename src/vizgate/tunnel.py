@@ -23,10 +23,11 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import parse_qs
 
-from vizgate.broker import Attachment, Broker, CloseRequest, SessionInfo
+from vizgate.broker import Attachment, Broker
 from vizgate.exceptions import ReservationError, StartError
 from vizgate.lifecycle import EndReason
 from vizgate.rfb import RfbBridge, VncPasswordFileError
+from vizgate.sessions import CloseRequest, SessionInfo
 
 __all__ = [
     "CLOSE_GOING_AWAY",
@@ -78,6 +79,10 @@ def _close_reason(text: str) -> str:
     if len(encoded) <= MAX_CLOSE_REASON_BYTES:
         return text
     return encoded[: MAX_CLOSE_REASON_BYTES - 3].decode(errors="ignore") + "..."
+
+
+async def _no_session() -> Attachment:
+    raise ReservationError("unknown, expired or released token", reason="unknown_token")
 
 
 class _ClientGone(Exception):
@@ -142,7 +147,7 @@ class _Connection:
         accept: Message = {"type": "websocket.accept"}
         if "binary" in subprotocols:
             accept["subprotocol"] = "binary"
-        token, session = self.find_session()
+        attach, session = self.find_session()
         if session is None:
             await self.send(accept)
             await self.close(CLOSE_POLICY_VIOLATION, "unknown, expired or released token")
@@ -153,7 +158,7 @@ class _Connection:
             logger.warning("refused a viewer of session %s: %s", session.id, refusal)
             await self.close(CLOSE_POLICY_VIOLATION, refusal)
             return
-        attachment = await self.attach(token)
+        attachment = await self.attach(attach)
         if attachment is None:
             return
         try:
@@ -161,25 +166,27 @@ class _Connection:
         finally:
             self.broker.detach(attachment)
 
-    def find_session(self) -> tuple[str, SessionInfo | None]:
-        """The token and session a request names.
+    def find_session(self) -> tuple[Callable[[], Awaitable[Attachment]], SessionInfo | None]:
+        """The session a request names, and how to attach to it.
 
         A ``token`` query field is the seed's bearer token. A ``session`` field names a session
         by its public id instead, so a logged-in portal user's page never holds the token; it is
         only honoured for sessions bound to a user, and the authorizer must then approve.
         """
         query = parse_qs(bytes(self.scope.get("query_string", b"")).decode("latin-1"))
+        client = self.scope.get("client")
+        address = f"{client[0]}:{client[1]}" if client else ""
         token = (query.get("token") or [""])[0]
         if token:
-            return token, self.broker.session_of_token(token)
+            return (
+                lambda: self.broker.attach(token, client=address),
+                self.broker.session_of_token(token),
+            )
         session_id = (query.get("session") or [""])[0]
-        if not session_id or self.authorize is None:
-            return "", None
-        session = self.broker.session_by_id(session_id)
-        token = self.broker.token_of(session_id) or ""
-        if session is None or not session.bound or not token:
-            return "", None
-        return token, session
+        session = self.broker.session_by_id(session_id) if session_id else None
+        if session is None or not session.bound or self.authorize is None:
+            return _no_session, None
+        return lambda: self.broker.attach_session(session_id, client=address), session
 
     async def close(self, code: int, reason: str) -> None:
         if self.closed or self.client_gone:
@@ -190,9 +197,9 @@ class _Connection:
                 {"type": "websocket.close", "code": code, "reason": _close_reason(reason)}
             )
 
-    async def attach(self, token: str) -> Attachment | None:
+    async def attach(self, attach: Callable[[], Awaitable[Attachment]]) -> Attachment | None:
         """Attach to the session, starting it if needed; watch for the browser leaving meanwhile."""
-        attaching = asyncio.ensure_future(self.broker.attach(token))
+        attaching = asyncio.ensure_future(attach())
         # A browser speaks second in RFB, so it sends nothing but a close while the session starts.
         leaving = asyncio.ensure_future(self.receive())
         try:
@@ -272,6 +279,7 @@ class _Connection:
             request: CloseRequest = attachment.close_requested.result()
             await self.close(close_code_for(request.reason), request.message)
         elif to_client in done and to_client.exception() is None:
+            attachment.server_closed()
             await self.close(CLOSE_INTERNAL_ERROR, "VNC server closed the connection")
         elif to_server in done and isinstance(to_server.exception(), _ClientGone):
             self.client_gone = True

@@ -28,8 +28,8 @@ from django.shortcuts import render
 from django.utils.cache import add_never_cache_headers
 from django.views.decorators.csrf import csrf_exempt
 
-from vizgate.broker import ServiceInfo, SessionInfo, session_id_of
 from vizgate.exceptions import ReservationError
+from vizgate.sessions import ServiceInfo, SessionInfo, session_id_of
 from vizgate.web import runtime
 
 __all__ = [

@@ -1,0 +1,192 @@
+"""Where the broker keeps its sessions so that a restarted gateway finds them again.
+
+The broker hands a :class:`SessionRecord` to a :class:`SessionStore` whenever a session changes
+state, and an event whenever something worth auditing happens; at start-up it asks the store
+for the sessions that were live. The store never sees a token: a session is known by its public
+id and the SHA-256 of its token, which is enough to recognise the token when a viewer presents
+it again after a restart.
+
+:class:`MemoryStore` keeps everything in memory (tests, and a gateway run without a database);
+the gateway's Django store lives in :mod:`vizgate.web.portal.store`. :class:`ThreadedStore` runs
+any store's blocking calls on one writer thread, in order, so the event loop never waits for a
+database.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+__all__ = [
+    "EVENT_KINDS",
+    "MemoryStore",
+    "SessionEventRecord",
+    "SessionRecord",
+    "SessionStore",
+    "ThreadedStore",
+]
+
+logger = logging.getLogger(__name__)
+
+#: What the audit trail records.
+EVENT_KINDS = frozenset(
+    {
+        "reserved",
+        "starting",
+        "started",
+        "connected",
+        "disconnected",
+        "stopping",
+        "stopped",
+        "failed",
+        "released",
+        "terminated",
+        "adopted",
+    }
+)
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    """What is saved of one session (wall-clock times in seconds since the epoch).
+
+    Attributes:
+        id: the public id (derived from the token; safe to show).
+        token_hash: SHA-256 of the token, hex.
+        service, index, user, bound, options: what the reservation held; ``options`` never
+            holds a secret (the broker leaves out keys that look like one).
+        state: the lifecycle state's value; ``"ended"`` once over.
+        host, port: where the VNC server listens, once known.
+        created, started, ended, last_activity: when things happened.
+        end_reason, message: why it ended, and the message people were shown.
+        bytes_to_client, bytes_to_server: what the tunnel carried.
+        stop_timed_out: ``stop()`` did not return in time; an admin should look.
+        script_state: what the script's ``get_state()`` returned, for its ``load_state()``.
+    """
+
+    id: str
+    token_hash: str
+    service: str
+    index: int
+    user: str
+    bound: bool
+    options: Mapping[str, Any]
+    state: str
+    host: str | None
+    port: int | None
+    created: float
+    started: float | None
+    ended: float | None
+    last_activity: float | None
+    end_reason: str | None
+    message: str
+    bytes_to_client: int
+    bytes_to_server: int
+    stop_timed_out: bool
+    script_state: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SessionEventRecord:
+    """One line of the audit trail."""
+
+    session_id: str
+    kind: str
+    at: float
+    user: str = ""
+    client: str = ""
+    detail: str = ""
+
+
+class SessionStore(Protocol):
+    """Keeps session records and their audit trail. Calls may block: the broker runs them
+    through a :class:`ThreadedStore`."""
+
+    def load_live(self) -> list[SessionRecord]:
+        """Every session that had not ended, oldest first."""
+        ...
+
+    def save(self, record: SessionRecord) -> None:
+        """Insert or update a session (by ``record.id``)."""
+        ...
+
+    def add_event(self, event: SessionEventRecord) -> None:
+        """Append to the audit trail."""
+        ...
+
+
+class MemoryStore:
+    """A :class:`SessionStore` in memory; what a broker without a database uses."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, SessionRecord] = {}
+        self.events: list[SessionEventRecord] = []
+        self._lock = threading.Lock()
+
+    def load_live(self) -> list[SessionRecord]:
+        with self._lock:
+            live = [r for r in self.records.values() if r.state != "ended"]
+        return sorted(live, key=lambda r: r.created)
+
+    def save(self, record: SessionRecord) -> None:
+        with self._lock:
+            self.records[record.id] = replace(record)
+
+    def add_event(self, event: SessionEventRecord) -> None:
+        with self._lock:
+            self.events.append(event)
+
+
+_STOP = object()
+
+
+class ThreadedStore:
+    """Runs a store's writes on one thread, in the order they were asked for.
+
+    Writes never block the caller; :meth:`flush` waits until every write so far is done.
+    A write that fails is logged and dropped: a database hiccup must not take sessions down.
+    """
+
+    def __init__(self, store: SessionStore) -> None:
+        self.store = store
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="vizgate-store", daemon=True)
+        self._thread.start()
+
+    def load_live(self) -> list[SessionRecord]:
+        """Read the live sessions (blocking; call it from a worker thread)."""
+        self.flush()
+        return self.store.load_live()
+
+    def save(self, record: SessionRecord) -> None:
+        self._queue.put((self.store.save, record))
+
+    def add_event(self, event: SessionEventRecord) -> None:
+        self._queue.put((self.store.add_event, event))
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until the writes asked for so far are done; False on timeout."""
+        done = threading.Event()
+        self._queue.put((lambda _: done.set(), None))
+        return done.wait(timeout)
+
+    def close(self, timeout: float | None = 10.0) -> None:
+        """Finish the pending writes and stop the thread."""
+        self._queue.put(_STOP)
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            write: Callable[[Any], None]
+            write, argument = item
+            try:
+                write(argument)
+            except Exception:
+                logger.exception("the session store failed to save; continuing")
