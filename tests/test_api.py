@@ -322,7 +322,9 @@ def test_a_host_header_the_server_does_not_serve_is_400(gateway: GatewayProcess)
 
 def test_stop_with_the_security_token_ends_the_process_with_status_0(tmp_path: Path) -> None:
     config = write_config(tmp_path / "config", TYPES)
-    gateway = start_gateway(tmp_path / "run", config, "--security-token", SECURITY_TOKEN)
+    gateway = start_gateway(
+        tmp_path / "run", config, "--security-token", SECURITY_TOKEN, "--stop-sessions-on-exit"
+    )
     try:
         token = gateway.request("/v1/reserve/Desktop", authorized()).json()["token"]
         assert_error(gateway.request("/v1/stop", {"security_token": "no"}), 401, "unauthorized")

@@ -202,7 +202,7 @@ def test_a_port_in_use_exits_1(tmp_path: Path, config: Path) -> None:
 def test_a_signal_stops_gracefully_with_status_0(
     tmp_path: Path, config: Path, gateways: list[GatewayProcess], signum: signal.Signals
 ) -> None:
-    gateway = start_gateway(tmp_path / "run", config)
+    gateway = start_gateway(tmp_path / "run", config, "--stop-sessions-on-exit")
     gateways.append(gateway)
     stdout_lines = gateway.stdout_path.read_text().splitlines()
     assert stdout_lines == [f"{LISTENING}http://127.0.0.1:{gateway.port}/"]
@@ -215,6 +215,26 @@ def test_a_signal_stops_gracefully_with_status_0(
     output = gateway.output()
     assert "ended (shutdown)" in output
     assert "Traceback" not in output
+
+
+def test_by_default_a_stop_keeps_sessions_and_the_next_start_adopts_them(
+    tmp_path: Path, config: Path, gateways: list[GatewayProcess]
+) -> None:
+    first = start_gateway(tmp_path / "run", config)
+    gateways.append(first)
+    reserved = first.request("/v1/reserve/Desktop").json()
+    first.process.send_signal(signal.SIGTERM)
+    assert first.wait(15) == 0
+    assert "ended (shutdown)" not in first.output()
+
+    second = start_gateway(tmp_path / "run2", config, "--data-dir", str(tmp_path / "run" / "data"))
+    gateways.append(second)
+    [session] = second.request("/v1/status").json()["sessions"]
+    assert session["id"] == reserved["session_id"]
+    assert session["state"] == "reserved"
+    # The same token still names it.
+    assert second.request(f"/v1/release/{reserved['token']}").status == 200
+    assert second.request("/v1/status").json()["sessions"] == []
 
 
 def test_data_dir_keeps_a_private_secret_key_and_a_migrated_database(

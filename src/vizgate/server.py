@@ -156,6 +156,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="stop waiting for a script's stop() after this (default: %(default)g)",
     )
     parser.add_argument(
+        "--stop-sessions-on-exit",
+        action="store_true",
+        help="stop every session when the gateway stops; by default running sessions keep "
+        "running and the next start of the gateway adopts them",
+    )
+    parser.add_argument(
         "--ping-interval",
         type=_seconds,
         default=20.0,
@@ -230,6 +236,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
     from vizgate.web import runtime
     from vizgate.web.asgi import build_application
+    from vizgate.web.portal.store import DjangoSessionStore
 
     broker = Broker(
         catalog,
@@ -242,9 +249,14 @@ def run_serve(args: argparse.Namespace) -> int:
             max_lifetime=args.max_lifetime,
             stop=args.stop_timeout,
         ),
+        store=DjangoSessionStore(),
     )
     ping_interval = args.ping_interval or None
-    application = build_application(broker, ping_interval=ping_interval)
+    application = build_application(
+        broker,
+        ping_interval=ping_interval,
+        stop_sessions_on_exit=args.stop_sessions_on_exit,
+    )
     config = uvicorn.Config(
         application,
         loop="uvloop",

@@ -32,13 +32,23 @@ class Gateway:
         broker: the session broker; opened at lifespan start-up, closed at shutdown.
         http: the application for ``http`` scopes (Django).
         websocket: the application for ``websocket`` scopes (the tunnel).
+        stop_sessions_on_exit: stop every session when the server stops; by default running
+            sessions keep running and the next start of the gateway adopts them.
 
     Attributes:
         startup_error: why the lifespan start-up failed, if it did (the server reports it).
     """
 
-    def __init__(self, broker: Broker, *, http: ASGIApp, websocket: ASGIApp) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        *,
+        http: ASGIApp,
+        websocket: ASGIApp,
+        stop_sessions_on_exit: bool = False,
+    ) -> None:
         self.broker = broker
+        self.stop_sessions_on_exit = stop_sessions_on_exit
         self.http = http
         self.websocket = websocket
         self.startup_error: BaseException | None = None
@@ -74,7 +84,7 @@ class Gateway:
             elif message["type"] == "lifespan.shutdown":
                 runtime.set_broker(None)
                 try:
-                    await self.broker.close(stop_sessions=True)
+                    await self.broker.close(stop_sessions=self.stop_sessions_on_exit)
                 except Exception as exc:
                     logger.exception("closing the broker failed")
                     await send({"type": "lifespan.shutdown.failed", "message": str(exc)})
@@ -83,7 +93,12 @@ class Gateway:
                 return
 
 
-def build_application(broker: Broker, *, ping_interval: float | None = 20.0) -> Gateway:
+def build_application(
+    broker: Broker,
+    *,
+    ping_interval: float | None = 20.0,
+    stop_sessions_on_exit: bool = False,
+) -> Gateway:
     """The gateway's ASGI application: Django for HTTP, the tunnel for WebSockets.
 
     Django must be set up first (:func:`vizgate.web.setup_django`).
@@ -91,6 +106,7 @@ def build_application(broker: Broker, *, ping_interval: float | None = 20.0) -> 
     Args:
         broker: the session broker (not yet open).
         ping_interval: the tunnel's heartbeat interval in seconds; None or 0 for none.
+        stop_sessions_on_exit: see :class:`Gateway`.
     """
     # Imported here: Django's handler needs configured settings.
     from django.core.handlers.asgi import ASGIHandler
@@ -99,4 +115,5 @@ def build_application(broker: Broker, *, ping_interval: float | None = 20.0) -> 
         broker,
         http=ASGIHandler(),
         websocket=Tunnel(broker, ping_interval=ping_interval),
+        stop_sessions_on_exit=stop_sessions_on_exit,
     )
