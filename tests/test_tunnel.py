@@ -4,80 +4,19 @@ and the shipped test-double scripts standing in for VNC servers."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import os
-import socket
-import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import uvicorn
 import websockets
-from websockets.exceptions import ConnectionClosed
 
+from inprocess import Served, closed_with, serve, unique
 from support import await_until, scaled
-from vizgate.broker import Broker
-from vizgate.catalog import load_catalog
 from vizgate.lifecycle import Timeouts
-from vizgate.server import WS_IMPLEMENTATION
-from vizgate.testing import DOUBLE_SESSION_SCRIPT, instances
-from vizgate.tunnel import Tunnel
+from vizgate.testing import instances
 
 LINGER = 0.3
-
-
-@dataclass
-class Served:
-    broker: Broker
-    port: int
-
-    def url(self, token: str, path: str = "/websockify") -> str:
-        return f"ws://127.0.0.1:{self.port}{path}?token={token}"
-
-
-@contextlib.asynccontextmanager
-async def serve(
-    tmp_path: Path, types: dict[str, dict[str, object]], timeouts: Timeouts
-) -> AsyncIterator[Served]:
-    # Type names are unique per test: the doubles' registry is per process.
-    config = tmp_path / "external_services.json"
-    config.write_text(
-        json.dumps(
-            {
-                name: {"script": str(DOUBLE_SESSION_SCRIPT), "count": 2, "options": options}
-                for name, options in types.items()
-            }
-        )
-    )
-    broker = Broker(load_catalog(config), timeouts=timeouts)
-    await broker.open()
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(
-        uvicorn.Config(
-            Tunnel(broker),
-            ws=WS_IMPLEMENTATION,
-            lifespan="off",
-            log_config=None,
-            ws_per_message_deflate=False,
-        )
-    )
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    await await_until(lambda: server.started, timeout=scaled(10), message="uvicorn did not start")
-    try:
-        yield Served(broker, sock.getsockname()[1])
-    finally:
-        await broker.close()
-        server.should_exit = True
-        await task
-        sock.close()
-
-
-def unique(name: str) -> str:
-    return f"{name} {uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture
@@ -87,19 +26,6 @@ async def echo(tmp_path: Path) -> AsyncIterator[tuple[Served, str]]:
         tmp_path, {name: {"behaviour": "starts"}}, Timeouts(linger=LINGER, stop=5)
     ) as served:
         yield served, name
-
-
-async def closed_with(ws: websockets.ClientConnection) -> tuple[int, str]:
-    """Read until the server closes; its close code and reason."""
-    with pytest.raises(ConnectionClosed) as closed:
-        await asyncio.wait_for(drain(ws), scaled(10))
-    assert closed.value.rcvd is not None
-    return closed.value.rcvd.code, closed.value.rcvd.reason
-
-
-async def drain(ws: websockets.ClientConnection) -> None:
-    while True:
-        await ws.recv()
 
 
 async def test_a_made_up_token_is_closed_with_1008(echo: tuple[Served, str]) -> None:

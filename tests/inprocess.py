@@ -1,0 +1,103 @@
+"""A gateway's tunnel and broker served in the test's own event loop: a real uvicorn on
+127.0.0.1 and real WebSocket clients, with the broker reachable for assertions."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+import websockets
+from websockets.exceptions import ConnectionClosed
+
+from support import await_until, scaled
+from vizgate.broker import Broker
+from vizgate.catalog import load_catalog
+from vizgate.lifecycle import Timeouts
+from vizgate.server import WS_IMPLEMENTATION
+from vizgate.testing import DOUBLE_SESSION_SCRIPT
+from vizgate.tunnel import Tunnel
+
+__all__ = ["Served", "closed_with", "serve", "serve_catalog", "unique"]
+
+
+@dataclass
+class Served:
+    broker: Broker
+    port: int
+
+    def url(self, token: str, path: str = "/websockify") -> str:
+        return f"ws://127.0.0.1:{self.port}{path}?token={token}"
+
+
+def serve(
+    tmp_path: Path, types: dict[str, dict[str, object]], timeouts: Timeouts
+) -> contextlib.AbstractAsyncContextManager[Served]:
+    """Serve types of the test-double script (2 instances each) with these options.
+
+    Type names should be unique per test: the doubles' registry is per process.
+    """
+    return serve_catalog(
+        tmp_path,
+        {
+            name: {"script": str(DOUBLE_SESSION_SCRIPT), "count": 2, "options": options}
+            for name, options in types.items()
+        },
+        timeouts,
+    )
+
+
+@contextlib.asynccontextmanager
+async def serve_catalog(
+    tmp_path: Path, catalog: dict[str, Any], timeouts: Timeouts
+) -> AsyncIterator[Served]:
+    """Serve an external_services.json made of ``catalog``."""
+    config = tmp_path / "external_services.json"
+    config.write_text(json.dumps(catalog))
+    broker = Broker(load_catalog(config), timeouts=timeouts)
+    await broker.open()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            Tunnel(broker),
+            ws=WS_IMPLEMENTATION,
+            lifespan="off",
+            log_config=None,
+            ws_per_message_deflate=False,
+        )
+    )
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    await await_until(lambda: server.started, timeout=scaled(10), message="uvicorn did not start")
+    try:
+        yield Served(broker, sock.getsockname()[1])
+    finally:
+        await broker.close()
+        server.should_exit = True
+        await task
+        sock.close()
+
+
+def unique(name: str) -> str:
+    return f"{name} {uuid.uuid4().hex[:8]}"
+
+
+async def closed_with(ws: websockets.ClientConnection) -> tuple[int, str]:
+    """Read until the server closes; its close code and reason."""
+    with pytest.raises(ConnectionClosed) as closed:
+        await asyncio.wait_for(drain(ws), scaled(10))
+    assert closed.value.rcvd is not None
+    return closed.value.rcvd.code, closed.value.rcvd.reason
+
+
+async def drain(ws: websockets.ClientConnection) -> None:
+    while True:
+        await ws.recv()
