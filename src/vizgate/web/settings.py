@@ -9,6 +9,9 @@ They are read from a few environment variables, which ``vizgate serve`` sets (th
     Comma-separated host names the server answers to.
 ``VIZGATE_HTTPS``
     Non-empty when the server speaks https.
+``VIZGATE_DATABASE_URL``
+    Set by the admin, not by the server: the database, when not SQLite in the data
+    directory (see :mod:`vizgate.web.database`).
 
 Settings of vizgate itself are prefixed ``VIZGATE_``; each has a default and a docstring.
 """
@@ -20,6 +23,7 @@ import secrets
 from pathlib import Path
 
 from vizgate.web import default_data_dir
+from vizgate.web.database import DATABASE_URL_ENV, database_settings
 
 __all__: list[str] = []  # a settings module is read by Django, not imported from
 
@@ -118,19 +122,8 @@ TEMPLATES = [
     },
 ]
 
-DATABASES = {
-    "default": {
-        "ENGINE": "django.db.backends.sqlite3",
-        "NAME": VIZGATE_DATA_DIR / "vizgate.sqlite3",
-        "OPTIONS": {
-            # The server writes from several threads; WAL lets readers go on while one writes,
-            # and IMMEDIATE takes the write lock up front instead of failing mid-transaction.
-            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL",
-            "transaction_mode": "IMMEDIATE",
-            "timeout": 20,
-        },
-    }
-}
+DATABASES = {"default": database_settings(os.environ.get(DATABASE_URL_ENV), VIZGATE_DATA_DIR)}
+"""SQLite in the data directory, or the database ``VIZGATE_DATABASE_URL`` names."""
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -146,7 +139,21 @@ TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
 
-STATIC_URL = "static/"
+# Static files (the portal's own JS and CSS, noVNC, the admin's) are found by the staticfiles
+# finders in each app's ``static/`` folder and served by the gateway itself
+# (:mod:`vizgate.web.portal.assets`); there is no collectstatic step.
+STATIC_URL = "/static/"
+
+LOGIN_URL = "portal:login"
+LOGIN_REDIRECT_URL = "portal:catalogue"
+LOGOUT_REDIRECT_URL = "portal:login"
+
+# The session cookie is all a browser needs to open its user's desktops: never readable from
+# scripts, never sent by cross-site subrequests.
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+# The portal's pages carry the CSRF token in their forms; no script needs the cookie.
+CSRF_COOKIE_HTTPONLY = True
 
 SESSION_COOKIE_SECURE = VIZGATE_HTTPS
 CSRF_COOKIE_SECURE = VIZGATE_HTTPS
