@@ -92,6 +92,7 @@ _NOT_GROUP = (
     "(leave it out to allow everyone), not"
 )
 _NOT_SECONDS = "must be a number of seconds, 0 or more, not"
+_NOT_BUILTIN = 'is not a built-in script; the built-in ones are: "builtin:slurm"'
 _NOT_TYPE = 'must be an object with "script", "count" and "options", not'
 _DUPLICATE = "given 2 times; JSON keeps only the last one and would silently drop the others"
 
@@ -181,6 +182,23 @@ ERROR_CASES = [
     pytest.param(one_type(script=None), '"T" > script', f"{_NOT_SCRIPT} null", id="script-null"),
     pytest.param(
         one_type(script=["s.py"]), '"T" > script', f"{_NOT_SCRIPT} a list", id="script-list"
+    ),
+    *(
+        pytest.param(
+            one_type(script=name),
+            '"T" > script',
+            f"{json.dumps(name)} {_NOT_BUILTIN}",
+            id=f"script-{name}",
+        )
+        for name in (
+            "builtin:nosuch",
+            "builtin:",
+            "builtin:Slurm",
+            "builtin:slurm ",
+            "builtin: slurm",
+            "builtin:slurm.py",
+            "builtin:../s.py",
+        )
     ),
     pytest.param(one_type(count=True), '"T" > count', f"{_NOT_COUNT} true", id="count-true"),
     pytest.param(one_type(count=False), '"T" > count', f"{_NOT_COUNT} false", id="count-false"),
@@ -630,6 +648,34 @@ def test_absolute_script_path_is_used_as_is(tmp_path: Path) -> None:
     site.mkdir()
     catalog = load_catalog(write_config(site, one_type(script=str(script))))
     assert catalog["T"].script == script.resolve()
+
+
+@pytest.mark.parametrize(
+    ("script", "launcher"),
+    [pytest.param("builtin:slurm", "slurm.py", id="slurm")],
+)
+def test_builtin_script_is_the_launcher_shipped_with_vizgate(
+    tmp_path: Path, script: str, launcher: str
+) -> None:
+    import vizgate.launchers
+
+    # No file of that name beside the configuration: the package's launcher is used.
+    catalog = load_catalog(write_config(tmp_path, one_type(script=script)))
+    expected = Path(vizgate.launchers.__file__).resolve().parent / launcher
+    assert catalog["T"].script == expected
+    assert expected.is_file()
+
+
+def test_builtin_prefix_is_not_looked_up_as_a_file(tmp_path: Path) -> None:
+    # A file that happens to carry the name does not make an unknown built-in valid.
+    (tmp_path / "builtin:nosuch").write_text("")
+    assert problems_of(write_config(tmp_path, one_type(script="builtin:nosuch"))) == (
+        ConfigProblem(
+            str(tmp_path / "external_services.json"),
+            '"T" > script',
+            f'"builtin:nosuch" {_NOT_BUILTIN}',
+        ),
+    )
 
 
 def test_parse_catalog_names_the_path_it_is_given(tmp_path: Path) -> None:

@@ -65,14 +65,6 @@ logger = logging.getLogger(__name__)
 # How many ended sessions the broker remembers for status pages.
 HISTORY_LENGTH = 100
 
-_TIMEOUT_OPTIONS = {
-    "start_timeout": "start",
-    "ready_timeout": "ready",
-    "linger": "linger",
-    "idle_timeout": "idle",
-    "max_lifetime": "max_lifetime",
-}
-
 
 class Broker:
     """Reserves, starts, watches and stops the sessions of a catalog.
@@ -147,30 +139,38 @@ class Broker:
                 same store adopts them.
             timeout: how long to wait for them; default the stop timeout plus a little.
         """
-        if stop_sessions:
+        try:
+            if stop_sessions:
+                for session in list(self._sessions.values()):
+                    self._release(session, EndReason.SHUTDOWN, "")
+                wait = timeout if timeout is not None else self.timeouts.stop + 5
+                try:
+                    async with asyncio.timeout(wait):
+                        await self._all_ended.wait()
+                except TimeoutError:
+                    logger.warning("%d session(s) did not end before shutdown", len(self._sessions))
+        finally:
+            timers, self._timer_task = self._timer_task, None
+            if timers is not None:
+                timers.cancel()
             for session in list(self._sessions.values()):
-                self._release(session, EndReason.SHUTDOWN, "")
-            wait = timeout if timeout is not None else self.timeouts.stop + 5
-            try:
-                async with asyncio.timeout(wait):
-                    await self._all_ended.wait()
-            except TimeoutError:
-                logger.warning("%d session(s) did not end before shutdown", len(self._sessions))
-        if self._timer_task is not None:
-            self._timer_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._timer_task
-            self._timer_task = None
-        for session in list(self._sessions.values()):
-            for task in list(session.tasks):
-                task.cancel()
-        for executor in self._executors.values():
-            executor.shutdown(wait=False, cancel_futures=False)
-        self._executors.clear()
-        if self._store is not None:
-            for session in self._sessions.values():
-                self._save(session)
-            await asyncio.to_thread(self._store.close)
+                for task in list(session.tasks):
+                    task.cancel()
+            for executor in self._executors.values():
+                executor.shutdown(wait=False, cancel_futures=False)
+            self._executors.clear()
+            if timers is not None:
+                try:
+                    await timers
+                except asyncio.CancelledError:
+                    # The timers' own cancellation ends here; one aimed at close() goes on.
+                    current = asyncio.current_task()
+                    if current is not None and current.cancelling():
+                        raise
+            if self._store is not None:
+                for session in self._sessions.values():
+                    self._save(session)
+                await asyncio.to_thread(self._store.close)
 
     # -- the public operations -------------------------------------------------------------------
 
@@ -514,12 +514,29 @@ class Broker:
             self._drive(session)
 
     def _timeouts_for(self, service: ServiceType) -> Timeouts:
-        overrides = {
-            field_name: float(service.options[key])
-            for key, field_name in _TIMEOUT_OPTIONS.items()
-            if service.options.get(key) is not None
-        }
-        return replace(self.timeouts, **overrides) if overrides else self.timeouts
+        """The server's timeouts with the type's options on top."""
+        options, default = service.options, self.timeouts
+
+        def seconds(key: str, fallback: float) -> float:
+            value = options.get(key)
+            return float(value) if value is not None else fallback
+
+        def limit(key: str, fallback: float | None) -> float | None:
+            # For the limits an admin switches on, 0 means off, not "end at once".
+            value = options.get(key)
+            if value is None:
+                return fallback
+            return float(value) or None
+
+        return Timeouts(
+            reservation=default.reservation,
+            start=seconds("start_timeout", default.start),
+            ready=seconds("ready_timeout", default.ready),
+            linger=seconds("linger", default.linger),
+            idle=limit("idle_timeout", default.idle),
+            max_lifetime=limit("max_lifetime", default.max_lifetime),
+            stop=default.stop,
+        )
 
     def _new_ready_future(self) -> asyncio.Future[tuple[str, int]]:
         future: asyncio.Future[tuple[str, int]] = asyncio.get_running_loop().create_future()

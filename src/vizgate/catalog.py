@@ -2,7 +2,8 @@
 
 The file format is the seed's ("Remote Session Configuration"), unchanged: one JSON object
 whose keys are session type names; each value is an object with three required keys,
-``script`` (a Python file, relative to the configuration file's folder), ``count`` (the most
+``script`` (a Python file, relative to the configuration file's folder, or ``"builtin:NAME"``
+for a launcher shipped with vizgate, see :mod:`vizgate.launchers`), ``count`` (the most
 instances that may run at once) and ``options`` (handed to the script as ``common_options``).
 vizgate itself reads ``options.sizes``, ``options.group`` and ``options.file_ext``, and the
 broker's timeouts ``options.start_timeout``, ``options.idle_timeout``,
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from vizgate.exceptions import ConfigError, ConfigProblem
+from vizgate.launchers import BUILTIN_PREFIX, BUILTIN_SCRIPTS, builtin_script
 
 __all__ = [
     "DEFAULT_SIZES",
@@ -461,6 +463,8 @@ class _Parser:
                 f"this configuration file), not {_describe(value)}",
             )
             return None
+        if value.startswith(BUILTIN_PREFIX):
+            return self.builtin_script(key_path, value)
         try:
             resolved = (self.folder / value).resolve()
             exists, is_file = resolved.exists(), resolved.is_file()
@@ -475,6 +479,17 @@ class _Parser:
             self.error(key_path, f"{resolved} is not a file")
             return None
         return resolved
+
+    def builtin_script(self, key_path: str, value: str) -> Path | None:
+        name = value[len(BUILTIN_PREFIX) :]
+        if name not in BUILTIN_SCRIPTS:
+            known = ", ".join(_quote(BUILTIN_PREFIX + known) for known in sorted(BUILTIN_SCRIPTS))
+            self.error(
+                key_path,
+                f"{_quote(value)} is not a built-in script; the built-in ones are: {known}",
+            )
+            return None
+        return builtin_script(name)
 
     def count(self, where: str, value: Any) -> int | None:
         if not _is_int(value) or value < 1:

@@ -245,8 +245,9 @@ def run_serve(args: argparse.Namespace) -> int:
             start=args.start_timeout,
             ready=args.ready_timeout,
             linger=args.linger,
-            idle=args.idle_timeout,
-            max_lifetime=args.max_lifetime,
+            # 0 switches a limit off, as leaving it out does.
+            idle=args.idle_timeout or None,
+            max_lifetime=args.max_lifetime or None,
             stop=args.stop_timeout,
         ),
         store=DjangoSessionStore(),

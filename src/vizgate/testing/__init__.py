@@ -10,6 +10,7 @@ from vizgate.testing.doubles import (
     DOUBLE_SESSION_SCRIPT,
     DoubleScript,
     EchoServer,
+    forget,
     instances,
     release_hung,
 )
@@ -19,6 +20,7 @@ __all__ = [
     "DOUBLE_SESSION_SCRIPT",
     "DoubleScript",
     "EchoServer",
+    "forget",
     "instances",
     "release_hung",
 ]

@@ -13,7 +13,8 @@ Behaviours (see :data:`BEHAVIOURS`):
     client with ``RFB 003.008\\n`` and echoes what it receives, so tunnels and readiness probes
     work; ``stop()`` closes it.
 ``slow``
-    Like ``starts`` after waiting ``options.delay`` seconds (default 2).
+    Like ``starts`` after waiting ``options.delay`` seconds (default 2); it reports its progress
+    meanwhile, as a real script may with ``report_progress()``.
 ``never``
     ``start()`` blocks until :func:`release_hung` is called or ``options.hang`` seconds
     (default 30) pass, then returns False. The bound keeps a forgotten test from hanging forever.
@@ -24,7 +25,8 @@ Behaviours (see :data:`BEHAVIOURS`):
     Start like ``starts``; ``stop()`` closes the server, then raises, or blocks like ``never``.
 
 Every double counts its ``start()`` and ``stop()`` calls and records whether the two ever
-overlapped (the broker promises they never do). The doubles of a session type are found with
+overlapped (the broker promises they never do); :meth:`DoubleScript.crash` makes a running
+session's server vanish. The doubles of a session type are found with
 :func:`instances`, since the broker realizes them itself.
 """
 
@@ -269,6 +271,10 @@ class DoubleScript(RemoteServiceScript):
         """Let a ``start()`` or ``stop()`` blocked by this double return now."""
         self._released.set()
 
+    def crash(self) -> None:
+        """Make the session's VNC server vanish as if it had crashed (``stop()`` not called)."""
+        self._close_server()
+
     # -- the script API ------------------------------------------------------------------------
 
     def start(
@@ -360,6 +366,7 @@ class SlowDouble(DoubleScript):
         self.delay = _seconds_option(self._common_options, "delay", 2.0)
 
     def _start(self) -> bool:
+        self.report_progress(f"starting slowly ({self.delay:g} s)")
         self._block(self.delay)
         return self._serve()
 
@@ -370,6 +377,7 @@ class NeverStartsDouble(DoubleScript):
     behaviour = "never"
 
     def _start(self) -> bool:
+        self.report_progress("never starting")
         self._block(self.hang)
         return False
 

@@ -1,0 +1,700 @@
+"""Sessions that are Slurm batch jobs: a password-protected Xvnc on a compute node.
+
+Use it from ``external_services.json`` with the built-in script name::
+
+    "Cluster Desktop": {"script": "builtin:slurm", "count": 4,
+                        "options": {"sizes": ["1600x1200"], "partition": "viz",
+                                    "time_limit": "8:00:00", "sbatch_args": ["--gres=gpu:1"]}}
+
+Each instance's ``start()`` creates a private folder for the session (mode 0700, named by type,
+index and a random suffix: Slurm job ids restart at 1 on a fresh cluster, so they never name
+anything alone), writes a fresh VNC password into it in TigerVNC's ``passwd`` format (0600), and
+submits ``slurm_job.sh`` (beside this file) with ``sbatch``. The job starts Xvnc on a free display
+and port of its node and writes ``HOST PORT`` to the folder's ``connection`` file; ``start()``
+polls the job's state (reporting it, e.g. ``PENDING (Resources)``, with
+:meth:`~vizgate.scripts.RemoteServiceScript.report_progress`) until the job runs and the file is
+there. The gateway answers Xvnc's password challenge itself; the browser never sees the password.
+
+The session folder must therefore be visible from the compute nodes under the same path (home
+directories on a shared file system usually are). Jobs run as the user that runs vizgate.
+
+When a session cannot start, ``start()`` returns False after calling ``report_progress`` with a
+message for the person waiting that carries Slurm's state and reason (e.g. ``Slurm job 12 cannot
+run: PENDING (BadConstraints)``, or sbatch's own error); that last progress message is the
+user-facing reason of the failure. The same line goes to stderr for the admin.
+
+Options (the session type's ``options``; all optional):
+
+* ``partition`` (str): ``sbatch --partition``; default: the cluster's default partition.
+* ``time_limit`` (str or int): ``sbatch --time``, e.g. ``"8:00:00"`` or minutes as a number;
+  default: the partition's limit.
+* ``sbatch_args`` (list of str): more ``sbatch`` arguments, e.g. ``["--gres=gpu:1",
+  "--constraint=viz"]``. A list, never one string: nothing is split or given to a shell.
+* ``xvnc`` (str): the Xvnc program on the compute nodes; default ``Xvnc``.
+* ``state_dir`` (str): where session folders are made; default
+  ``~/.local/state/vizgate/slurm``. Must be shared with the compute nodes.
+* ``start_timeout`` (seconds): the broker's start timeout (default 120 s); ``start()`` gives up
+  (and cancels the job) a little before it, so that it can still say why.
+* ``sizes`` (list of ``WIDTHxHEIGHT``): the desktop sizes offered, read by vizgate itself.
+
+A job inherits only a few variables of the gateway's environment (:data:`JOB_ENVIRONMENT`, plus
+``SLURM_*`` and ``SBATCH_*``), so that nothing else of it (database URLs, secret keys) reaches
+jobs: ``sbatch`` runs in that reduced environment with ``--export=ALL``. (Naming the variables
+with ``--export=PATH,HOME,...`` instead would make Slurm build the rest from a login shell of the
+user on the node, ``su - USER``, which runs login scripts and can take seconds or hang.) Give a
+job more with ``"sbatch_args": ["--export=ALL,NAME=value"]``.
+
+For a restarted gateway, :meth:`SlurmSession.get_state` / :meth:`SlurmSession.load_state` hold
+what it takes to re-adopt a running job (job id, folder, host, port; never the password, which is
+read back from the folder).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from vizgate.catalog import DEFAULT_SIZES
+from vizgate.rfb import VncPasswordFileError, read_vnc_password_file, write_vnc_password_file
+from vizgate.scripts import RemoteServiceScript
+
+__all__ = [
+    "DEFAULT_START_TIMEOUT",
+    "DEFAULT_STATE_DIR",
+    "ENDED_STATES",
+    "JOB_ENVIRONMENT",
+    "JOB_SCRIPT",
+    "NEVER_RUNS_REASONS",
+    "JobStatus",
+    "SlurmSession",
+    "SlurmUnavailableError",
+    "job_environment",
+    "job_status",
+    "realize_service",
+]
+
+#: The batch script every session job runs.
+JOB_SCRIPT = Path(__file__).resolve().parent / "slurm_job.sh"
+
+#: Where session folders are made unless the ``state_dir`` option says otherwise.
+DEFAULT_STATE_DIR = "~/.local/state/vizgate/slurm"
+
+#: The broker's default start timeout, which ``start()`` stays within.
+DEFAULT_START_TIMEOUT = 120.0
+
+#: Variables of the gateway's environment that its jobs inherit, besides ``SLURM_*`` and
+#: ``SBATCH_*`` (which also configure sbatch itself).
+JOB_ENVIRONMENT: tuple[str, ...] = (
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "LANG",
+    "LC_ALL",
+    "TZ",
+    "LD_LIBRARY_PATH",
+)
+_JOB_ENVIRONMENT_PREFIXES = ("SLURM_", "SBATCH_")
+
+#: Job states after which a job never runs again (squeue's long names).
+ENDED_STATES = frozenset(
+    {
+        "BOOT_FAIL",
+        "CANCELLED",
+        "COMPLETED",
+        "DEADLINE",
+        "FAILED",
+        "NODE_FAIL",
+        "OUT_OF_MEMORY",
+        "PREEMPTED",
+        "REVOKED",
+        "SPECIAL_EXIT",
+        "TIMEOUT",
+    }
+)
+
+#: Reasons of a pending job that mean it will not start without someone changing the cluster or
+#: the request: waiting for them would only make the user wait for the start timeout.
+NEVER_RUNS_REASONS = frozenset(
+    {
+        "AccountNotAllowed",
+        "BadConstraints",
+        "DependencyNeverSatisfied",
+        "InvalidAccount",
+        "InvalidQOS",
+        "PartitionConfig",
+        "PartitionDown",
+        "PartitionInactive",
+        "PartitionNodeLimit",
+        "PartitionTimeLimit",
+        "QOSNotAllowed",
+        "ReqNodeNotAvail",
+    }
+)
+
+# The colour depth of every session's desktop.
+_DEPTH = 24
+# How often start() asks Slurm about the job.
+_POLL_INTERVAL = 0.5
+# start() stops waiting this much (at most) before the broker's start timeout.
+_START_MARGIN = 5.0
+# How long stop() waits for the job to end and its port to close.
+_STOP_TIMEOUT = 15.0
+# One Slurm command may take this long (Slurm's own MessageTimeout is 10 s).
+_COMMAND_TIMEOUT = 20.0
+# A TCP connection attempt to the session's port gives up after this.
+_CONNECT_TIMEOUT = 2.0
+_SIZE_RE = re.compile(r"[1-9][0-9]{0,4}x[1-9][0-9]{0,4}")
+_JOB_ID_RE = re.compile(r"[0-9]+")
+
+
+class SlurmUnavailableError(Exception):
+    """A Slurm command could not be run or could not reach the controller."""
+
+
+@dataclasses.dataclass(frozen=True)
+class JobStatus:
+    """What ``squeue`` says about a job.
+
+    Attributes:
+        state: the long state name, e.g. ``PENDING``, ``RUNNING``, ``CANCELLED``.
+        reason: why it is in that state, e.g. ``Resources``; ``None`` when there is no reason.
+        node: the node list, empty while pending.
+    """
+
+    state: str
+    reason: str
+    node: str
+
+    @property
+    def reason_code(self) -> str:
+        """The reason without details: ``ReqNodeNotAvail, UnavailableNodes:n1`` gives
+        ``ReqNodeNotAvail``."""
+        return self.reason.split(",", 1)[0].strip()
+
+    def describe(self) -> str:
+        """``PENDING (Resources)``, or the bare state when there is no reason."""
+        if self.reason and self.reason != "None":
+            return f"{self.state} ({self.reason})"
+        return self.state
+
+
+def job_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The part of ``environ`` (default: this process's) that ``sbatch`` and its jobs get."""
+    source = os.environ if environ is None else environ
+    return {
+        name: value
+        for name, value in source.items()
+        if name in JOB_ENVIRONMENT or name.startswith(_JOB_ENVIRONMENT_PREFIXES)
+    }
+
+
+def _run(argv: list[str], env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a Slurm command (an argv list, never a shell string).
+
+    Raises:
+        SlurmUnavailableError: the program is missing or did not answer in time.
+    """
+    try:
+        return subprocess.run(
+            argv,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=_COMMAND_TIMEOUT,
+            check=False,
+            env=env,
+        )
+    except subprocess.TimeoutExpired:
+        raise SlurmUnavailableError(
+            f"{argv[0]} did not answer within {_COMMAND_TIMEOUT:g} s"
+        ) from None
+    except OSError as exc:
+        raise SlurmUnavailableError(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
+
+
+def _first_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else ""
+
+
+def _command_error(program: str, stderr: str, returncode: int) -> str:
+    """A Slurm command's error lines, joined, without their ``sbatch: error:`` prefixes."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if "error:" in line or "fatal:" in line] or lines
+    prefix = re.compile(rf"^{re.escape(program)}:\s*((error|fatal):\s*)?")
+    cleaned = list(dict.fromkeys(prefix.sub("", line) for line in errors))
+    if not cleaned:
+        return f"{program} exited with status {returncode}"
+    text = "; ".join(cleaned)
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _last_line(path: Path) -> str:
+    with contextlib.suppress(OSError), path.open("rb") as stream:
+        stream.seek(0, os.SEEK_END)
+        stream.seek(max(0, stream.tell() - 4096))
+        lines = [line.strip() for line in stream.read().decode(errors="replace").splitlines()]
+        lines = [line for line in lines if line]
+        if lines:
+            return lines[-1][:300]
+    return ""
+
+
+def job_status(job_id: str) -> JobStatus | None:
+    """Ask ``squeue`` about a job, finished ones included.
+
+    Returns:
+        The job's status, or None when Slurm does not know the job (never submitted, or
+        finished longer ago than the cluster's ``MinJobAge``).
+
+    Raises:
+        SlurmUnavailableError: squeue is missing or cannot reach the controller.
+    """
+    result = _run(["squeue", "-h", "-t", "all", "-j", job_id, "-o", "%T|%r|%N"])
+    if result.returncode != 0:
+        if "Invalid job id" in result.stderr:
+            return None
+        raise SlurmUnavailableError(
+            _first_line(result.stderr) or f"squeue exited with {result.returncode}"
+        )
+    line = _first_line(result.stdout)
+    if not line:
+        return None
+    state, _, rest = line.partition("|")
+    reason, _, node = rest.partition("|")
+    return JobStatus(state=state.strip(), reason=reason.strip(), node=node.strip())
+
+
+def _port_accepts(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=_CONNECT_TIMEOUT):
+            return True
+    except OSError:
+        return False
+
+
+def _safe_name(text: str) -> str:
+    """Letters, digits, ``.``, ``_`` and ``-`` only: usable in file and job names."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._-")
+    return cleaned[:40] or "session"
+
+
+def _check_options(options: Mapping[str, Any]) -> list[str]:
+    """Every problem with the launcher's options, as sentences naming the option."""
+    problems = []
+    for key in ("partition", "xvnc", "state_dir"):
+        value = options.get(key)
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            problems.append(f"option {key!r} must be a non-empty string, not {value!r}")
+    time_limit = options.get("time_limit")
+    if time_limit is not None and not (
+        (isinstance(time_limit, str) and time_limit.strip())
+        or (isinstance(time_limit, int) and not isinstance(time_limit, bool) and time_limit > 0)
+    ):
+        problems.append(
+            "option 'time_limit' must be a Slurm time such as \"8:00:00\" or a whole number of "
+            f"minutes, not {time_limit!r}"
+        )
+    sbatch_args = options.get("sbatch_args")
+    if sbatch_args is not None:
+        if isinstance(sbatch_args, str):
+            problems.append(
+                "option 'sbatch_args' must be a list of strings, one per argument (e.g. "
+                '["--gres=gpu:1", "--constraint=viz"]), not one string: it is never split'
+            )
+        elif not isinstance(sbatch_args, list | tuple) or not all(
+            isinstance(arg, str) and arg for arg in sbatch_args
+        ):
+            problems.append(
+                f"option 'sbatch_args' must be a list of non-empty strings, not {sbatch_args!r}"
+            )
+    start_timeout = options.get("start_timeout")
+    if start_timeout is not None and (
+        not isinstance(start_timeout, int | float)
+        or isinstance(start_timeout, bool)
+        or not math.isfinite(start_timeout)
+        or start_timeout <= 0
+    ):
+        problems.append(f"option 'start_timeout' must be a positive number, not {start_timeout!r}")
+    return problems
+
+
+class SlurmSession(RemoteServiceScript):
+    """One instance of a session type whose sessions are Slurm jobs running Xvnc.
+
+    Args:
+        name: the session type's name.
+        count: how many instances the type has.
+        index: this instance's index.
+        common_options: the type's options (see the module's documentation).
+
+    Raises:
+        ValueError: an option has the wrong type (e.g. ``sbatch_args`` given as one string).
+    """
+
+    def __init__(
+        self,
+        name: str = "",
+        count: int = 1,
+        index: int = 0,
+        common_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(name, count=count, index=index, common_options=common_options)
+        problems = _check_options(self._common_options)
+        if problems:
+            raise ValueError("; ".join(problems))
+        # The job this instance runs. poll() may be called from another thread than
+        # start() / stop(), so these are read and written under a lock of their own.
+        self._job_lock = threading.Lock()
+        self._job_id: str | None = None
+        self._folder: Path | None = None
+
+    # -- options -------------------------------------------------------------------------------
+
+    @property
+    def state_dir(self) -> Path:
+        """Where this type's session folders are made (``~`` expanded)."""
+        return Path(
+            os.path.expanduser(str(self._common_options.get("state_dir") or DEFAULT_STATE_DIR))
+        )
+
+    @property
+    def start_timeout(self) -> float:
+        """The broker's start timeout for this type, in seconds."""
+        return float(self._common_options.get("start_timeout") or DEFAULT_START_TIMEOUT)
+
+    def start_budget(self) -> float:
+        """How long ``start()`` waits for the job, leaving a margin before the broker's timeout."""
+        timeout = self.start_timeout
+        return timeout - min(_START_MARGIN, timeout / 4)
+
+    def job_name(self) -> str:
+        """``vizgate-<type>-<index>``, with the type reduced to characters safe in a job name."""
+        return f"vizgate-{_safe_name(self._name)}-{self._index}"
+
+    def sbatch_command(self, folder: Path, size: str) -> list[str]:
+        """The ``sbatch`` argv submitting a session job for ``folder`` at ``size``.
+
+        The admin's ``sbatch_args`` come after vizgate's defaults (so they may override the job
+        name, ``--export``, ...) but before ``--output`` and ``--chdir``, which the session
+        depends on. Run it with :func:`job_environment` as its environment.
+        """
+        options = self._common_options
+        argv = [
+            "sbatch",
+            "--parsable",
+            "--job-name",
+            self.job_name(),
+            "--export=ALL",
+        ]
+        if options.get("partition"):
+            argv += ["--partition", str(options["partition"])]
+        if options.get("time_limit") is not None:
+            argv += ["--time", str(options["time_limit"])]
+        argv += [str(arg) for arg in options.get("sbatch_args") or ()]
+        argv += [
+            "--output",
+            str(folder / "job.log"),
+            "--chdir",
+            str(folder),
+            str(JOB_SCRIPT),
+            str(folder),
+            size,
+            str(options.get("xvnc") or "Xvnc"),
+            str(_DEPTH),
+            self._name or "vizgate",
+        ]
+        return argv
+
+    # -- the seed's API ------------------------------------------------------------------------
+
+    def start(
+        self,
+        token: str,
+        timestamp: float | None = None,
+        options: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """Submit the session's job and wait until its Xvnc accepts connections.
+
+        Returns:
+            True once the job runs and reported its host and port (``set_host_port`` was
+            called); False when it cannot start. Then the last progress message (see
+            :meth:`report_progress`) says why, with Slurm's state and reason, and nothing of
+            the attempt is left (the job is cancelled, the folder removed).
+        """
+        with self._job_lock:
+            leftover = self._job_id is not None or self._folder is not None
+        if leftover:
+            # start() again without stop(): never leave the previous job running unseen.
+            self._cleanup()
+        given = dict(options or {})
+        sizes = self._common_options.get("sizes") or DEFAULT_SIZES
+        size = str(given.get("size") or sizes[0])
+        if not _SIZE_RE.fullmatch(size):
+            return self._fail(f"invalid size {size!r}: expected WIDTHxHEIGHT, e.g. 1600x1200")
+        deadline = time.monotonic() + self.start_budget()
+        try:
+            folder = self._make_folder()
+        except OSError as exc:
+            return self._fail(f"cannot create a session folder in {self.state_dir}: {exc}")
+        with self._job_lock:
+            self._folder = folder
+        password = secrets.token_urlsafe(6)  # 8 characters: all VNC authentication uses
+        try:
+            write_vnc_password_file(folder / "passwd", password.encode())
+        except OSError as exc:
+            self._cleanup()
+            return self._fail(f"cannot write the VNC password file in {folder}: {exc}")
+        self.set_password(password)
+
+        self.report_progress("submitting the Slurm job")
+        try:
+            result = _run(self.sbatch_command(folder, size), env=job_environment())
+        except SlurmUnavailableError as exc:
+            self._cleanup()
+            return self._fail(f"cannot submit the job: {exc}")
+        if result.returncode != 0:
+            self._cleanup()
+            error = _command_error("sbatch", result.stderr, result.returncode)
+            return self._fail(f"sbatch refused the job: {error}")
+        job_id = _first_line(result.stdout).split(";", 1)[0]
+        if not _JOB_ID_RE.fullmatch(job_id):
+            self._cleanup()
+            return self._fail(f"sbatch printed no job id: {_first_line(result.stdout)!r}")
+        with self._job_lock:
+            self._job_id = job_id
+        self.report_progress(f"Slurm job {job_id}: submitted")
+
+        if not self._wait_until_running(job_id, folder, deadline):
+            self._cleanup()
+            return False
+        return super().start(token, timestamp=timestamp, options=options)
+
+    def stop(self) -> bool:
+        """Cancel the job, wait (at most 15 s) until it ended and its port closed, and remove
+        the session folder."""
+        self._cleanup()
+        return super().stop()
+
+    def poll(self) -> bool | None:
+        """True if the job runs and its Xvnc accepts connections; False if the job is finished,
+        unknown to Slurm or its Xvnc is gone; None if Slurm cannot be asked (or the job has not
+        started running yet)."""
+        with self._job_lock:
+            job_id = self._job_id
+        if job_id is None:
+            return False
+        try:
+            status = job_status(job_id)
+        except SlurmUnavailableError:
+            return None
+        if status is None or status.state in ENDED_STATES or status.state == "COMPLETING":
+            return False
+        if status.state != "RUNNING":
+            return None
+        host_port = self.host_port()
+        if host_port is None:
+            return None
+        return _port_accepts(*host_port)
+
+    # -- restart safety (JupyterHub's Spawner.get_state / load_state) -------------------------
+
+    def get_state(self) -> dict[str, Any]:
+        """What a restarted gateway needs to re-adopt the running job; ``{}`` when there is none.
+
+        Holds ``job_id``, ``folder``, ``host`` and ``port``: no secret (the VNC password stays
+        in the session folder, readable only by its owner).
+        """
+        with self._job_lock:
+            job_id, folder = self._job_id, self._folder
+        if job_id is None:
+            return {}
+        state: dict[str, Any] = {"job_id": job_id, "folder": str(folder) if folder else None}
+        host_port = self.host_port()
+        if host_port is not None:
+            state["host"], state["port"] = host_port
+        return state
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        """Re-adopt the job described by :meth:`get_state`'s result; ``{}`` forgets any job.
+
+        Afterwards :meth:`poll` and :meth:`stop` work on that job, and the session's password
+        is read back from its folder so that the gateway can connect again.
+
+        Raises:
+            ValueError: ``state`` is not something :meth:`get_state` returned.
+        """
+        if not state:
+            self.reset()
+            with self._job_lock:
+                self._job_id = None
+                self._folder = None
+            return
+        job_id = state.get("job_id")
+        if not isinstance(job_id, str) or not _JOB_ID_RE.fullmatch(job_id):
+            raise ValueError(f"load_state: job_id must be a Slurm job id, not {job_id!r}")
+        folder_name = state.get("folder")
+        folder = Path(folder_name) if isinstance(folder_name, str) and folder_name else None
+        host, port = state.get("host"), state.get("port")
+        if (host is not None or port is not None) and (
+            not isinstance(host, str) or not isinstance(port, int) or isinstance(port, bool)
+        ):
+            raise ValueError("load_state: host must be a string and port an integer")
+        # What the previous session reported does not belong to the adopted job.
+        self.reset()
+        if isinstance(host, str) and isinstance(port, int):
+            self.set_host_port(host, port)
+        if folder is not None:
+            with contextlib.suppress(VncPasswordFileError):
+                self.set_password(read_vnc_password_file(folder / "passwd"))
+        with self._job_lock:
+            self._job_id = job_id
+            self._folder = folder
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _make_folder(self) -> Path:
+        base = self.state_dir
+        base.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # mkdtemp: a fresh name (random suffix) created 0700, never an existing folder.
+        return Path(tempfile.mkdtemp(prefix=f"{_safe_name(self._name)}-{self._index}-", dir=base))
+
+    def _fail(self, message: str) -> bool:
+        """Report why the session did not start, to the user and to the admin; return False."""
+        self.report_progress(message)
+        print(f"vizgate slurm [{self._name}#{self._index}]: {message}", file=sys.stderr)
+        return False
+
+    def _wait_until_running(self, job_id: str, folder: Path, deadline: float) -> bool:
+        """Poll the job until it runs and wrote its connection file (True), or fail (False)."""
+        last = "submitted"
+        while True:
+            try:
+                status = job_status(job_id)
+            except SlurmUnavailableError as exc:
+                last = f"waiting for Slurm ({exc})"
+                self.report_progress(f"Slurm job {job_id}: {last}")
+            else:
+                if status is None:
+                    return self._fail(f"Slurm job {job_id} disappeared from the queue")
+                last = status.describe()
+                if status.state in ENDED_STATES or status.state == "COMPLETING":
+                    log_line = _last_line(folder / "job.log")
+                    message = f"Slurm job {job_id} ended before its VNC server was ready: {last}"
+                    self.report_progress(message)
+                    print(
+                        f"vizgate slurm [{self._name}#{self._index}]: {message}"
+                        + (f"; job.log: {log_line}" if log_line else ""),
+                        file=sys.stderr,
+                    )
+                    return False
+                if status.state == "PENDING" and status.reason_code in NEVER_RUNS_REASONS:
+                    return self._fail(f"Slurm job {job_id} cannot run: {last}")
+                if status.state == "RUNNING":
+                    connection = self._read_connection(folder)
+                    if connection is not None:
+                        self.set_host_port(*connection)
+                        self.report_progress(
+                            f"Slurm job {job_id}: RUNNING on {status.node or connection[0]}"
+                        )
+                        return True
+                    last = f"RUNNING on {status.node}, starting the VNC server"
+                self.report_progress(f"Slurm job {job_id}: {last}")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return self._fail(
+                    f"Slurm job {job_id} did not start within {self.start_budget():g} s: {last}"
+                )
+            time.sleep(min(_POLL_INTERVAL, remaining))
+
+    @staticmethod
+    def _read_connection(folder: Path) -> tuple[str, int] | None:
+        """``(host, port)`` from the job's ``connection`` file, or None if it is not there."""
+        try:
+            text = (folder / "connection").read_text()
+        except OSError:
+            return None
+        fields = text.split()
+        if len(fields) != 2 or not fields[1].isdigit() or not 0 < int(fields[1]) < 65536:
+            return None
+        return fields[0], int(fields[1])
+
+    def _cleanup(self) -> None:
+        """Cancel the job (if any) and wait for it and its port; remove the session folder."""
+        with self._job_lock:
+            job_id, folder = self._job_id, self._folder
+        host_port = self.host_port()
+        if job_id is not None:
+            self._cancel(job_id, host_port)
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+        with self._job_lock:
+            self._job_id = None
+            self._folder = None
+
+    def _cancel(self, job_id: str, host_port: tuple[str, int] | None) -> None:
+        where = f"vizgate slurm [{self._name}#{self._index}]"
+        try:
+            result = _run(["scancel", job_id])
+        except SlurmUnavailableError as exc:
+            print(f"{where}: cannot cancel Slurm job {job_id}: {exc}", file=sys.stderr)
+            return
+        # A job that already ended is not worth a word.
+        ended = ("Invalid job id", "already completing or completed")
+        if result.returncode != 0 and not any(text in result.stderr for text in ended):
+            error = _command_error("scancel", result.stderr, result.returncode)
+            print(f"{where}: scancel {job_id} failed: {error}", file=sys.stderr)
+        # The job's state alone is not enough: a server that escaped the job's process tree
+        # keeps its port open after the job is CANCELLED.
+        deadline = time.monotonic() + _STOP_TIMEOUT
+        state = "unknown"
+        while True:
+            try:
+                status = job_status(job_id)
+            except SlurmUnavailableError:
+                job_over = False
+            else:
+                job_over = status is None or status.state in ENDED_STATES
+                state = status.describe() if status is not None else "gone"
+            port_closed = host_port is None or not _port_accepts(*host_port)
+            if job_over and port_closed:
+                return
+            if time.monotonic() >= deadline:
+                still = [f"job {job_id} is {state}"] if not job_over else []
+                if not port_closed and host_port is not None:
+                    still.append(f"port {host_port[0]}:{host_port[1]} is open")
+                print(
+                    f"{where}: {_STOP_TIMEOUT:g} s after scancel, " + " and ".join(still),
+                    file=sys.stderr,
+                )
+                return
+            time.sleep(_POLL_INTERVAL / 5)
+
+
+def realize_service(
+    name: str = "",
+    count: int = 1,
+    index: int = 0,
+    common_options: Mapping[str, Any] | None = None,
+) -> SlurmSession:
+    """The seed's entry point: one :class:`SlurmSession` per instance index.
+
+    Raises:
+        ValueError: an option has the wrong type.
+    """
+    return SlurmSession(name, count=count, index=index, common_options=common_options)

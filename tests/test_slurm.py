@@ -1,0 +1,654 @@
+"""Tests of vizgate.launchers.slurm: sessions that are Slurm jobs running Xvnc.
+
+The integration tests run a real single-node Slurm (``tests/slurm_cluster.py``) started once for
+this file, and drive the launcher through the broker as a catalog names it
+(``"script": "builtin:slurm"``), or through an instance directly where the broker has no say
+(re-adopting a job after a restart). They need root, Slurm, MUNGE and TigerVNC: missing programs
+skip them, or fail them when ``CI`` is set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import vizgate.launchers.slurm as slurm_launcher
+from rfb_client import RfbClient
+from slurm_cluster import (
+    DOWN_PARTITION,
+    SHORT_PARTITION,
+    SLURM_PROGRAMS,
+    SlurmCluster,
+    processes_mentioning,
+    running_cluster,
+)
+from support import (
+    await_until,
+    kill_pid_tree,
+    listening_addresses,
+    port_accepts,
+    require_binaries,
+    scaled,
+    vnc_authenticate,
+    wait_until,
+)
+from vizgate.broker import Broker
+from vizgate.catalog import load_catalog
+from vizgate.exceptions import ReservationError, ScriptError, StartError
+from vizgate.launchers.slurm import (
+    JOB_SCRIPT,
+    JobStatus,
+    SlurmSession,
+    job_environment,
+    job_status,
+    realize_service,
+)
+from vizgate.rfb import RfbBridge, read_vnc_password_file, write_vnc_password_file
+
+TYPE = "Slurm Desktop"
+JOB_NAME_0 = "vizgate-Slurm_Desktop-0"
+SIZE = "800x600"
+
+
+# ---------------------------------------------------------------------------------------
+# Fixtures
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
+    """A real one-node Slurm for the whole test run; stopped (and checked) at the end."""
+    require_binaries(*SLURM_PROGRAMS, "Xvnc")
+    if os.geteuid() != 0:
+        reason = "a test Slurm cluster needs root (slurmd starts jobs as their users)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason} (CI is set: this fails instead of skipping)")
+        pytest.skip(reason)
+    with running_cluster(tmp_path_factory.mktemp("slurm")) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def cluster(slurm_cluster: SlurmCluster, monkeypatch: pytest.MonkeyPatch) -> SlurmCluster:
+    """The cluster, with ``SLURM_CONF`` set for this process (the broker's threads use it)."""
+    for key, value in slurm_cluster.env.items():
+        monkeypatch.setenv(key, value)
+    return slurm_cluster
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Iterator[Path]:
+    """Where the test's session folders go; no process may use it when the test ends."""
+    folder = tmp_path / "sessions"
+    yield folder
+    # The job script stops its Xvnc and xterm from a trap; stop() waited for the job and the
+    # port, so anything still running with the folder in its command line or environment
+    # (Xvnc's -PasswordFile, xterm's XAUTHORITY) was leaked.
+    deadline = time.monotonic() + scaled(10)
+    while processes_mentioning(folder) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    leaked = processes_mentioning(folder)
+    # SIGTERM first: Xvnc then removes its X lock files, which SIGKILL would leave behind.
+    for pid in leaked:
+        kill_pid_tree(pid)
+    assert not leaked, f"processes of sessions in {folder} still running: {leaked}"
+
+
+def write_catalog(folder: Path, state_dir: Path, count: int = 1, **options: Any) -> Path:
+    options = {
+        "sizes": [SIZE, "1024x768"],
+        "state_dir": str(state_dir),
+        "linger": 0.2,
+        "start_timeout": 30,
+        **options,
+    }
+    path = folder / "external_services.json"
+    path.write_text(
+        json.dumps({TYPE: {"script": "builtin:slurm", "count": count, "options": options}})
+    )
+    return path
+
+
+def jobs_named(cluster: SlurmCluster, name: str) -> list[str]:
+    """States of the cluster's unfinished jobs called ``name``."""
+    result = cluster.run("squeue", "-h", "-n", name, "-o", "%T")
+    assert result.returncode == 0, result.stderr
+    return result.stdout.split()
+
+
+class BridgedVnc:
+    """A byte source for :class:`RfbClient` that goes through the gateway's RFB bridge.
+
+    The test client speaks to the bridge as a browser would (security None); the bridge answers
+    the VNC server's password challenge with the session's password, as the tunnel does.
+    """
+
+    def __init__(
+        self, bridge: RfbBridge, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        self.bridge = bridge
+        self.reader = reader
+        self.writer = writer
+
+    async def _flush(self) -> None:
+        if self.bridge.failure:
+            raise AssertionError(f"RFB bridge failed: {self.bridge.failure}")
+        data = self.bridge.data_to_server()
+        if data:
+            self.writer.write(data)
+            await self.writer.drain()
+
+    async def read(self) -> bytes:
+        while True:
+            await self._flush()
+            data = self.bridge.data_to_client()
+            if data:
+                return data
+            chunk = await self.reader.read(65536)
+            if not chunk:
+                self.bridge.receive_eof_from_server()
+                await self._flush()
+                raise EOFError("the VNC server closed the connection")
+            self.bridge.receive_from_server(chunk)
+
+    async def write(self, data: bytes) -> None:
+        self.bridge.receive_from_client(data)
+        await self._flush()
+
+
+async def handshake_through_bridge(host: str, port: int, password: bytes) -> RfbClient:
+    """The full RFB handshake up to ServerInit, with the gateway answering the password."""
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        client = RfbClient(BridgedVnc(RfbBridge(password), reader, writer))
+        await asyncio.wait_for(client.handshake(), scaled(10))
+        return client
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+# ---------------------------------------------------------------------------------------
+# Unit tests: no cluster needed
+
+
+def test_job_script_is_valid_bash_and_shipped_beside_the_launcher() -> None:
+    assert Path(slurm_launcher.__file__).resolve().parent / "slurm_job.sh" == JOB_SCRIPT
+    assert JOB_SCRIPT.is_file()
+    result = subprocess.run(["bash", "-n", str(JOB_SCRIPT)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_sbatch_command_is_an_argv_list_with_the_admins_arguments_in_place(
+    tmp_path: Path,
+) -> None:
+    session = realize_service(
+        name="GPU desk/top",
+        count=3,
+        index=2,
+        common_options={
+            "partition": "viz",
+            "time_limit": "8:00:00",
+            "sbatch_args": ["--gres=gpu:1", "--constraint=a b"],
+            "xvnc": "/opt/tigervnc/bin/Xvnc",
+        },
+    )
+    folder = tmp_path / "session"
+    assert session.sbatch_command(folder, "1600x1200") == [
+        "sbatch",
+        "--parsable",
+        "--job-name",
+        "vizgate-GPU_desk_top-2",
+        "--export=ALL",
+        "--partition",
+        "viz",
+        "--time",
+        "8:00:00",
+        "--gres=gpu:1",
+        "--constraint=a b",
+        "--output",
+        str(folder / "job.log"),
+        "--chdir",
+        str(folder),
+        str(JOB_SCRIPT),
+        str(folder),
+        "1600x1200",
+        "/opt/tigervnc/bin/Xvnc",
+        "24",
+        "GPU desk/top",
+    ]
+
+
+def test_jobs_inherit_only_a_few_variables_of_the_gateways_environment() -> None:
+    environ = {
+        "PATH": "/usr/bin",
+        "HOME": "/home/gw",
+        "LANG": "C.UTF-8",
+        "SLURM_CONF": "/etc/slurm/other.conf",
+        "SBATCH_ACCOUNT": "viz",
+        "DATABASE_URL": "postgres://gw:secret@db/vizgate",
+        "DJANGO_SECRET_KEY": "secret",
+        "MY_SLURM_THING": "x",
+    }
+    assert job_environment(environ) == {
+        "PATH": "/usr/bin",
+        "HOME": "/home/gw",
+        "LANG": "C.UTF-8",
+        "SLURM_CONF": "/etc/slurm/other.conf",
+        "SBATCH_ACCOUNT": "viz",
+    }
+
+
+def test_sbatch_command_leaves_out_what_is_not_configured(tmp_path: Path) -> None:
+    argv = SlurmSession("T").sbatch_command(tmp_path, "800x600")
+    assert "--partition" not in argv
+    assert "--time" not in argv
+    assert argv[-4:] == ["800x600", "Xvnc", "24", "T"]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        pytest.param(
+            {"sbatch_args": "--gres=gpu:1 --exclusive"},
+            "option 'sbatch_args' must be a list of strings, one per argument",
+            id="sbatch_args-string",
+        ),
+        pytest.param(
+            {"sbatch_args": ["--exclusive", 3]},
+            "option 'sbatch_args' must be a list of non-empty strings, not ['--exclusive', 3]",
+            id="sbatch_args-number",
+        ),
+        pytest.param(
+            {"sbatch_args": [""]},
+            "option 'sbatch_args' must be a list of non-empty strings",
+            id="sbatch_args-empty-string",
+        ),
+        pytest.param(
+            {"partition": ["viz"]},
+            "option 'partition' must be a non-empty string, not ['viz']",
+            id="partition-list",
+        ),
+        pytest.param(
+            {"xvnc": ""}, "option 'xvnc' must be a non-empty string, not ''", id="xvnc-empty"
+        ),
+        pytest.param(
+            {"state_dir": 5}, "option 'state_dir' must be a non-empty string, not 5", id="state-dir"
+        ),
+        pytest.param(
+            {"time_limit": 0},
+            "option 'time_limit' must be a Slurm time such as",
+            id="time_limit-zero",
+        ),
+        pytest.param(
+            {"time_limit": True}, "option 'time_limit' must be a Slurm time", id="time_limit-bool"
+        ),
+        pytest.param(
+            {"start_timeout": 0},
+            "option 'start_timeout' must be a positive number, not 0",
+            id="start_timeout-zero",
+        ),
+    ],
+)
+def test_bad_options_are_refused_when_the_instance_is_made(
+    options: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match="^" + re.escape(message)):
+        realize_service(name="T", count=1, index=0, common_options=options)
+
+
+async def test_bad_options_stop_the_broker_from_opening(tmp_path: Path) -> None:
+    config = write_catalog(tmp_path, tmp_path / "sessions", sbatch_args="--exclusive")
+    broker = Broker(load_catalog(config))
+    with pytest.raises(ScriptError, match="option 'sbatch_args' must be a list of strings"):
+        await broker.open()
+    await broker.close()
+
+
+@pytest.mark.parametrize(
+    "size", ["800*600", "800x", "0x600", "800x600x24", "800x600\n", " 800x600"]
+)
+def test_start_refuses_a_malformed_size_before_submitting(tmp_path: Path, size: str) -> None:
+    session = SlurmSession("T", common_options={"state_dir": str(tmp_path / "s")})
+    assert session.start("token", options={"size": size}) is False
+    assert session.progress().startswith(f"invalid size {size!r}")
+    assert not (tmp_path / "s").exists()
+    assert session.get_state() == {}
+
+
+def test_start_without_sbatch_fails_with_a_reason_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    session = SlurmSession("T", common_options={"state_dir": str(tmp_path / "s")})
+    assert session.start("token", options={"size": SIZE}) is False
+    assert session.progress().startswith("cannot submit the job: cannot run sbatch")
+    assert list((tmp_path / "s").iterdir()) == []
+    assert session.get_state() == {}
+
+
+def test_poll_without_a_job_is_false_and_without_squeue_is_unknown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    session = SlurmSession("T")
+    assert session.poll() is False
+    session.load_state({"job_id": "7", "folder": str(tmp_path), "host": "n1", "port": 5901})
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert session.poll() is None
+
+
+def test_state_round_trip_restores_job_address_and_password(tmp_path: Path) -> None:
+    folder = tmp_path / "T-0-abc"
+    folder.mkdir()
+    write_vnc_password_file(folder / "passwd", b"s3cretpw")
+    state = {"job_id": "42", "folder": str(folder), "host": "node7", "port": 23456}
+    session = SlurmSession("T")
+    session.load_state(state)
+    assert session.get_state() == state
+    assert session.host_port() == ("node7", 23456)
+    assert session.password() == b"s3cretpw"
+    assert "s3cretpw" not in json.dumps(session.get_state())
+    session.load_state({})
+    assert session.get_state() == {}
+    assert session.host_port() is None
+    assert session.password() is None
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        pytest.param({"job_id": 42}, id="numeric-id"),
+        pytest.param({"job_id": "42; rm -rf /"}, id="not-an-id"),
+        pytest.param({"job_id": "42", "host": "n1"}, id="host-without-port"),
+        pytest.param({"job_id": "42", "host": "n1", "port": "5901"}, id="port-string"),
+    ],
+)
+def test_load_state_refuses_what_get_state_never_returns(state: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match=r"^load_state: "):
+        SlurmSession("T").load_state(state)
+
+
+def test_job_status_describes_state_and_reason() -> None:
+    assert JobStatus("PENDING", "Resources", "").describe() == "PENDING (Resources)"
+    assert JobStatus("RUNNING", "None", "n1").describe() == "RUNNING"
+    pending = JobStatus("PENDING", "ReqNodeNotAvail, UnavailableNodes:n1", "")
+    assert pending.reason_code == "ReqNodeNotAvail"
+
+
+# ---------------------------------------------------------------------------------------
+# Integration: a real Slurm
+
+
+@pytest.mark.integration
+async def test_session_is_a_running_job_reached_with_its_own_password(
+    cluster: SlurmCluster, tmp_path: Path, state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VIZGATE_TEST_SECRET", "not-for-jobs")
+    broker = Broker(load_catalog(write_catalog(tmp_path, state_dir)))
+    await broker.open()
+    try:
+        reservation = await broker.reserve(TYPE, user="alice", options={"size": SIZE})
+        attachment = await asyncio.wait_for(broker.attach(reservation.token), scaled(30))
+        host, port = attachment.host, attachment.port
+        password = attachment.password
+        assert password is not None
+
+        assert jobs_named(cluster, JOB_NAME_0) == ["RUNNING"]
+        client = await handshake_through_bridge(host, port, password)
+        assert f"{client.width}x{client.height}" == SIZE
+        assert client.name == TYPE
+        # The password guards the server, which listens beyond loopback for remote gateways.
+        assert not await asyncio.to_thread(vnc_authenticate, host, port, b"wrong!!!")
+        assert listening_addresses(port) & {"0.0.0.0", "::"}
+        # The session's folder: private, with the password file in TigerVNC's format.
+        (folder,) = state_dir.iterdir()
+        assert folder.name.startswith("Slurm_Desktop-0-")
+        assert folder.stat().st_mode & 0o777 == 0o700
+        assert (folder / "passwd").stat().st_mode & 0o777 == 0o600
+        assert read_vnc_password_file(folder / "passwd") == password
+        # The job's processes got a reduced copy of the gateway's environment.
+        (server,) = [
+            pid
+            for pid, cmdline in processes_mentioning(folder).items()
+            if Path(cmdline.split()[0]).name in {"Xvnc", "Xtigervnc"}
+        ]
+        environ = Path(f"/proc/{server}/environ").read_bytes().split(b"\0")
+        assert b"HOME=" + os.environ["HOME"].encode() in environ
+        assert not [item for item in environ if item.startswith(b"VIZGATE_TEST_SECRET=")]
+
+        broker.detach(attachment)
+        await asyncio.wait_for(broker.wait_until_idle(), scaled(20))
+        assert jobs_named(cluster, JOB_NAME_0) == []
+        assert not port_accepts(host, port)
+        assert list(state_dir.iterdir()) == []
+        (ended,) = broker.history()
+        assert ended.end_reason == "disconnected"
+        assert not ended.stop_timed_out
+    finally:
+        await broker.close()
+
+
+@pytest.mark.integration
+async def test_two_instances_are_two_concurrent_jobs_and_a_third_is_refused(
+    cluster: SlurmCluster, tmp_path: Path, state_dir: Path
+) -> None:
+    broker = Broker(load_catalog(write_catalog(tmp_path, state_dir, count=2)))
+    await broker.open()
+    try:
+        first = await broker.reserve(TYPE, user="alice", options={"size": SIZE})
+        second = await broker.reserve(TYPE, user="bob", options={"size": "1024x768"})
+        with pytest.raises(ReservationError) as refused:
+            await broker.reserve(TYPE, user="carol")
+        assert refused.value.reason == "no_free_instance"
+
+        attachments = await asyncio.wait_for(
+            asyncio.gather(broker.attach(first.token), broker.attach(second.token)), scaled(30)
+        )
+        assert jobs_named(cluster, "vizgate-Slurm_Desktop-0") == ["RUNNING"]
+        assert jobs_named(cluster, "vizgate-Slurm_Desktop-1") == ["RUNNING"]
+        addresses = {(a.host, a.port) for a in attachments}
+        assert len(addresses) == 2
+        sizes = []
+        for attachment in attachments:
+            assert attachment.password is not None
+            client = await handshake_through_bridge(
+                attachment.host, attachment.port, attachment.password
+            )
+            sizes.append(f"{client.width}x{client.height}")
+        assert sizes == [SIZE, "1024x768"]
+        assert attachments[0].password != attachments[1].password
+
+        for attachment in attachments:
+            broker.detach(attachment)
+        await asyncio.wait_for(broker.wait_until_idle(), scaled(20))
+        assert jobs_named(cluster, "vizgate-Slurm_Desktop-0") == []
+        assert jobs_named(cluster, "vizgate-Slurm_Desktop-1") == []
+        for host, port in addresses:
+            assert not port_accepts(host, port)
+    finally:
+        await broker.close()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("options", "reason"),
+    [
+        pytest.param(
+            {"partition": "nosuchpartition"},
+            "sbatch refused the job: invalid partition specified: nosuchpartition",
+            id="impossible-partition",
+        ),
+        pytest.param(
+            {"sbatch_args": ["--constraint=nosuchfeature"]},
+            "sbatch refused the job: Batch job submission failed: Invalid feature specification",
+            id="impossible-constraint",
+        ),
+        pytest.param(
+            {"partition": DOWN_PARTITION}, "cannot run: PENDING (PartitionDown)", id="down"
+        ),
+        pytest.param(
+            {"partition": SHORT_PARTITION, "time_limit": 5},
+            "cannot run: PENDING (PartitionConfig)",
+            id="over-time-limit",
+        ),
+        pytest.param(
+            {"xvnc": "/nonexistent/Xvnc"},
+            "ended before its VNC server was ready: FAILED (NonZeroExitCode)",
+            id="no-xvnc",
+        ),
+    ],
+)
+async def test_a_job_that_cannot_start_fails_with_slurms_reason(
+    cluster: SlurmCluster,
+    tmp_path: Path,
+    state_dir: Path,
+    capfd: pytest.CaptureFixture[str],
+    options: dict[str, Any],
+    reason: str,
+) -> None:
+    broker = Broker(load_catalog(write_catalog(tmp_path, state_dir, **options)))
+    await broker.open()
+    try:
+        reservation = await broker.reserve(TYPE, user="alice")
+        with pytest.raises(StartError) as failed:
+            await asyncio.wait_for(broker.attach(reservation.token), scaled(30))
+        # The launcher's last progress message is the user-facing reason of the failure.
+        assert reason in failed.value.user_message
+        assert reason in capfd.readouterr().err
+        await asyncio.wait_for(broker.wait_until_idle(), scaled(20))
+        assert jobs_named(cluster, JOB_NAME_0) == []
+        assert list(state_dir.iterdir()) == []
+        (ended,) = broker.history()
+        assert ended.end_reason == "start_failed"
+        assert reason in ended.message
+    finally:
+        await broker.close()
+
+
+@pytest.mark.integration
+def test_start_gives_up_before_the_start_timeout_and_cancels_the_job(
+    cluster: SlurmCluster, state_dir: Path
+) -> None:
+    session = realize_service(
+        name=TYPE,
+        count=1,
+        index=0,
+        common_options={
+            "state_dir": str(state_dir),
+            "start_timeout": 3,
+            "sbatch_args": ["--begin=now+1hour"],
+        },
+    )
+    assert session.start("token", options={"size": SIZE}) is False
+    assert "did not start within 2.25 s: PENDING (BeginTime)" in session.progress()
+    assert jobs_named(cluster, JOB_NAME_0) == []
+    assert list(state_dir.iterdir()) == []
+
+
+@pytest.mark.integration
+async def test_progress_reports_the_jobs_state_while_it_waits(
+    cluster: SlurmCluster, tmp_path: Path, state_dir: Path
+) -> None:
+    # A job held by its user pends (JobHeldUser) until released: the broker shows why.
+    broker = Broker(
+        load_catalog(write_catalog(tmp_path, state_dir, sbatch_args=["--hold"], start_timeout=30))
+    )
+    await broker.open()
+    try:
+        reservation = await broker.reserve(TYPE, user="alice", options={"size": SIZE})
+        attach = asyncio.ensure_future(broker.attach(reservation.token))
+
+        def progress() -> str:
+            (info,) = broker.sessions()
+            return info.progress
+
+        await await_until(lambda: "PENDING (JobHeldUser)" in progress(), scaled(10))
+        job_id = cluster.run("squeue", "-h", "-n", JOB_NAME_0, "-o", "%i").stdout.strip()
+        assert job_id in progress()
+        assert cluster.run("scontrol", "release", job_id).returncode == 0
+        attachment = await asyncio.wait_for(attach, scaled(30))
+        assert port_accepts(attachment.host, attachment.port)
+        broker.detach(attachment)
+        await asyncio.wait_for(broker.wait_until_idle(), scaled(20))
+        assert not port_accepts(attachment.host, attachment.port)
+    finally:
+        await broker.close()
+
+
+@pytest.mark.integration
+def test_a_fresh_instance_re_adopts_a_running_job_from_its_state(
+    cluster: SlurmCluster, state_dir: Path
+) -> None:
+    options = {"state_dir": str(state_dir)}
+    first = realize_service(name=TYPE, count=1, index=0, common_options=options)
+    assert first.start("token", options={"size": SIZE}) is True
+    state = first.get_state()
+    assert set(state) == {"job_id", "folder", "host", "port"}
+    status = job_status(state["job_id"])
+    assert status is not None
+    assert status.state == "RUNNING"
+
+    # A restarted gateway: a new instance, told only the saved state.
+    adopted = realize_service(name=TYPE, count=1, index=0, common_options=options)
+    adopted.load_state(json.loads(json.dumps(state)))
+    assert adopted.poll() is True
+    assert adopted.host_port() == (state["host"], state["port"])
+    assert adopted.password() == first.password()
+    assert vnc_authenticate(state["host"], state["port"], first.password() or b"")
+
+    adopted.stop()
+    assert not port_accepts(state["host"], state["port"])
+    status = job_status(state["job_id"])
+    assert status is not None
+    assert status.state == "CANCELLED"
+    assert not Path(state["folder"]).exists()
+    assert adopted.get_state() == {}
+    assert adopted.poll() is False
+    assert first.poll() is False
+
+
+@pytest.mark.integration
+def test_a_crashed_vnc_server_ends_the_job_and_its_x_lock_is_removed(
+    cluster: SlurmCluster, state_dir: Path
+) -> None:
+    session = realize_service(
+        name=TYPE, count=1, index=0, common_options={"state_dir": str(state_dir)}
+    )
+    assert session.start("token", options={"size": SIZE}) is True
+    state = session.get_state()
+    # The job's Xvnc; other processes of the session (a shell polling the port) come and go.
+    servers = [
+        (pid, cmdline)
+        for pid, cmdline in processes_mentioning(Path(state["folder"])).items()
+        if Path(cmdline.split()[0]).name in {"Xvnc", "Xtigervnc"}
+    ]
+    assert len(servers) == 1, servers
+    server, cmdline = servers[0]
+    display = cmdline.split()[1].removeprefix(":")
+    assert display.isdigit(), cmdline
+    assert Path(f"/tmp/.X{display}-lock").exists()
+
+    # SIGKILL leaves the X lock files behind; the job script removes those of its own server.
+    os.kill(server, signal.SIGKILL)
+    assert wait_until(lambda: session.poll() is False, scaled(10), message="poll() not False")
+
+    def job_state() -> str:
+        status = job_status(state["job_id"])
+        assert status is not None
+        return status.state
+
+    # The job lives as long as its server: it ends on its own (exit status 137: FAILED).
+    wait_until(lambda: job_state() == "FAILED", scaled(10), message="the job did not end")
+    assert not Path(f"/tmp/.X{display}-lock").exists()
+    assert not Path(f"/tmp/.X11-unix/X{display}").exists()
+    session.stop()
+    assert not Path(state["folder"]).exists()
