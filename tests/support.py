@@ -150,8 +150,9 @@ def free_display(start: int = 100) -> int:
     """An X display number >= ``start`` that looks unused; never the same one twice.
 
     Unused means: no ``/tmp/.X<n>-lock``, no ``/tmp/.X11-unix/X<n>``, and VNC port
-    ``5900 + n`` free on every interface. Numbers handed out earlier in this process are
-    skipped, so two fixtures do not collide before either has started its server.
+    ``5900 + n`` and X11 port ``6000 + n`` free on every interface. Numbers handed out
+    earlier in this process are skipped, so two fixtures do not collide before either has
+    started its server.
 
     Raises:
         RuntimeError: none of the 1000 numbers from ``start`` on is free.
@@ -161,7 +162,9 @@ def free_display(start: int = 100) -> int:
             continue
         if Path(f"/tmp/.X{display}-lock").exists() or Path(f"/tmp/.X11-unix/X{display}").exists():
             continue
-        if not _port_is_free(5900 + display):
+        # TigerVNC's vncserver also calls a display busy when X11's TCP port 6000 + n is taken
+        # (by anything: an x11vnc on display n - 100 listens on 5900 + n - 100).
+        if not _port_is_free(5900 + display) or not _port_is_free(6000 + display):
             continue
         _handed_out_displays.add(display)
         return display

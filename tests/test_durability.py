@@ -327,6 +327,9 @@ async def test_idle_and_max_lifetime_end_sessions_with_their_reasons(tmp_path: P
                 1001,
                 "the session reached its maximum lifetime of 0.8 s",
             )
+        await await_until(
+            lambda: not served.broker.sessions(), timeout=scaled(5), message="not stopped"
+        )
         reasons = {s.service: s.end_reason for s in served.broker.history()}
         assert reasons == {idle: "idle_timeout", aging: "max_lifetime"}
 

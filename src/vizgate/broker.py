@@ -5,25 +5,27 @@ reservations, runs the scripts' blocking ``start()`` / ``stop()`` in worker thre
 readiness, keeps every timer, and tells viewers' connections when to close. It runs on the
 gateway's event loop; nothing in it blocks.
 
-Each instance has its own single worker thread, so ``start()`` and ``stop()`` of one instance run
-in the order they were asked for and never overlap, even when one of them overran its timeout.
+Each script call runs in a thread of its own that first waits for the instance's previous call
+to return, so ``start()`` and ``stop()`` of one instance run in the order they were asked for and
+never overlap, even when one of them overran its timeout; no thread outlives its call.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import itertools
 import logging
 import os
 import secrets
+import threading
 import time
 from collections import deque
-from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from vizgate.catalog import Catalog, ServiceType
 from vizgate.exceptions import ReservationError, StartError
@@ -60,6 +62,8 @@ from vizgate.store import SessionEventRecord, SessionRecord, SessionStore, Threa
 
 __all__ = ["Attachment", "Broker"]
 
+T = TypeVar("T")
+
 logger = logging.getLogger(__name__)
 
 # How many ended sessions the broker remembers for status pages.
@@ -92,7 +96,7 @@ class Broker:
         self.probe_interval = probe_interval
         self._instances: dict[str, list[RemoteServiceScript]] = {}
         self._holders: dict[str, list[LiveSession | None]] = {}
-        self._executors: dict[tuple[str, int], ThreadPoolExecutor] = {}
+        self._last_calls: dict[tuple[str, int], concurrent.futures.Future[Any]] = {}
         self._sessions: dict[str, LiveSession] = {}
         self._by_id: dict[str, LiveSession] = {}
         self._history: deque[SessionInfo] = deque(maxlen=HISTORY_LENGTH)
@@ -156,9 +160,6 @@ class Broker:
             for session in list(self._sessions.values()):
                 for task in list(session.tasks):
                     task.cancel()
-            for executor in self._executors.values():
-                executor.shutdown(wait=False, cancel_futures=False)
-            self._executors.clear()
             if timers is not None:
                 try:
                     await timers
@@ -544,15 +545,29 @@ class Broker:
         future.add_done_callback(lambda f: f.cancelled() or f.exception())
         return future
 
-    def _executor(self, session: LiveSession) -> ThreadPoolExecutor:
+    def _call_script(self, session: LiveSession, call: Callable[[], T]) -> asyncio.Future[T]:
+        """Run a blocking script call in a thread, after the instance's previous call returned.
+
+        A thread per call, not a pool: calls are rare (two per session), a hung one must not
+        starve the others, and no idle thread is kept per instance.
+        """
         key = (session.service.name, session.index)
-        executor = self._executors.get(key)
-        if executor is None:
-            executor = ThreadPoolExecutor(
-                max_workers=1, thread_name_prefix=f"vizgate-{session.label}"
-            )
-            self._executors[key] = executor
-        return executor
+        previous = self._last_calls.get(key)
+        result: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+        def run() -> None:
+            if previous is not None:
+                concurrent.futures.wait([previous])
+            if not result.set_running_or_notify_cancel():
+                return
+            try:
+                result.set_result(call())
+            except BaseException as exc:
+                result.set_exception(exc)
+
+        self._last_calls[key] = result
+        threading.Thread(target=run, name=f"vizgate {session.label}", daemon=True).start()
+        return asyncio.wrap_future(result)
 
     def _spawn(self, session: LiveSession, coroutine: Any, name: str) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coroutine, name=f"{session.label} {name}")
@@ -631,7 +646,7 @@ class Broker:
 
         began = loop.time()
         try:
-            ok = await loop.run_in_executor(self._executor(session), call_start)
+            ok = await self._call_script(session, call_start)
         except Exception as exc:
             logger.exception("%s: start() raised", session.label)
             session.lifecycle.start_failed(
@@ -666,9 +681,8 @@ class Broker:
 
     async def _run_stop(self, session: LiveSession) -> None:
         script = session.script
-        loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self._executor(session), script.stop)
+            await self._call_script(session, script.stop)
         except Exception:
             logger.exception("%s: stop() raised", session.label)
         if session.lifecycle.state is State.STOPPING:
