@@ -1,0 +1,845 @@
+"""The load client: connections to the targets and the measurements made over them.
+
+Two kinds of connection carry :mod:`bench.protocol`: raw TCP (an ``asyncio.BufferedProtocol``
+reading into one reused buffer) and WebSocket (picows, a Cython client that costs about
+0.5 CPU s per GB, so that the client is not what limits a proxy). A *target* is where a
+connection goes: the backend itself, websockify, or a vizgate gateway (which needs a fresh
+reservation token for each connection).
+
+Every measurement stamps time (and CPU time, through a ``snapshot`` callable) in the callback
+that sees the deciding bytes, not after the event loop gets round to the awaiting coroutine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from abc import ABC, abstractmethod
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, cast
+
+from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
+
+from bench.protocol import (
+    HEADER_SIZE,
+    HELLO,
+    MODE_ECHO,
+    MODE_SINK,
+    MODE_SOURCE,
+    PATTERN,
+    PATTERN_PERIOD,
+    READY,
+    RFB_BANNER,
+    PatternChecker,
+    header,
+    parse_sink_verdict,
+)
+
+__all__ = [
+    "UPLOAD_MESSAGE",
+    "BenchError",
+    "Connection",
+    "FirstByte",
+    "Load",
+    "Receiver",
+    "RoundTrips",
+    "Snapshot",
+    "Target",
+    "Transfer",
+    "connect_tcp",
+    "connect_ws",
+    "download",
+    "echo_load",
+    "first_byte",
+    "percentile",
+    "round_trips",
+    "snapshot_of",
+    "upload",
+]
+
+#: The client's upstream writes (one WebSocket message each): 64 KiB.
+UPLOAD_MESSAGE = PATTERN_PERIOD
+#: One read of a raw TCP client.
+TCP_READ_BUFFER = 256 * 1024
+#: Larger than any frame a proxy here sends.
+MAX_FRAME = 64 * 1024 * 1024
+
+
+class BenchError(Exception):
+    """A connection failed or carried the wrong bytes."""
+
+
+class Receiver(Protocol):
+    """What a connection hands its incoming bytes to."""
+
+    def received(self, data: memoryview) -> None:
+        """Bytes arrived; ``data`` is valid only during the call."""
+
+    def closed(self, why: str) -> None:
+        """The connection ended."""
+
+
+class Connection(ABC):
+    """A connection to a target: write bytes, respect backpressure, close."""
+
+    def __init__(self) -> None:
+        self.paused = False
+        self._resumed: asyncio.Future[None] | None = None
+
+    @abstractmethod
+    def write(self, data: bytes) -> None:
+        """Send ``data`` (one WebSocket message on a WebSocket)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Close the connection (a normal closure on a WebSocket)."""
+
+    @abstractmethod
+    async def wait_closed(self) -> None:
+        """Wait until the connection is gone."""
+
+    async def writable(self) -> None:
+        """Wait until the transport's write buffer has drained below its low-water mark."""
+        if not self.paused:
+            return
+        if self._resumed is None or self._resumed.done():
+            self._resumed = asyncio.get_running_loop().create_future()
+        await self._resumed
+
+    def _pause(self) -> None:
+        self.paused = True
+
+    def _resume(self) -> None:
+        self.paused = False
+        if self._resumed is not None and not self._resumed.done():
+            self._resumed.set_result(None)
+
+    def _lost(self) -> None:
+        if self._resumed is not None and not self._resumed.done():
+            self._resumed.set_exception(BenchError("connection lost while writing"))
+
+
+class _TcpConnection(asyncio.BufferedProtocol, Connection):
+    def __init__(self, receiver: Receiver) -> None:
+        Connection.__init__(self)
+        self._receiver = receiver
+        self._view = memoryview(bytearray(TCP_READ_BUFFER))
+        self._transport: asyncio.Transport | None = None
+        self._gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not subclasses of asyncio.Transport, only alike.
+        transport = cast(asyncio.Transport, transport)
+        self._transport = transport
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._receiver.received(self._view[:nbytes])
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost()
+        self._receiver.closed(f"TCP connection lost: {exc}" if exc else "TCP connection closed")
+        if not self._gone.done():
+            self._gone.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._pause()
+
+    def resume_writing(self) -> None:
+        self._resume()
+
+    def write(self, data: bytes) -> None:
+        assert self._transport is not None
+        self._transport.write(data)
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+    async def wait_closed(self) -> None:
+        await self._gone
+
+
+class _WsConnection(WSListener, Connection):
+    def __init__(self, receiver: Receiver) -> None:
+        WSListener.__init__(self)
+        Connection.__init__(self)
+        self._receiver = receiver
+        self._transport: WSTransport | None = None
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self._transport = transport
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        kind = frame.msg_type
+        if kind in (WSMsgType.BINARY, WSMsgType.CONTINUATION, WSMsgType.TEXT):
+            self._receiver.received(frame.get_payload_as_memoryview())
+        elif kind == WSMsgType.CLOSE:
+            code = frame.get_close_code()
+            reason = frame.get_close_message().decode(errors="replace")
+            self._receiver.closed(f"WebSocket closed by the server: {code.value} {reason}")
+            transport.send_close(code)
+            transport.disconnect()
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        self._lost()
+        self._receiver.closed("WebSocket disconnected")
+
+    def pause_writing(self) -> None:
+        self._pause()
+
+    def resume_writing(self) -> None:
+        self._resume()
+
+    def write(self, data: bytes) -> None:
+        assert self._transport is not None
+        self._transport.send(WSMsgType.BINARY, data)
+
+    def close(self) -> None:
+        if self._transport is not None and not self._transport.is_disconnected:
+            self._transport.send_close(WSCloseCode.OK)
+            self._transport.disconnect()
+
+    async def wait_closed(self) -> None:
+        if self._transport is not None:
+            await self._transport.wait_disconnected()
+
+
+async def connect_tcp(host: str, port: int, receiver: Receiver) -> Connection:
+    """A raw TCP connection handing what it reads to ``receiver``."""
+    loop = asyncio.get_running_loop()
+    _, protocol = await loop.create_connection(lambda: _TcpConnection(receiver), host, port)
+    return protocol
+
+
+async def connect_ws(url: str, receiver: Receiver) -> Connection:
+    """A WebSocket connection (picows) handing each frame's payload to ``receiver``."""
+    _, listener = await ws_connect(
+        lambda: _WsConnection(receiver),
+        url,
+        max_frame_size=MAX_FRAME,
+        websocket_handshake_timeout=60,
+        read_buffer_init_size=TCP_READ_BUFFER,
+    )
+    assert isinstance(listener, _WsConnection)
+    return listener
+
+
+# ---------------------------------------------------------------------------------------------
+# Targets
+
+
+@dataclass
+class Target:
+    """Where the client's connections go.
+
+    Attributes:
+        name: short name used in tables and JSON (``raw-tcp``, ``websockify``, ``vizgate``,
+            ``client-ceiling``).
+        kind: ``tcp`` or ``ws``.
+        host: the address.
+        port: the port.
+        reserve: for a gateway, returns a fresh ``(token, session_id)``; called before a
+            connection is opened, never while one is timed.
+        cpu: the proxy's CPU seconds so far (None: no proxy between client and backend).
+        memory_kib: the proxy's resident memory in KiB.
+        settle: waits until the proxy has finished with the connections that closed.
+    """
+
+    name: str
+    kind: str
+    host: str
+    port: int
+    reserve: Callable[[], tuple[str, str]] | None = None
+    cpu: Callable[[], float] | None = None
+    memory_kib: Callable[[], int] | None = None
+    settle: Callable[[], None] | None = None
+    _tickets: list[tuple[str, str]] = field(default_factory=list, repr=False)
+    last_session_id: str = ""
+
+    @property
+    def is_proxy(self) -> bool:
+        return self.cpu is not None
+
+    def prepare(self, count: int) -> None:
+        """Hold ``count`` reservations so that opening connections makes no HTTP request."""
+        if self.reserve is not None:
+            while len(self._tickets) < count:
+                self._tickets.append(self.reserve())
+
+    async def open(self, receiver: Receiver) -> Connection:
+        """A new connection to the target."""
+        if self.kind == "tcp":
+            return await connect_tcp(self.host, self.port, receiver)
+        query = ""
+        if self.reserve is not None:
+            if not self._tickets:
+                self.prepare(1)
+            token, self.last_session_id = self._tickets.pop(0)
+            query = f"?token={token}"
+        return await connect_ws(f"ws://{self.host}:{self.port}/websockify{query}", receiver)
+
+    def done_with_connections(self) -> None:
+        if self.settle is not None:
+            self.settle()
+
+
+Snapshot = Callable[[], tuple[float, float | None, float]]
+
+
+def snapshot_of(target: Target) -> Snapshot:
+    """Reads (wall time, the proxy's CPU seconds or None, this client's CPU seconds)."""
+    proxy_cpu = target.cpu
+
+    def snapshot() -> tuple[float, float | None, float]:
+        return (
+            time.perf_counter(),
+            proxy_cpu() if proxy_cpu is not None else None,
+            time.process_time(),
+        )
+
+    return snapshot
+
+
+# ---------------------------------------------------------------------------------------------
+# Receivers
+
+
+class _Exchange:
+    """Takes the backend's HELLO and READY off the front of the stream, then hands on the
+    payload.
+
+    The client sends its header once :attr:`hello` is done: like a VNC server, the backend
+    speaks first, and a gateway may take a client that speaks before the session runs for one
+    that is leaving.
+    """
+
+    def __init__(self, snapshot: Snapshot | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        self._snapshot = snapshot
+        self._prefix = bytearray()
+        self.hello: asyncio.Future[None] = loop.create_future()
+        self.ready: asyncio.Future[tuple[float, float | None, float]] = loop.create_future()
+        self.why_closed = ""
+
+    def received(self, data: memoryview) -> None:
+        if not self.ready.done():
+            need = 2 * HEADER_SIZE - len(self._prefix)
+            self._prefix += data[:need]
+            data = data[need:]
+            if not self.hello.done() and len(self._prefix) >= HEADER_SIZE:
+                if bytes(self._prefix[:HEADER_SIZE]) != HELLO:
+                    self.fail(f"expected HELLO from the backend, got {bytes(self._prefix)!r}")
+                    return
+                self.hello.set_result(None)
+            if len(self._prefix) < 2 * HEADER_SIZE:
+                return
+            if bytes(self._prefix[HEADER_SIZE:]) != READY:
+                self.fail(f"expected READY from the backend, got {bytes(self._prefix)!r}")
+                return
+            self.ready.set_result(
+                self._snapshot() if self._snapshot else (time.perf_counter(), None, 0.0)
+            )
+            if not data:
+                return
+        self.payload(data)
+
+    async def start(self, connection: Connection, mode: bytes, count: int = 0) -> None:
+        """Wait for the backend's HELLO, then send the header for ``mode``."""
+        await self.hello
+        connection.write(header(mode, count))
+
+    def payload(self, data: memoryview) -> None:
+        raise NotImplementedError
+
+    def closed(self, why: str) -> None:
+        if not self.why_closed:
+            self.why_closed = why
+        self.fail(why)
+
+    def fail(self, why: str) -> None:
+        for future in self.futures():
+            if not future.done():
+                future.set_exception(BenchError(why))
+                # Whoever awaits it sees the error; a future nobody awaits stays quiet.
+                future.exception()
+
+    def futures(self) -> list[asyncio.Future[Any]]:
+        return [self.hello, self.ready]
+
+
+class _Download(_Exchange):
+    def __init__(self, count: int, snapshot: Snapshot) -> None:
+        super().__init__(snapshot)
+        self.count = count
+        self.checker = PatternChecker()
+        self.done: asyncio.Future[tuple[float, float | None, float]] = (
+            asyncio.get_running_loop().create_future()
+        )
+
+    def payload(self, data: memoryview) -> None:
+        self.checker.feed(data)
+        if self.checker.offset >= self.count and not self.done.done():
+            assert self._snapshot is not None
+            self.done.set_result(self._snapshot())
+
+    def futures(self) -> list[asyncio.Future[Any]]:
+        return [self.hello, self.ready, self.done]
+
+
+class _Upload(_Exchange):
+    def __init__(self, snapshot: Snapshot) -> None:
+        super().__init__(snapshot)
+        self._reply = bytearray()
+        self.done: asyncio.Future[tuple[float, float | None, float]] = (
+            asyncio.get_running_loop().create_future()
+        )
+
+    def payload(self, data: memoryview) -> None:
+        self._reply += data
+        if len(self._reply) >= HEADER_SIZE and not self.done.done():
+            assert self._snapshot is not None
+            self.done.set_result(self._snapshot())
+
+    @property
+    def reply(self) -> bytes:
+        return bytes(self._reply)
+
+    def futures(self) -> list[asyncio.Future[Any]]:
+        return [self.hello, self.ready, self.done]
+
+
+class _Echo(_Exchange):
+    def __init__(self) -> None:
+        super().__init__()
+        self._buffer = bytearray()
+        self._want = 0
+        self._waiter: asyncio.Future[tuple[float, bytes]] | None = None
+
+    def expect(self, size: int) -> asyncio.Future[tuple[float, bytes]]:
+        """A future for the next ``size`` bytes: (the time they were complete, the bytes)."""
+        self._want = size
+        self._waiter = asyncio.get_running_loop().create_future()
+        self._complete()
+        return self._waiter
+
+    def payload(self, data: memoryview) -> None:
+        self._buffer += data
+        self._complete()
+
+    def _complete(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and len(self._buffer) >= self._want and not waiter.done():
+            answer = bytes(self._buffer[: self._want])
+            del self._buffer[: self._want]
+            waiter.set_result((time.perf_counter(), answer))
+
+    def futures(self) -> list[asyncio.Future[Any]]:
+        waiters: list[asyncio.Future[Any]] = [self.hello, self.ready]
+        if self._waiter is not None:
+            waiters.append(self._waiter)
+        return waiters
+
+
+class _FirstBytes:
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._buffer = bytearray()
+        self.first_at = 0.0
+        self.done: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+    def received(self, data: memoryview) -> None:
+        if not self._buffer:
+            self.first_at = time.perf_counter()
+        self._buffer += data
+        if len(self._buffer) >= self._size and not self.done.done():
+            self.done.set_result(bytes(self._buffer[: self._size]))
+
+    def closed(self, why: str) -> None:
+        if not self.done.done():
+            self.done.set_exception(BenchError(why))
+
+
+# ---------------------------------------------------------------------------------------------
+# Measurements
+
+
+@dataclass
+class Transfer:
+    """One bulk transfer through a target.
+
+    Attributes:
+        direction: ``down`` (backend to client, what a VNC server sends a browser) or ``up``.
+        expected: the bytes asked for.
+        moved: the bytes that arrived and were checked.
+        seconds: from the backend's READY to the last byte (down) or the sink's verdict (up).
+        ok: every byte arrived, in order, unchanged.
+        proxy_cpu_seconds: the proxy's CPU time over the same window (None: no proxy).
+        client_cpu_seconds: this client's CPU time over the window.
+        error: why it is not ok.
+    """
+
+    direction: str
+    expected: int
+    moved: int
+    seconds: float
+    ok: bool
+    proxy_cpu_seconds: float | None
+    client_cpu_seconds: float
+    error: str = ""
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.moved / self.seconds / 1e6 if self.seconds > 0 else 0.0
+
+    @property
+    def proxy_cpu_per_gb(self) -> float | None:
+        if self.proxy_cpu_seconds is None or not self.moved:
+            return None
+        return self.proxy_cpu_seconds / (self.moved / 1e9)
+
+    @property
+    def client_cpu_per_gb(self) -> float | None:
+        return self.client_cpu_seconds / (self.moved / 1e9) if self.moved else None
+
+
+def _window(
+    start: tuple[float, float | None, float], end: tuple[float, float | None, float]
+) -> tuple[float, float | None, float]:
+    proxy = None if start[1] is None or end[1] is None else end[1] - start[1]
+    return end[0] - start[0], proxy, end[2] - start[2]
+
+
+async def download(target: Target, count: int, *, timeout: float = 300.0) -> Transfer:
+    """Have the backend send ``count`` bytes through ``target``; check every byte."""
+    receiver = _Download(count, snapshot_of(target))
+    connection = await target.open(receiver)
+    try:
+        async with asyncio.timeout(timeout):
+            await receiver.start(connection, MODE_SOURCE, count)
+            start = await receiver.ready
+            end = await receiver.done
+        seconds, proxy_cpu, client_cpu = _window(start, end)
+        checker = receiver.checker
+        ok = checker.ok and checker.offset == count
+        error = ""
+        if checker.first_bad is not None:
+            error = f"byte {checker.first_bad} differs from what the backend sent"
+        elif checker.offset != count:
+            error = f"{checker.offset} bytes arrived, {count} were sent"
+        return Transfer("down", count, checker.offset, seconds, ok, proxy_cpu, client_cpu, error)
+    except (BenchError, TimeoutError) as exc:
+        return Transfer(
+            "down", count, receiver.checker.offset, 0.0, False, None, 0.0, _describe(exc)
+        )
+    finally:
+        await _close(connection)
+        target.done_with_connections()
+
+
+async def upload(target: Target, count: int, *, timeout: float = 300.0) -> Transfer:
+    """Send ``count`` bytes through ``target`` to the backend's sink; it checks every byte."""
+    receiver = _Upload(snapshot_of(target))
+    connection = await target.open(receiver)
+    sent = 0
+    try:
+        async with asyncio.timeout(timeout):
+            await receiver.start(connection, MODE_SINK, count)
+            start = await receiver.ready
+            block = PATTERN[:UPLOAD_MESSAGE]
+            while sent < count:
+                if connection.paused:
+                    await connection.writable()
+                size = min(UPLOAD_MESSAGE, count - sent)
+                connection.write(block if size == UPLOAD_MESSAGE else block[:size])
+                sent += size
+            end = await receiver.done
+        seconds, proxy_cpu, client_cpu = _window(start, end)
+        verdict = parse_sink_verdict(receiver.reply[:HEADER_SIZE])
+        ok = verdict.ok and verdict.received == count
+        error = ""
+        if verdict.first_bad is not None:
+            error = f"the sink found byte {verdict.first_bad} wrong"
+        elif verdict.received != count:
+            error = f"the sink took {verdict.received} bytes, {count} were sent"
+        return Transfer("up", count, verdict.received, seconds, ok, proxy_cpu, client_cpu, error)
+    except (BenchError, TimeoutError, ValueError) as exc:
+        return Transfer("up", count, 0, 0.0, False, None, 0.0, f"{_describe(exc)} ({sent} sent)")
+    finally:
+        await _close(connection)
+        target.done_with_connections()
+
+
+@dataclass
+class RoundTrips:
+    """Small-message round trips through a target, one at a time.
+
+    Attributes:
+        size: bytes per message.
+        latencies: seconds, one per round trip (warm-up excluded).
+        proxy_cpu_seconds: the proxy's CPU over the timed round trips.
+        ok: every echo matched what was sent.
+        error: why not.
+    """
+
+    size: int
+    latencies: list[float]
+    proxy_cpu_seconds: float | None
+    ok: bool
+    error: str = ""
+
+    def percentile_ms(self, q: float) -> float:
+        return percentile(self.latencies, q) * 1e3
+
+
+async def round_trips(
+    target: Target, count: int, *, size: int = 100, warmup: int = 50, timeout: float = 300.0
+) -> RoundTrips:
+    """``count`` echoes of a ``size``-byte message through ``target``, each awaited in turn."""
+    receiver = _Echo()
+    connection = await target.open(receiver)
+    latencies: list[float] = []
+    snapshot = snapshot_of(target)
+    try:
+        async with asyncio.timeout(timeout):
+            await receiver.start(connection, MODE_ECHO)
+            await receiver.ready
+            start = snapshot()
+            for index in range(warmup + count):
+                offset = (index * 7919) % (PATTERN_PERIOD - size)
+                message = PATTERN[offset : offset + size]
+                waiter = receiver.expect(size)
+                sent_at = time.perf_counter()
+                connection.write(message)
+                arrived_at, answer = await waiter
+                if answer != message:
+                    return RoundTrips(size, latencies, None, False, "an echo differs")
+                if index >= warmup:
+                    latencies.append(arrived_at - sent_at)
+            end = snapshot()
+        return RoundTrips(size, latencies, _window(start, end)[1], True)
+    except (BenchError, TimeoutError) as exc:
+        return RoundTrips(size, latencies, None, False, _describe(exc))
+    finally:
+        await _close(connection)
+        target.done_with_connections()
+
+
+@dataclass
+class FirstByte:
+    """Connect → first byte of the VNC server's banner, per connection.
+
+    Attributes:
+        latencies: seconds from starting the connection to the first byte.
+        session_ids: for a gateway, the session of each connection (to match start() times).
+        errors: what went wrong, one entry per failed connection.
+    """
+
+    latencies: list[float]
+    session_ids: list[str]
+    errors: list[str]
+
+
+async def first_byte(target: Target, sessions: int, *, timeout: float = 60.0) -> FirstByte:
+    """Open ``sessions`` connections one after another; time each to its first RFB byte."""
+    result = FirstByte([], [], [])
+    for _ in range(sessions):
+        target.prepare(1)
+        receiver = _FirstBytes(len(RFB_BANNER))
+        connection: Connection | None = None
+        began = time.perf_counter()
+        try:
+            async with asyncio.timeout(timeout):
+                connection = await target.open(receiver)
+                banner = await receiver.done
+            if banner != RFB_BANNER:
+                result.errors.append(f"banner {banner!r}")
+                continue
+            result.latencies.append(receiver.first_at - began)
+            result.session_ids.append(target.last_session_id)
+        except (BenchError, TimeoutError, OSError) as exc:
+            result.errors.append(_describe(exc))
+        finally:
+            if connection is not None:
+                await _close(connection)
+            target.done_with_connections()
+    return result
+
+
+@dataclass
+class Load:
+    """Many tunnels at once, each echoing small messages at a modest rate.
+
+    Attributes:
+        tunnels: how many were asked for.
+        opened: how many opened (got the backend's READY).
+        open_seconds: how long opening them all took.
+        latencies: every round trip, seconds.
+        errors: counts of what went wrong (failed opens, early closes, wrong or late echoes).
+        proxy_rss_before_kib: the proxy's resident memory before the tunnels' reservations.
+        proxy_rss_open_kib: the most it had while they were open (sampled every 0.2 s).
+        proxy_peak_kib: the proxy's peak resident memory as the kernel kept it (VmHWM), when
+            known.
+    """
+
+    tunnels: int
+    opened: int
+    open_seconds: float
+    latencies: list[float]
+    errors: Counter[str]
+    proxy_rss_before_kib: int | None = None
+    proxy_rss_open_kib: int | None = None
+    proxy_peak_kib: int | None = None
+
+    @property
+    def error_count(self) -> int:
+        return sum(self.errors.values())
+
+    @property
+    def rss_per_tunnel_kib(self) -> float | None:
+        if self.proxy_rss_before_kib is None or self.proxy_rss_open_kib is None or not self.opened:
+            return None
+        return (self.proxy_rss_open_kib - self.proxy_rss_before_kib) / self.opened
+
+
+async def echo_load(
+    target: Target,
+    tunnels: int,
+    seconds: float,
+    *,
+    rate: float = 5.0,
+    size: int = 512,
+    open_parallel: int = 50,
+    echo_timeout: float = 10.0,
+    peak_kib: Callable[[], int | None] | None = None,
+) -> Load:
+    """Open ``tunnels`` tunnels, then for ``seconds`` send ``rate`` echoes per second on each.
+
+    Tunnels open ``open_parallel`` at a time. Memory is sampled every 0.2 s while they are open.
+    """
+    loop = asyncio.get_running_loop()
+    # Before the reservations: a tunnel's cost includes its session's place in the broker.
+    rss_before = target.memory_kib() if target.memory_kib else None
+    target.prepare(tunnels)
+    errors: Counter[str] = Counter()
+    latencies: list[float] = []
+    gate = asyncio.Semaphore(open_parallel)
+    opened: list[tuple[Connection, _Echo]] = []
+
+    async def open_one() -> None:
+        async with gate:
+            receiver = _Echo()
+            try:
+                async with asyncio.timeout(60):
+                    connection = await target.open(receiver)
+                    await receiver.start(connection, MODE_ECHO)
+                    await receiver.ready
+            except (BenchError, TimeoutError, OSError) as exc:
+                errors[f"open: {_describe(exc)}"] += 1
+                return
+            opened.append((connection, receiver))
+
+    began = loop.time()
+    await asyncio.gather(*(open_one() for _ in range(tunnels)))
+    open_seconds = loop.time() - began
+    rss_seen: list[int] = []
+
+    async def sample_memory(stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            if target.memory_kib is not None:
+                rss_seen.append(target.memory_kib())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.2)
+
+    async def talk(index: int, connection: Connection, receiver: _Echo) -> None:
+        rng = random.Random(index)
+        interval = 1.0 / rate
+        deadline = loop.time() + seconds
+        # A random phase, so the tunnels do not all speak in the same instant.
+        next_at = loop.time() + rng.random() * interval
+        sent = 0
+        while True:
+            delay = next_at - loop.time()
+            if next_at >= deadline:
+                return
+            if delay > 0:
+                await asyncio.sleep(delay)
+            offset = (index * 131 + sent * 17) % (PATTERN_PERIOD - size)
+            message = PATTERN[offset : offset + size]
+            waiter = receiver.expect(size)
+            sent_at = time.perf_counter()
+            try:
+                connection.write(message)
+                async with asyncio.timeout(echo_timeout):
+                    arrived_at, answer = await waiter
+            except TimeoutError:
+                errors[f"echo late (> {echo_timeout:g} s)"] += 1
+                return
+            except BenchError as exc:
+                errors[f"closed: {_describe(exc)}"] += 1
+                return
+            if answer != message:
+                errors["echo differs"] += 1
+                return
+            latencies.append(arrived_at - sent_at)
+            sent += 1
+            next_at += interval
+
+    stop_sampling = asyncio.Event()
+    sampler = asyncio.create_task(sample_memory(stop_sampling))
+    try:
+        await asyncio.gather(
+            *(talk(index, conn, receiver) for index, (conn, receiver) in enumerate(opened))
+        )
+    finally:
+        stop_sampling.set()
+        await sampler
+        peak = peak_kib() if peak_kib is not None else None
+        for connection, _ in opened:
+            connection.close()
+        await asyncio.gather(
+            *(asyncio.wait_for(c.wait_closed(), 10) for c, _ in opened), return_exceptions=True
+        )
+        target.done_with_connections()
+    return Load(
+        tunnels=tunnels,
+        opened=len(opened),
+        open_seconds=open_seconds,
+        latencies=latencies,
+        errors=errors,
+        proxy_rss_before_kib=rss_before,
+        proxy_rss_open_kib=max(rss_seen) if rss_seen else None,
+        proxy_peak_kib=peak,
+    )
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The ``q``-th percentile (0..100) of ``values``, linearly interpolated; NaN when empty."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q / 100
+    below = int(position)
+    above = min(below + 1, len(ordered) - 1)
+    return ordered[below] + (ordered[above] - ordered[below]) * (position - below)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return str(exc) or type(exc).__name__
+
+
+async def _close(connection: Connection) -> None:
+    connection.close()
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(connection.wait_closed(), 10)

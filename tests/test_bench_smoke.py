@@ -1,0 +1,147 @@
+"""The benchmark in its smallest mode, so that it never rots: bytes must arrive right, not fast.
+
+``python -m bench.run --smoke`` starts a backend, a real ``vizgate serve`` and (when it is
+installed) websockify, moves a few MiB each way through every target, does round trips, a small
+concurrent load and a few session starts, and writes its report as JSON. The test checks that
+report: every byte arrived and was checked, every echo matched, every session started.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from support import scaled
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _bench_protocol() -> types.ModuleType:
+    # bench/ is not an installed package; its protocol module imports nothing of the project.
+    name = "vizgate_bench_protocol"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, REPO / "bench" / "protocol.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    # dataclasses look their module up in sys.modules while the class is made.
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _websockify_installed() -> bool:
+    return (Path(sys.executable).parent / "websockify").exists() or bool(shutil.which("websockify"))
+
+
+def test_pattern_checker_finds_the_first_wrong_byte() -> None:
+    protocol = _bench_protocol()
+    stream = bytearray(protocol.PATTERN * 3)[:150_000]
+    checker = protocol.PatternChecker()
+    checker.feed(stream[:70_000])
+    checker.feed(stream[70_000:])
+    assert checker.ok
+    assert checker.offset == 150_000
+
+    stream[123_456] ^= 0x01
+    checker = protocol.PatternChecker()
+    for start in range(0, len(stream), 4096):
+        checker.feed(memoryview(stream)[start : start + 4096])
+    assert checker.first_bad == 123_456
+    assert not checker.ok
+
+
+def test_sink_verdicts_round_trip() -> None:
+    protocol = _bench_protocol()
+    good = protocol.parse_sink_verdict(protocol.sink_verdict(1000, None))
+    assert good.ok
+    assert good.received == 1000
+    bad = protocol.parse_sink_verdict(protocol.sink_verdict(1000, 17))
+    assert not bad.ok
+    assert bad.first_bad == 17
+    with pytest.raises(ValueError, match="not a sink verdict"):
+        protocol.parse_sink_verdict(protocol.READY)
+
+
+@pytest.fixture(scope="module")
+def smoke_report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    pytest.importorskip("picows", reason="the benchmark's load client is picows")
+    path = tmp_path_factory.mktemp("bench") / "report.json"
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--smoke", "--json", str(path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=scaled(120),
+        check=False,
+    )
+    output = f"stdout:\n{completed.stdout[-6000:]}\nstderr:\n{completed.stderr[-6000:]}"
+    assert completed.returncode == 0, output
+    assert path.exists(), output
+    report: dict[str, Any] = json.loads(path.read_text())
+    assert report["failures"] == [], output
+    return report
+
+
+def _targets() -> list[str]:
+    names = ["raw-tcp", "client-ceiling", "vizgate"]
+    if _websockify_installed():
+        names.append("websockify")
+    return names
+
+
+@pytest.mark.parametrize("target", _targets())
+def test_every_byte_arrives_unchanged_each_way(smoke_report: dict[str, Any], target: str) -> None:
+    settings = smoke_report["settings"]
+    transfers = smoke_report["transfers"][target]
+    expected = {"down": settings["down_bytes"], "up": settings["up_bytes"]}
+    assert {t["direction"] for t in transfers} == {"down", "up"}
+    for transfer in transfers:
+        assert transfer["ok"], transfer
+        assert transfer["error"] == ""
+        assert transfer["moved"] == transfer["expected"] == expected[transfer["direction"]]
+        assert transfer["seconds"] > 0
+
+
+@pytest.mark.parametrize("target", _targets())
+def test_round_trips_echo_what_was_sent(smoke_report: dict[str, Any], target: str) -> None:
+    for series in smoke_report["round_trips"][target]:
+        assert series["ok"], series
+        assert series["count"] == smoke_report["settings"]["round_trips"]
+        assert 0 < series["p50_ms"] <= series["p99_ms"]
+
+
+def test_the_gateway_carries_concurrent_tunnels(smoke_report: dict[str, Any]) -> None:
+    settings = smoke_report["settings"]
+    (load,) = smoke_report["loads"]["vizgate"]
+    assert load["tunnels"] == settings["concurrency"][0]
+    assert load["opened"] == load["tunnels"]
+    assert load["error_count"] == 0, load["errors"]
+    # Each tunnel sends at its rate for the whole window; a stalled tunnel sends less.
+    assert load["round_trips"] >= 0.8 * load["expected_round_trips"] > 0
+    assert load["proxy_rss_open_kib"] >= load["proxy_rss_before_kib"] > 0
+
+
+def test_start_latency_subtracts_each_sessions_own_start(smoke_report: dict[str, Any]) -> None:
+    entry = smoke_report["start_latency"]["vizgate"]
+    sessions = smoke_report["settings"]["start_sessions"]
+    assert entry["errors"] == []
+    assert len(entry["connect_to_first_byte_ms"]) == sessions
+    assert entry["unmatched_sessions"] == 0
+    for total, own, added in zip(
+        entry["connect_to_first_byte_ms"],
+        entry["script_start_ms"],
+        entry["gateway_added_ms"],
+        strict=True,
+    ):
+        assert 0 <= own < total
+        assert added == pytest.approx(total - own)
