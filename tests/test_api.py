@@ -304,11 +304,13 @@ def test_status_view_is_an_html_table_with_every_type_and_no_token(
     assert SECURITY_TOKEN not in page
 
 
-def test_the_front_page_links_to_the_status_page(gateway: GatewayProcess) -> None:
+def test_the_front_page_asks_an_anonymous_visitor_to_log_in(gateway: GatewayProcess) -> None:
     response = gateway.request("/")
-    assert response.status == 200
-    assert "vizgate" in response.text
-    assert 'href="/v1/status_view"' in response.text
+    assert response.status == 302
+    assert response.headers["Location"] == "/login/?next=/"
+    login = gateway.request("/login/")
+    assert login.status == 200
+    assert "vizgate" in login.text
 
 
 def test_a_host_header_the_server_does_not_serve_is_400(gateway: GatewayProcess) -> None:

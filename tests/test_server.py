@@ -284,9 +284,9 @@ def test_https_with_cert_and_key_and_allowed_hosts(
     assert status.status == 200
     assert [s["name"] for s in status.json()["services"]] == ["Desktop"]
 
-    assert gateway.request("/", headers={"Host": "gate.example"}).status == 200
+    assert gateway.request("/login/", headers={"Host": "gate.example"}).status == 200
     # Not listed: Django refuses a Host header it was not told about.
-    assert gateway.request("/", headers={"Host": "localhost"}).status == 400
+    assert gateway.request("/login/", headers={"Host": "localhost"}).status == 400
 
     # Plain http on the https port is not served.
     plain = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=scaled(5))

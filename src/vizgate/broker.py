@@ -355,6 +355,19 @@ class Broker:
         self._event(session, "terminated", detail=message)
         return self._release(session, EndReason.TERMINATED, message)
 
+    def release_session(self, session_id: str, message: str = "") -> bool:
+        """Its owner ends a session by its public id (the portal, where the page holds no
+        token); recorded as ``released``.
+
+        Raises:
+            ReservationError: no live session has that id.
+        """
+        session = self._by_id.get(session_id)
+        if session is None:
+            raise ReservationError(f"no live session {session_id!r}", reason="unknown_session")
+        self._event(session, "released", detail=message)
+        return self._release(session, EndReason.RELEASED, message)
+
     def _release(self, session: LiveSession, reason: EndReason, message: str) -> bool:
         changed = session.lifecycle.release(reason, self.now(), message)
         self._drive(session)

@@ -1,4 +1,11 @@
-"""The ``vizgate`` command line: ``vizgate check CONFIG`` and ``vizgate serve --config CONFIG``.
+"""The ``vizgate`` command line: ``check``, ``serve``, ``user``, ``group`` and ``demo``.
+
+``vizgate check CONFIG`` validates a catalog; ``vizgate serve --config CONFIG`` runs the gateway;
+``vizgate user add NAME [--group G ...] [--admin]``, ``vizgate user passwd NAME`` and
+``vizgate group add G`` manage the portal's accounts in the database of ``--data-dir`` (the same
+default as ``serve``); ``vizgate demo`` serves the examples (see :mod:`vizgate.demo`).
+Passwords are read from a hidden prompt, or from the first line of stdin when it is not a
+terminal; never from the command line, which other users can read in the process list.
 
 Each subcommand is one ``_add_<name>`` function that declares its arguments and binds one
 ``_run_<name>(args) -> int`` with ``set_defaults(func=...)``; adding a command means writing
@@ -7,6 +14,8 @@ those two functions and listing the first in ``_COMMANDS``.
 :func:`main` returns the exit status instead of exiting, so tests call it directly:
 
 * 0: the command succeeded (``check``: the catalog is usable; warnings are allowed).
+* 1: the command failed (``user add``: the user exists, a group is missing, the password is
+  too weak; the data directory cannot be used).
 * 2: bad usage, or the configuration has problems (every one is printed to stderr).
 """
 
@@ -17,6 +26,7 @@ import json
 import re
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, TextIO
 
 from vizgate import __version__
@@ -24,9 +34,11 @@ from vizgate.catalog import DEFAULT_SIZES, TIMEOUT_OPTIONS, Catalog, ServiceType
 from vizgate.exceptions import ConfigError, ConfigProblem, ScriptError
 from vizgate.scripts import realize_instances
 
-__all__ = ["EXIT_OK", "EXIT_PROBLEMS", "build_parser", "main"]
+__all__ = ["EXIT_FAILURE", "EXIT_OK", "EXIT_PROBLEMS", "build_parser", "main"]
 
 EXIT_OK = 0
+#: A command that could not do what it was asked (the message on stderr says why).
+EXIT_FAILURE = 1
 #: argparse's own status for bad usage; a configuration with problems is "bad input" too.
 EXIT_PROBLEMS = 2
 
@@ -207,7 +219,188 @@ def _plural(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
-_COMMANDS: tuple[Callable[[_Subparsers], None], ...] = (_add_check, _add_serve)
+# --- vizgate user / group -------------------------------------------------------------------
+
+
+def _add_data_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        default=None,
+        help="the gateway's data directory, as given to serve (default: $XDG_DATA_HOME/vizgate "
+        "or ~/.local/share/vizgate)",
+    )
+
+
+def _usage(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
+    """A command's function when no action was named: its help, and bad usage."""
+
+    def usage(args: argparse.Namespace) -> int:
+        parser.print_help(sys.stderr)
+        return EXIT_PROBLEMS
+
+    return usage
+
+
+def _add_user(subparsers: _Subparsers) -> None:
+    user = subparsers.add_parser(
+        "user",
+        help="add portal users and set their passwords",
+        description="Manage the portal's users in the gateway's database. Passwords are read "
+        "from a hidden prompt, or from the first line of stdin when it is not a terminal.",
+    )
+    user.set_defaults(func=_usage(user))
+    actions = user.add_subparsers(title="actions", metavar="ACTION")
+    add = actions.add_parser(
+        "add",
+        help="create a user",
+        description="Create the user NAME with a password read from the terminal (or stdin).",
+    )
+    add.add_argument("name", metavar="NAME", help="the user name")
+    add.add_argument(
+        "--group",
+        action="append",
+        default=[],
+        metavar="G",
+        help="a group the user joins (it must exist: vizgate group add G); repeat for more",
+    )
+    add.add_argument(
+        "--admin",
+        action="store_true",
+        help="an administrator: may use every session type, sees and ends every session, "
+        "and may use the admin pages",
+    )
+    _add_data_dir(add)
+    add.set_defaults(func=_run_user_add)
+    passwd = actions.add_parser(
+        "passwd",
+        help="set a user's password",
+        description="Set the password of the user NAME, read from the terminal (or stdin). "
+        "The user's logged-in browsers are logged out.",
+    )
+    passwd.add_argument("name", metavar="NAME", help="the user name")
+    _add_data_dir(passwd)
+    passwd.set_defaults(func=_run_user_passwd)
+
+
+def _add_group(subparsers: _Subparsers) -> None:
+    group = subparsers.add_parser(
+        "group",
+        help="add portal groups",
+        description="Manage the portal's groups. A session type whose options.group names a "
+        "group is only offered to its members.",
+    )
+    group.set_defaults(func=_usage(group))
+    actions = group.add_subparsers(title="actions", metavar="ACTION")
+    add = actions.add_parser("add", help="create a group", description="Create the group G.")
+    add.add_argument("name", metavar="G", help="the group name")
+    _add_data_dir(add)
+    add.set_defaults(func=_run_group_add)
+
+
+def _open_database(args: argparse.Namespace, command: str) -> bool:
+    from vizgate.web import default_data_dir, setup_django
+
+    data_dir = Path(args.data_dir).expanduser() if args.data_dir else default_data_dir()
+    try:
+        setup_django(data_dir.resolve(), allowed_hosts=["localhost"])
+    except OSError as exc:
+        print(
+            f"vizgate {command}: cannot use the data directory {data_dir}: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        return False
+    return True
+
+
+def _run_user_add(args: argparse.Namespace) -> int:
+    from vizgate import accounts
+
+    if not _open_database(args, "user add"):
+        return EXIT_FAILURE
+    try:
+        # Said before the password is asked for, so nobody types one in vain.
+        if accounts.user_exists(args.name):
+            raise accounts.AccountError(
+                f"the user {args.name!r} exists already (change its password with "
+                f"'vizgate user passwd {args.name}')"
+            )
+        missing = [group for group in args.group if not accounts.group_exists(group)]
+        if missing:
+            raise accounts.AccountError(
+                "no such group: "
+                + ", ".join(repr(group) for group in missing)
+                + " (create it with 'vizgate group add NAME')"
+            )
+        password = accounts.read_password(prompt=f"Password for {args.name}: ")
+        accounts.create_user(args.name, password, groups=args.group, admin=args.admin)
+    except accounts.AccountError as exc:
+        print(f"vizgate user add: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    details = []
+    if args.group:
+        details.append("groups: " + ", ".join(sorted(set(args.group))))
+    if args.admin:
+        details.append("administrator")
+    print(f"created user {args.name}" + (f" ({'; '.join(details)})" if details else ""))
+    return EXIT_OK
+
+
+def _run_user_passwd(args: argparse.Namespace) -> int:
+    from vizgate import accounts
+
+    if not _open_database(args, "user passwd"):
+        return EXIT_FAILURE
+    try:
+        if not accounts.user_exists(args.name):
+            raise accounts.AccountError(f"no user called {args.name!r}")
+        password = accounts.read_password(prompt=f"New password for {args.name}: ")
+        accounts.set_password(args.name, password)
+    except accounts.AccountError as exc:
+        print(f"vizgate user passwd: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"changed the password of {args.name}")
+    return EXIT_OK
+
+
+def _run_group_add(args: argparse.Namespace) -> int:
+    from vizgate import accounts
+
+    if not _open_database(args, "group add"):
+        return EXIT_FAILURE
+    try:
+        created = accounts.create_group(args.name)
+    except accounts.AccountError as exc:
+        print(f"vizgate group add: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"created group {args.name}" if created else f"the group {args.name} exists already")
+    return EXIT_OK
+
+
+# --- vizgate demo -----------------------------------------------------------------------------
+
+
+def _add_demo(subparsers: _Subparsers) -> None:
+    from vizgate.demo import add_demo_arguments, run_demo
+
+    demo = subparsers.add_parser(
+        "demo",
+        help="serve the examples on this machine, with an administrator account",
+        description="Prepare ~/.vnc for TigerVNC (unless ~/.vnc/passwd exists), create the "
+        "administrator 'admin' with a random password shown once (unless it exists), and "
+        "serve examples/external_services.json until Ctrl-C.",
+    )
+    add_demo_arguments(demo)
+    demo.set_defaults(func=run_demo)
+
+
+_COMMANDS: tuple[Callable[[_Subparsers], None], ...] = (
+    _add_check,
+    _add_serve,
+    _add_user,
+    _add_group,
+    _add_demo,
+)
 
 
 if __name__ == "__main__":

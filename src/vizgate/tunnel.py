@@ -19,8 +19,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qs
 
 from vizgate.broker import Attachment, Broker
@@ -57,8 +58,10 @@ CLOSE_INTERNAL_ERROR = 1011
 # RFC 6455 §5.5: a control frame's payload is at most 125 bytes, 2 of them the close code.
 MAX_CLOSE_REASON_BYTES = 123
 
-# One read from the VNC server; large reads keep the per-byte cost low for full-screen updates.
-READ_CHUNK = 256 * 1024
+# Bytes from the VNC server waiting for the browser: reading from the server pauses above the
+# high mark and resumes below the low one, so a slow browser holds the gateway's memory down.
+READ_HIGH_WATER = 512 * 1024
+READ_LOW_WATER = 128 * 1024
 
 # The VNC server's socket buffers at most this much before writes from the browser wait.
 SERVER_WRITE_HIGH_WATER = 256 * 1024
@@ -83,6 +86,78 @@ def _close_reason(text: str) -> str:
 
 async def _no_session() -> Attachment:
     raise ReservationError("unknown, expired or released token", reason="unknown_token")
+
+
+class _ServerConnection(asyncio.Protocol):
+    """The TCP connection to a VNC server, with flow control both ways.
+
+    Unlike asyncio's StreamReader it hands each received chunk on as it came, without copying
+    it into and out of a buffer: the framebuffer direction is where the bytes are.
+    """
+
+    def __init__(self) -> None:
+        self._transport: asyncio.Transport | None = None
+        self._chunks: deque[bytes] = deque()
+        self._queued = 0
+        self._reading_paused = False
+        self._closed = False
+        self._readable = asyncio.Event()
+        self._writable = asyncio.Event()
+        self._writable.set()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without inheriting from it.
+        self._transport = cast(asyncio.Transport, transport)
+        self._transport.set_write_buffer_limits(high=SERVER_WRITE_HIGH_WATER)
+
+    def data_received(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._queued += len(data)
+        self._readable.set()
+        if self._queued >= READ_HIGH_WATER and not self._reading_paused and self._transport:
+            self._reading_paused = True
+            self._transport.pause_reading()
+
+    def eof_received(self) -> bool:
+        self._closed = True
+        self._readable.set()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self._readable.set()
+        self._writable.set()
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+
+    async def read(self) -> bytes:
+        """The next chunk from the server; ``b""`` once it has closed."""
+        while not self._chunks:
+            if self._closed:
+                return b""
+            self._readable.clear()
+            await self._readable.wait()
+        data = self._chunks.popleft()
+        self._queued -= len(data)
+        if self._reading_paused and self._queued <= READ_LOW_WATER and self._transport:
+            self._reading_paused = False
+            self._transport.resume_reading()
+        return data
+
+    async def write(self, data: bytes) -> None:
+        """Send to the server; waits while its socket buffer is full."""
+        if self._transport is None or self._transport.is_closing():
+            raise ConnectionResetError("the VNC server's connection is closed")
+        self._transport.write(data)
+        await self._writable.wait()
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
 
 
 class _ClientGone(Exception):
@@ -228,8 +303,11 @@ class _Connection:
         return attachment
 
     async def relay(self, attachment: Attachment) -> None:
+        loop = asyncio.get_running_loop()
         try:
-            reader, writer = await asyncio.open_connection(attachment.host, attachment.port)
+            _, server = await loop.create_connection(
+                _ServerConnection, attachment.host, attachment.port
+            )
         except OSError as error:
             if self._early_message is not None:
                 self._early_message.cancel()
@@ -242,7 +320,6 @@ class _Connection:
             )
             await self.close(CLOSE_INTERNAL_ERROR, "cannot connect to the VNC server")
             return
-        writer.transport.set_write_buffer_limits(high=SERVER_WRITE_HIGH_WATER)
         try:
             password = attachment.password
         except VncPasswordFileError as error:
@@ -252,17 +329,17 @@ class _Connection:
         else:
             failure = None
             if password is not None:
-                failure = await self._answer_authentication(reader, writer, password)
+                failure = await self._answer_authentication(server, password)
         if failure is not None:
             if self._early_message is not None:
                 self._early_message.cancel()
-            writer.close()
+            server.close()
             if not self.client_gone:
                 logger.warning("viewer %d: %s", attachment.connection_id, failure)
             await self.close(CLOSE_INTERNAL_ERROR, failure)
             return
-        to_server = asyncio.ensure_future(self._browser_to_server(attachment, writer))
-        to_client = asyncio.ensure_future(self._server_to_browser(attachment, reader))
+        to_server = asyncio.ensure_future(self._browser_to_server(attachment, server))
+        to_client = asyncio.ensure_future(self._server_to_browser(attachment, server))
         pumps: set[asyncio.Future[Any]] = {to_server, to_client, attachment.close_requested}
         try:
             done, _ = await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
@@ -272,9 +349,7 @@ class _Connection:
             for task in (to_server, to_client):
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
+            server.close()
         if attachment.close_requested in done:
             request: CloseRequest = attachment.close_requested.result()
             await self.close(close_code_for(request.reason), request.message)
@@ -287,7 +362,7 @@ class _Connection:
             await self.close(CLOSE_INTERNAL_ERROR, "connection to the VNC server failed")
 
     async def _answer_authentication(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, password: bytes
+        self, server: _ServerConnection, password: bytes
     ) -> str | None:
         """Run both RFB handshakes, answering the VNC server's challenge with ``password``.
 
@@ -297,7 +372,7 @@ class _Connection:
         bridge = RfbBridge(password)
         assert self._early_message is not None
         from_client: asyncio.Future[Message] = self._early_message
-        from_server: asyncio.Future[bytes] = asyncio.ensure_future(reader.read(READ_CHUNK))
+        from_server: asyncio.Future[bytes] = asyncio.ensure_future(server.read())
         try:
             async with asyncio.timeout(HANDSHAKE_TIMEOUT):
                 while True:
@@ -306,8 +381,7 @@ class _Connection:
                         await self.send({"type": "websocket.send", "bytes": to_client})
                     to_server = bridge.data_to_server()
                     if to_server:
-                        writer.write(to_server)
-                        await writer.drain()
+                        await server.write(to_server)
                     if bridge.established or bridge.failure is not None:
                         break
                     pending: set[asyncio.Future[Any]] = {from_client, from_server}
@@ -316,7 +390,7 @@ class _Connection:
                         data = from_server.result()
                         if data:
                             bridge.receive_from_server(data)
-                            from_server = asyncio.ensure_future(reader.read(READ_CHUNK))
+                            from_server = asyncio.ensure_future(server.read())
                         else:
                             bridge.receive_eof_from_server()
                     if from_client.done():
@@ -332,14 +406,12 @@ class _Connection:
         except OSError:
             return "connection to the VNC server failed during the handshake"
         finally:
-            # A pending read keeps its bytes in the reader's buffer when cancelled.
+            # A pending read takes nothing from the server connection when cancelled.
             from_server.cancel()
             self._early_message = from_client
         return bridge.failure
 
-    async def _browser_to_server(
-        self, attachment: Attachment, writer: asyncio.StreamWriter
-    ) -> None:
+    async def _browser_to_server(self, attachment: Attachment, server: _ServerConnection) -> None:
         assert self._early_message is not None
         message = await self._early_message
         while True:
@@ -351,18 +423,15 @@ class _Connection:
                 if data is None:
                     data = (message.get("text") or "").encode()
                 if data:
-                    writer.write(data)
                     attachment.bytes_to_server += len(data)
                     attachment.note_input()
-                    await writer.drain()
+                    await server.write(data)
             message = await self.receive()
 
-    async def _server_to_browser(
-        self, attachment: Attachment, reader: asyncio.StreamReader
-    ) -> None:
+    async def _server_to_browser(self, attachment: Attachment, server: _ServerConnection) -> None:
         send = self.send
         while True:
-            data = await reader.read(READ_CHUNK)
+            data = await server.read()
             if not data:
                 return
             attachment.bytes_to_client += len(data)

@@ -108,12 +108,14 @@ def build_application(
         ping_interval: the tunnel's heartbeat interval in seconds; None or 0 for none.
         stop_sessions_on_exit: see :class:`Gateway`.
     """
-    # Imported here: Django's handler needs configured settings.
+    # Imported here: Django's handler and the portal's authorizer need configured settings.
     from django.core.handlers.asgi import ASGIHandler
+
+    from vizgate.web.portal.auth import make_authorizer
 
     return Gateway(
         broker,
         http=ASGIHandler(),
-        websocket=Tunnel(broker, ping_interval=ping_interval),
+        websocket=Tunnel(broker, ping_interval=ping_interval, authorize=make_authorizer(broker)),
         stop_sessions_on_exit=stop_sessions_on_exit,
     )

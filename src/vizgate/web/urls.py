@@ -1,9 +1,12 @@
-"""The URLs of the gateway: the portal at ``/``, the seed's REST API at ``/v1/``, the admin."""
+"""The URLs of the gateway: the portal at ``/``, the seed's REST API at ``/v1/``, the admin,
+and the static files (served by the gateway itself)."""
 
 from __future__ import annotations
 
 from django.contrib import admin
 from django.urls import include, path
+
+from vizgate.web.portal import assets
 
 __all__ = ["urlpatterns"]
 
@@ -11,4 +14,5 @@ urlpatterns = [
     path("", include("vizgate.web.portal.urls")),
     path("v1/", include("vizgate.web.api.urls")),
     path("admin/", admin.site.urls),
+    path("static/<path:path>", assets.serve, name="static"),
 ]

@@ -28,6 +28,7 @@ from django.shortcuts import render
 from django.utils.cache import add_never_cache_headers
 from django.views.decorators.csrf import csrf_exempt
 
+from vizgate.accounts import amay_use, forbidden_message
 from vizgate.exceptions import ReservationError
 from vizgate.sessions import ServiceInfo, SessionInfo, session_id_of
 from vizgate.web import runtime
@@ -170,13 +171,33 @@ async def reserve(request: HttpRequest, servicename: str) -> HttpResponse:
 
     Every query field but ``security_token`` and ``username`` goes to the script's
     ``start()`` as a reservation option; ``size`` must be one the type offers.
+
+    A request from a browser logged in to the portal reserves for that user (``username`` is
+    then ignored). A type whose ``options.group`` names a group is refused (403) to a logged-in
+    user outside the group (administrators may use every type), and to anonymous callers of a
+    server without a security token; the holder of the security token may reserve every type.
     """
     broker = runtime.get_broker()
     query = request.GET
-    user = query.get(USERNAME_FIELD, "")
+    viewer = await request.auser()
+    user = viewer.get_username() if viewer.is_authenticated else query.get(USERNAME_FIELD, "")
     options = {
         key: query[key] for key in query if key not in (SECURITY_TOKEN_FIELD, USERNAME_FIELD)
     }
+    service = broker.catalog.get(servicename)
+    if service is not None and service.group is not None:
+        if viewer.is_authenticated:
+            allowed = await amay_use(viewer, service.group)
+        else:
+            allowed = runtime.get_security_token() is not None
+        if not allowed:
+            return _error(
+                403,
+                "forbidden",
+                forbidden_message(service.name, service.group)
+                + ("" if viewer.is_authenticated else "; log in to the portal first"),
+                group=service.group,
+            )
     try:
         reservation = await broker.reserve(servicename, user=user, options=options)
     except ReservationError as exc:

@@ -2,14 +2,34 @@
 
 from __future__ import annotations
 
+from django.contrib.auth import views as auth_views
 from django.urls import path
 
 from vizgate.web.portal import views
+from vizgate.web.portal.forms import LoginForm
 
 __all__ = ["app_name", "urlpatterns"]
 
 app_name = "portal"
 
 urlpatterns = [
-    path("", views.home, name="home"),
+    path("", views.catalogue, name="catalogue"),
+    path(
+        "login/",
+        auth_views.LoginView.as_view(
+            template_name="portal/login.html",
+            authentication_form=LoginForm,
+            redirect_authenticated_user=True,
+        ),
+        name="login",
+    ),
+    # Django's LogoutView answers POST only: a link or an image elsewhere cannot log anyone out.
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("launch", views.launch, name="launch"),
+    path("sessions/", views.my_sessions, name="sessions"),
+    path("sessions/<str:session_id>/", views.viewer, name="viewer"),
+    path("sessions/<str:session_id>/status", views.session_status, name="session_status"),
+    path("sessions/<str:session_id>/end", views.end_session, name="end"),
+    path("status/", views.status, name="status"),
+    path("status/<str:session_id>/terminate", views.terminate, name="terminate"),
 ]

@@ -1,13 +1,369 @@
-"""The portal's views."""
+"""The portal's pages: the catalogue, the viewer, a user's sessions, the administrators' status.
+
+Every page but the login page needs a logged-in user; the status page and terminating a
+session need an administrator (staff). Pages that change something are POST forms with a CSRF
+token. The views are async and reach the broker on the server's event loop; the user is looked
+up with Django's async auth API and put on the request, so that templates never query the
+database from the event loop.
+
+What a page may show of a session is the same as ``/v1/status`` shows: its public id, never its
+token. The viewer's WebSocket names the session by that id (``?session=``); the tunnel's
+authorizer (:mod:`vizgate.web.portal.auth`) lets only its owner (or an administrator) in.
+"""
 
 from __future__ import annotations
 
-from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
+import contextlib
+import functools
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
 
-__all__ = ["home"]
+from django.conf import settings
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.contrib.auth.models import AnonymousUser
+from django.contrib.auth.views import redirect_to_login
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils.cache import add_never_cache_headers
+
+from vizgate.accounts import agroup_names, may_use_group
+from vizgate.broker import Broker
+from vizgate.exceptions import ReservationError
+from vizgate.sessions import ServiceInfo, SessionInfo
+from vizgate.web import runtime
+from vizgate.web.portal.assets import find_static
+from vizgate.web.portal.forms import LaunchForm
+
+__all__ = [
+    "CONTENT_SECURITY_POLICY",
+    "NOVNC_MODULE",
+    "STATE_LABELS",
+    "Card",
+    "SessionRow",
+    "catalogue",
+    "end_session",
+    "launch",
+    "my_sessions",
+    "portal_view",
+    "session_status",
+    "status",
+    "status_json",
+    "terminate",
+    "viewer",
+]
+
+#: The noVNC module the viewer imports (fetched by ``scripts/install``).
+NOVNC_MODULE = "novnc/core/rfb.js"
+
+#: The portal's pages load scripts, styles and images from the gateway only, and open
+#: WebSockets to it only (in CSP Level 3, 'self' also matches ws: and wss: of the page's host);
+#: no page may frame them.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+)
+
+#: What a user sees of the lifecycle's states.
+STATE_LABELS = {
+    "reserved": "reserved (not yet opened)",
+    "starting": "starting",
+    "waiting_ready": "starting",
+    "running": "running",
+    "cancelling": "ending",
+    "stopping": "ending",
+    "ended": "ended",
+}
+
+_User = AbstractBaseUser | AnonymousUser
+_PageView = Callable[..., Coroutine[Any, Any, HttpResponseBase]]
 
 
-async def home(request: HttpRequest) -> HttpResponse:
-    """The front page: what this server is and where its status is."""
-    return render(request, "portal/home.html")
+# --- plumbing -----------------------------------------------------------------------------------
+
+
+def _is_staff(user: _User) -> bool:
+    return bool(user.is_authenticated and getattr(user, "is_staff", False))
+
+
+def _message_page(request: HttpRequest, status: int, title: str, text: str) -> HttpResponse:
+    return render(request, "portal/message.html", {"title": title, "text": text}, status=status)
+
+
+def _wants_json(request: HttpRequest) -> bool:
+    return "application/json" in request.headers.get("Accept", "")
+
+
+def portal_view(
+    *, staff: bool = False, methods: Sequence[str] = ("GET", "HEAD"), api: bool = False
+) -> Callable[[_PageView], _PageView]:
+    """Make an async view a portal page.
+
+    The view is called as ``view(request, user, *args)`` with the logged-in user (also put on
+    ``request.user``). Anonymous users are sent to the login page (``api``: 401 JSON); users
+    who are not staff get 403 from ``staff`` views; other methods than ``methods`` get 405; a
+    gateway whose broker is not running answers 503. Answers are never cached and carry the
+    portal's Content-Security-Policy.
+    """
+
+    def decorate(view: _PageView) -> _PageView:
+        @functools.wraps(view)
+        async def page(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
+            response: HttpResponseBase
+            user = await request.auser()
+            request.user = user
+            if request.method not in methods:
+                response = HttpResponse(status=405)
+                response["Allow"] = ", ".join(methods)
+            elif not user.is_authenticated:
+                if api:
+                    response = JsonResponse(
+                        {"error": "log in first", "reason": "unauthorized"}, status=401
+                    )
+                else:
+                    response = redirect_to_login(
+                        request.get_full_path(), reverse(settings.LOGIN_URL)
+                    )
+            elif staff and not _is_staff(user):
+                response = _message_page(
+                    request, 403, "Administrators only", "This page is for administrators."
+                )
+            else:
+                try:
+                    response = await view(request, user, *args, **kwargs)
+                except runtime.BrokerUnavailable:
+                    response = _message_page(
+                        request,
+                        503,
+                        "Not ready",
+                        "The gateway is starting or stopping; try again in a moment.",
+                    )
+            add_never_cache_headers(response)
+            response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+            return response
+
+        return page
+
+    return decorate
+
+
+def _when(timestamp: float | None) -> datetime | None:
+    return datetime.fromtimestamp(timestamp, UTC) if timestamp is not None else None
+
+
+@dataclass(frozen=True)
+class SessionRow:
+    """One session as the portal's tables show it."""
+
+    info: SessionInfo
+    state_label: str
+    created: datetime | None
+    started: datetime | None
+    ended: datetime | None
+
+    @classmethod
+    def of(cls, info: SessionInfo) -> SessionRow:
+        return cls(
+            info=info,
+            state_label=STATE_LABELS.get(info.state, info.state),
+            created=_when(info.created),
+            started=_when(info.started),
+            ended=_when(info.ended),
+        )
+
+
+@dataclass(frozen=True)
+class Card:
+    """One session type on the catalogue page."""
+
+    info: ServiceInfo
+    free: int
+    mine: tuple[SessionInfo, ...]
+
+
+async def _usable_services(broker: Broker, user: _User) -> list[ServiceInfo]:
+    groups = await agroup_names(user)
+    staff = _is_staff(user)
+    return [
+        info
+        for info in broker.services()
+        if may_use_group(
+            info.group, authenticated=user.is_authenticated, staff=staff, groups=groups
+        )
+    ]
+
+
+def _owned(info: SessionInfo, user: _User) -> bool:
+    return info.user == user.get_username() or _is_staff(user)
+
+
+def _find_session(broker: Broker, session_id: str) -> SessionInfo | None:
+    """A live session by id, else an ended one the broker still remembers."""
+    live = broker.session_by_id(session_id)
+    if live is not None:
+        return live
+    return next((ended for ended in broker.history() if ended.id == session_id), None)
+
+
+def status_json(info: SessionInfo) -> dict[str, Any]:
+    """What the viewer page polls: how far the session is, and why it ended."""
+    return {
+        "id": info.id,
+        "service": info.service,
+        "size": info.size,
+        "state": info.state,
+        "state_label": STATE_LABELS.get(info.state, info.state),
+        "progress": info.progress,
+        "connections": info.connections,
+        "end_reason": info.end_reason,
+        "message": info.message,
+    }
+
+
+def _end(broker: Broker, info: SessionInfo, user: _User) -> None:
+    """End a session for its owner or an administrator."""
+    if info.user == user.get_username():
+        broker.release_session(info.id, "session ended by its user")
+    else:
+        broker.terminate(info.id)
+
+
+# --- pages ---------------------------------------------------------------------------------------
+
+
+async def _render_catalogue(
+    request: HttpRequest, user: _User, *, error: str = "", status: int = 200
+) -> HttpResponse:
+    broker = runtime.get_broker()
+    mine: dict[str, list[SessionInfo]] = {}
+    for info in broker.sessions():
+        if info.user == user.get_username():
+            mine.setdefault(info.service, []).append(info)
+    cards = [
+        Card(info=info, free=info.count - info.in_use, mine=tuple(mine.get(info.name, ())))
+        for info in await _usable_services(broker, user)
+    ]
+    return render(
+        request,
+        "portal/catalogue.html",
+        {"cards": cards, "error": error, "staff": _is_staff(user)},
+        status=status,
+    )
+
+
+@portal_view()
+async def catalogue(request: HttpRequest, user: _User) -> HttpResponseBase:
+    """``/``: one card per session type the user may use, with sizes and free instances."""
+    return await _render_catalogue(request, user)
+
+
+@portal_view(methods=("POST",))
+async def launch(request: HttpRequest, user: _User) -> HttpResponseBase:
+    """``POST /launch``: reserve a session bound to the user, then open its viewer."""
+    broker = runtime.get_broker()
+    form = LaunchForm(request.POST, services=await _usable_services(broker, user))
+    if not form.is_valid():
+        errors = " ".join(str(error) for error in form.non_field_errors()) or "bad request"
+        return await _render_catalogue(request, user, error=errors, status=400)
+    name, size = form.cleaned_data["service"], form.cleaned_data["size"]
+    try:
+        reservation = await broker.reserve(
+            name, user=user.get_username(), options={"size": size}, bound=True
+        )
+    except ReservationError as exc:
+        status = 409 if exc.reason == "no_free_instance" else 400
+        return await _render_catalogue(request, user, error=str(exc), status=status)
+    return redirect("portal:viewer", session_id=reservation.session_id)
+
+
+@portal_view()
+async def my_sessions(request: HttpRequest, user: _User) -> HttpResponseBase:
+    """``/sessions/``: the user's live sessions, to open again or end."""
+    broker = runtime.get_broker()
+    name = user.get_username()
+    rows = [SessionRow.of(info) for info in broker.sessions() if info.user == name]
+    ended = [SessionRow.of(info) for info in broker.history() if info.user == name][:10]
+    return render(request, "portal/sessions.html", {"rows": rows, "ended": ended})
+
+
+@portal_view()
+async def viewer(request: HttpRequest, user: _User, session_id: str) -> HttpResponseBase:
+    """``/sessions/<id>/``: the session in noVNC, filling the window."""
+    broker = runtime.get_broker()
+    info = _find_session(broker, session_id)
+    if info is None or not _owned(info, user):
+        return _message_page(request, 404, "No such session", "There is no such session.")
+    if find_static(NOVNC_MODULE) is None:
+        return _message_page(
+            request,
+            503,
+            "The viewer is not installed",
+            "noVNC is missing from the gateway's static files; run scripts/install.",
+        )
+    service = broker.catalog.get(info.service)
+    linger = broker.timeouts.linger
+    if service is not None and service.options.get("linger") is not None:
+        linger = float(service.options["linger"])
+    config = {
+        "sessionId": info.id,
+        "service": info.service,
+        "size": info.size,
+        "wsPath": reverse("portal:catalogue") + f"websockify?session={info.id}",
+        "statusUrl": reverse("portal:session_status", args=[info.id]),
+        "sessionsUrl": reverse("portal:sessions"),
+        "linger": linger,
+        "status": status_json(info),
+    }
+    return render(request, "portal/viewer.html", {"info": info, "config": config})
+
+
+@portal_view(api=True)
+async def session_status(request: HttpRequest, user: _User, session_id: str) -> HttpResponseBase:
+    """``/sessions/<id>/status``: the session's state and start progress, as JSON."""
+    info = _find_session(runtime.get_broker(), session_id)
+    if info is None or not _owned(info, user):
+        return JsonResponse({"error": "no such session", "reason": "unknown_session"}, status=404)
+    return JsonResponse(status_json(info))
+
+
+@portal_view(methods=("POST",))
+async def end_session(request: HttpRequest, user: _User, session_id: str) -> HttpResponseBase:
+    """``POST /sessions/<id>/end``: the owner (or an administrator) ends a session."""
+    broker = runtime.get_broker()
+    info = _find_session(broker, session_id)
+    if info is None or not _owned(info, user):
+        return _message_page(request, 404, "No such session", "There is no such session.")
+    if info.state != "ended":
+        # An ended session needs nothing more: what was asked for has happened.
+        with contextlib.suppress(ReservationError):
+            _end(broker, info, user)
+    if _wants_json(request):
+        return JsonResponse({"ended": True})
+    return redirect("portal:sessions")
+
+
+@portal_view(staff=True)
+async def status(request: HttpRequest, user: _User) -> HttpResponseBase:
+    """``/status/``: every live session and the last ended ones, for administrators."""
+    broker = runtime.get_broker()
+    return render(
+        request,
+        "portal/status.html",
+        {
+            "services": broker.services(),
+            "rows": [SessionRow.of(info) for info in broker.sessions()],
+            "ended": [SessionRow.of(info) for info in broker.history()],
+        },
+    )
+
+
+@portal_view(staff=True, methods=("POST",))
+async def terminate(request: HttpRequest, user: _User, session_id: str) -> HttpResponseBase:
+    """``POST /status/<id>/terminate``: an administrator ends any session."""
+    broker = runtime.get_broker()
+    # Already over, it needs nothing more: the status page shows how it ended.
+    with contextlib.suppress(ReservationError):
+        broker.terminate(session_id)
+    return redirect("portal:status")

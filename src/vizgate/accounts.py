@@ -1,0 +1,241 @@
+"""Users and groups of the portal, and who may use which session type.
+
+Accounts are Django's own (``django.contrib.auth``): passwords are stored hashed, an
+administrator is a user with ``is_staff`` and ``is_superuser``, and a session type whose
+``options.group`` names a group is for the members of that group (the seed's "Nexus
+administration group"); administrators may use every type.
+
+The functions that touch the database need Django set up first
+(:func:`vizgate.web.setup_django`); :func:`read_password` and :func:`may_use_group` do not.
+"""
+
+from __future__ import annotations
+
+import getpass
+import sys
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, TextIO
+
+from vizgate.exceptions import VizgateError
+
+if TYPE_CHECKING:
+    from django.contrib.auth.base_user import AbstractBaseUser
+    from django.contrib.auth.models import AnonymousUser
+
+__all__ = [
+    "AccountError",
+    "agroup_names",
+    "amay_use",
+    "create_group",
+    "create_user",
+    "forbidden_message",
+    "group_exists",
+    "may_use_group",
+    "read_password",
+    "set_password",
+    "user_exists",
+]
+
+
+class AccountError(VizgateError):
+    """A user or group cannot be created or changed; the message says why, for a person."""
+
+
+def read_password(
+    *,
+    stdin: TextIO | None = None,
+    confirm: bool = True,
+    prompt: str = "Password: ",
+) -> str:
+    """Read a new password: from a hidden prompt on a terminal, else the first line of stdin.
+
+    Passwords never come from the command line, where every user of the machine can read
+    them in the process list.
+
+    Args:
+        stdin: where to read from when it is not a terminal (default ``sys.stdin``).
+        confirm: on a terminal, ask twice and compare.
+        prompt: what the terminal prompt says.
+
+    Raises:
+        AccountError: the password is empty, or the two entries differ.
+    """
+    source = stdin if stdin is not None else sys.stdin
+    if source.isatty():
+        password = getpass.getpass(prompt)
+        if confirm and getpass.getpass("Password (again): ") != password:
+            raise AccountError("the two passwords differ")
+    else:
+        password = source.readline().removesuffix("\n").removesuffix("\r")
+    if not password:
+        raise AccountError("the password is empty")
+    return password
+
+
+def _validate_password(password: str, username: str) -> None:
+    from django.contrib.auth.models import User
+    from django.contrib.auth.password_validation import validate_password
+    from django.core.exceptions import ValidationError
+
+    try:
+        validate_password(password, user=User(username=username))
+    except ValidationError as exc:
+        raise AccountError("the password is too weak: " + " ".join(exc.messages)) from None
+
+
+def _validate_username(name: str) -> None:
+    from django.contrib.auth.models import User
+    from django.core.exceptions import ValidationError
+
+    field = User._meta.get_field("username")
+    try:
+        field.run_validators(name)
+    except ValidationError as exc:
+        raise AccountError(f"bad user name {name!r}: " + " ".join(exc.messages)) from None
+    if not name:
+        raise AccountError("the user name is empty")
+
+
+def user_exists(name: str) -> bool:
+    """Is there a user called ``name``?"""
+    from django.contrib.auth.models import User
+
+    return User.objects.filter(username=name).exists()
+
+
+def group_exists(name: str) -> bool:
+    """Is there a group called ``name``?"""
+    from django.contrib.auth.models import Group
+
+    return Group.objects.filter(name=name).exists()
+
+
+def create_group(name: str) -> bool:
+    """Create the group ``name`` unless it exists.
+
+    Returns:
+        True if it was created, False if it existed.
+
+    Raises:
+        AccountError: the name is empty or too long.
+    """
+    from django.contrib.auth.models import Group
+
+    name = name.strip()
+    if not name:
+        raise AccountError("the group name is empty")
+    limit = Group._meta.get_field("name").max_length or 150
+    if len(name) > limit:
+        raise AccountError(f"the group name is longer than {limit} characters")
+    _, created = Group.objects.get_or_create(name=name)
+    return created
+
+
+def create_user(
+    name: str,
+    password: str,
+    *,
+    groups: Iterable[str] = (),
+    admin: bool = False,
+    validate: bool = True,
+) -> None:
+    """Create the user ``name`` with a (hashed) password, in existing groups.
+
+    Args:
+        name: the user name (letters, digits and ``@.+-_``, as Django allows).
+        password: the password; only its hash is stored.
+        groups: groups the user joins; each must exist (:func:`create_group`).
+        admin: an administrator: may use every session type, sees every session, may end any,
+            and may use the Django admin (``is_staff`` and ``is_superuser``).
+        validate: check the password against the server's password rules (length, not too
+            common, not like the user name, not only digits).
+
+    Raises:
+        AccountError: the user exists, a group does not, the name is invalid or the password
+            is too weak. Nothing was created.
+    """
+    from django.contrib.auth.models import Group, User
+    from django.db import transaction
+
+    _validate_username(name)
+    if validate:
+        _validate_password(password, name)
+    wanted = sorted(set(groups))
+    with transaction.atomic():
+        if User.objects.filter(username=name).exists():
+            raise AccountError(
+                f"the user {name!r} exists already (change its password with "
+                f"'vizgate user passwd {name}')"
+            )
+        found = list(Group.objects.filter(name__in=wanted))
+        missing = sorted(set(wanted) - {group.name for group in found})
+        if missing:
+            raise AccountError(
+                "no such group: "
+                + ", ".join(repr(group) for group in missing)
+                + " (create it with 'vizgate group add NAME')"
+            )
+        user = User.objects.create_user(
+            username=name, password=password, is_staff=admin, is_superuser=admin
+        )
+        if found:
+            user.groups.add(*found)
+
+
+def set_password(name: str, password: str, *, validate: bool = True) -> None:
+    """Give the user ``name`` a new password; the sessions it is logged in with end.
+
+    Raises:
+        AccountError: no such user, or the password is too weak.
+    """
+    from django.contrib.auth.models import User
+
+    try:
+        user = User.objects.get(username=name)
+    except User.DoesNotExist:
+        raise AccountError(f"no user called {name!r}") from None
+    if validate:
+        _validate_password(password, name)
+    user.set_password(password)
+    user.save(update_fields=["password"])
+
+
+def may_use_group(
+    group: str | None, *, authenticated: bool, staff: bool, groups: Iterable[str]
+) -> bool:
+    """May someone use a session type that is for the members of ``group``?
+
+    Everyone may use a type without a group; administrators may use every type; else only
+    the members of its group.
+    """
+    if group is None:
+        return True
+    if not authenticated:
+        return False
+    return staff or group in set(groups)
+
+
+async def agroup_names(user: AbstractBaseUser | AnonymousUser) -> frozenset[str]:
+    """The names of the groups ``user`` belongs to (none for an anonymous user)."""
+    from django.contrib.auth.models import User
+
+    if not isinstance(user, User):
+        return frozenset()
+    return frozenset([name async for name in user.groups.values_list("name", flat=True)])
+
+
+async def amay_use(user: AbstractBaseUser | AnonymousUser, group: str | None) -> bool:
+    """May the (logged-in) ``user`` use a session type for the members of ``group``?"""
+    if group is None:
+        return True
+    if not user.is_authenticated:
+        return False
+    staff = bool(getattr(user, "is_staff", False))
+    return staff or may_use_group(
+        group, authenticated=True, staff=False, groups=await agroup_names(user)
+    )
+
+
+def forbidden_message(service: str, group: str) -> str:
+    """What a person is told when a session type is not for them."""
+    return f"the session type {service!r} is only for members of the group {group!r}"

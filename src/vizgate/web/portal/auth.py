@@ -1,0 +1,179 @@
+"""Who may open a session's WebSocket: the tunnel's authorizer.
+
+The tunnel asks before it accepts a WebSocket (:data:`vizgate.tunnel.Authorizer`). The answer
+depends on who is asking, which the gateway learns from the portal's session cookie, and on
+the session:
+
+* an administrator (staff) may open every session;
+* a session reserved by the portal for a user (``bound``) is for that user only;
+* a session type whose ``options.group`` names a group refuses logged-in users outside it;
+* otherwise a token from ``/v1/reserve`` is a bearer token, as the seed defines: whoever
+  presents it may connect.
+
+The cookie is believed only when the WebSocket's ``Origin`` is the gateway's own origin (or one
+of ``CSRF_TRUSTED_ORIGINS``) on an allowed host name. Browsers send cookies with WebSocket
+requests from any page, and cookies are not bound to a port; without this check another page
+could open a logged-in user's desktop in the user's own browser (cross-site WebSocket
+hijacking).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from importlib import import_module
+from typing import Any
+from urllib.parse import urlsplit
+
+from django.conf import settings
+from django.contrib.auth import aget_user
+from django.http import HttpRequest
+from django.http.cookie import parse_cookie
+from django.http.request import split_domain_port, validate_host
+
+from vizgate.accounts import agroup_names, forbidden_message
+from vizgate.broker import Broker
+from vizgate.sessions import SessionInfo
+from vizgate.tunnel import Authorizer
+
+__all__ = [
+    "Viewer",
+    "make_authorizer",
+    "origin_allowed",
+    "refusal",
+    "viewer_of_scope",
+]
+
+logger = logging.getLogger(__name__)
+
+CROSS_ORIGIN_REFUSAL = "refused: the page is not from this gateway (cross-origin WebSocket)"
+LOGIN_REFUSAL = "log in to the portal to open this session"
+OWNER_REFUSAL = "this session belongs to another user"
+
+
+@dataclass(frozen=True)
+class Viewer:
+    """Who opens a WebSocket, as far as the gateway knows.
+
+    Attributes:
+        username: the logged-in user, "" when nobody is (or the cookie was not believed).
+        staff: an administrator.
+        groups: the user's groups.
+        cookie_refused: why a session cookie that came with the request was not believed.
+    """
+
+    username: str = ""
+    staff: bool = False
+    groups: frozenset[str] = frozenset()
+    cookie_refused: str | None = None
+
+
+def refusal(viewer: Viewer, session: SessionInfo, group: str | None) -> str | None:
+    """Why ``viewer`` may not open ``session`` of a type for ``group``; None if it may."""
+    if viewer.staff:
+        return None
+    if session.bound:
+        if not viewer.username:
+            return viewer.cookie_refused or LOGIN_REFUSAL
+        if viewer.username != session.user:
+            return OWNER_REFUSAL
+    if group is not None and viewer.username and group not in viewer.groups:
+        return forbidden_message(session.service, group)
+    return None
+
+
+def _headers(scope: Mapping[str, Any]) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for name, value in scope.get("headers") or ():
+        key = bytes(name).decode("latin-1").lower()
+        text = bytes(value).decode("latin-1")
+        # RFC 6265 §5.4: a client sends one Cookie header, but joining is harmless.
+        headers[key] = f"{headers[key]}; {text}" if key in headers and key == "cookie" else text
+    return headers
+
+
+def origin_allowed(
+    origin: str,
+    *,
+    host: str,
+    secure: bool,
+    allowed_hosts: Iterable[str],
+    trusted_origins: Iterable[str] = (),
+) -> bool:
+    """Is a WebSocket request from ``origin`` one of the gateway's own pages?
+
+    Args:
+        origin: the request's ``Origin`` header ("" when missing).
+        host: its ``Host`` header.
+        secure: it came over TLS (``wss``).
+        allowed_hosts: Django's ``ALLOWED_HOSTS``.
+        trusted_origins: further origins to accept (``CSRF_TRUSTED_ORIGINS``).
+    """
+    if not origin or origin == "null":
+        return False
+    if origin in set(trusted_origins):
+        return True
+    domain, _ = split_domain_port(host)
+    if not domain or not validate_host(domain, list(allowed_hosts)):
+        return False
+    parts = urlsplit(origin)
+    expected_scheme = "https" if secure else "http"
+    # The same origin as the page the portal served: scheme, host and port (RFC 6454 §5).
+    return parts.scheme == expected_scheme and parts.netloc.lower() == host.lower()
+
+
+async def viewer_of_scope(scope: Mapping[str, Any]) -> Viewer:
+    """Who a WebSocket request comes from, from the portal's session cookie.
+
+    The session is read with Django's async session and auth APIs, so the event loop never
+    waits on the database itself.
+    """
+    headers = _headers(scope)
+    cookies = parse_cookie(headers.get("cookie", ""))
+    session_key = cookies.get(settings.SESSION_COOKIE_NAME)
+    if not session_key:
+        return Viewer()
+    allowed = origin_allowed(
+        headers.get("origin", ""),
+        host=headers.get("host", ""),
+        secure=scope.get("scheme") in ("wss", "https"),
+        allowed_hosts=settings.ALLOWED_HOSTS,
+        trusted_origins=settings.CSRF_TRUSTED_ORIGINS,
+    )
+    if not allowed:
+        return Viewer(cookie_refused=CROSS_ORIGIN_REFUSAL)
+    engine = import_module(settings.SESSION_ENGINE)
+    request = HttpRequest()
+    request.session = engine.SessionStore(session_key)
+    user = await aget_user(request)
+    if not user.is_authenticated:
+        return Viewer()
+    return Viewer(
+        username=user.get_username(),
+        staff=bool(getattr(user, "is_staff", False)),
+        groups=await agroup_names(user),
+    )
+
+
+def make_authorizer(broker: Broker) -> Authorizer:
+    """The tunnel's authorizer for the sessions of ``broker`` (see the module's documentation)."""
+
+    async def authorize(scope: Any, session: SessionInfo) -> str | None:
+        service = broker.catalog.get(session.service)
+        group = service.group if service is not None else None
+        if not session.bound and group is None:
+            # A bearer token for everyone: no need to look at cookies at all.
+            return None
+        viewer = await viewer_of_scope(scope)
+        reason = refusal(viewer, session, group)
+        if reason is not None:
+            logger.info(
+                "refused %s a viewer of session %s: %s",
+                viewer.username or "an anonymous user",
+                session.id,
+                reason,
+            )
+        return reason
+
+    return authorize

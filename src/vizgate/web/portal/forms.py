@@ -1,0 +1,56 @@
+"""The portal's forms: logging in and launching a session."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from django import forms
+from django.contrib.auth.forms import AuthenticationForm
+
+from vizgate.sessions import ServiceInfo
+
+__all__ = ["LaunchForm", "LoginForm"]
+
+
+class LoginForm(AuthenticationForm):
+    """Django's login form, with the attributes password managers look for."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.fields["username"].widget.attrs.update(
+            {"autocomplete": "username", "autocapitalize": "none"}
+        )
+        self.fields["password"].widget.attrs.update({"autocomplete": "current-password"})
+
+
+class LaunchForm(forms.Form):
+    """Launch a session: which type, at which size, among the types the user may use.
+
+    Args:
+        data: the POST data.
+        services: the session types the user may use.
+    """
+
+    service = forms.CharField(max_length=1000)
+    size = forms.CharField(max_length=40, required=False)
+
+    def __init__(self, data: object, *, services: Sequence[ServiceInfo]) -> None:
+        super().__init__(data)  # type: ignore[arg-type]
+        self._services = {info.name: info for info in services}
+
+    def clean(self) -> dict[str, str]:
+        cleaned: dict[str, str] = super().clean() or {}
+        name = cleaned.get("service", "")
+        info = self._services.get(name)
+        if info is None:
+            raise forms.ValidationError(
+                "there is no session type by that name for you", code="unknown_type"
+            )
+        size = cleaned.get("size") or info.sizes[0]
+        if size not in info.sizes:
+            raise forms.ValidationError(
+                f"{size} is not a size offered for {name}; choose one of " + ", ".join(info.sizes),
+                code="bad_option",
+            )
+        cleaned["size"] = size
+        return cleaned

@@ -1,0 +1,240 @@
+"""``vizgate user add | passwd`` and ``vizgate group add`` as the commands they are (subprocesses
+with the password on stdin), checked against the SQLite database they write; and the account
+helpers that need no database.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import io
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway import gateway_env
+from support import scaled
+from vizgate import accounts
+from vizgate.accounts import AccountError, may_use_group, read_password
+
+PASSWORD = "a-long-enough-passphrase-7"
+
+
+def vizgate(data_dir: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "vizgate", *args, "--data-dir", str(data_dir)],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=gateway_env(),
+        timeout=scaled(60),
+        check=False,
+    )
+
+
+def database(data_dir: Path) -> sqlite3.Connection:
+    # Read-only: a test must not create the database the command was to create.
+    return sqlite3.connect(f"file:{data_dir / 'vizgate.sqlite3'}?mode=ro", uri=True)
+
+
+def user_row(data_dir: Path, name: str) -> tuple[str, int, int] | None:
+    if not (data_dir / "vizgate.sqlite3").exists():
+        return None
+    with database(data_dir) as db:
+        row = db.execute(
+            "SELECT password, is_staff, is_superuser FROM auth_user WHERE username = ?", (name,)
+        ).fetchone()
+    return None if row is None else (row[0], row[1], row[2])
+
+
+def groups_of(data_dir: Path, name: str) -> set[str]:
+    with database(data_dir) as db:
+        rows = db.execute(
+            "SELECT g.name FROM auth_group g JOIN auth_user_groups ug ON ug.group_id = g.id "
+            "JOIN auth_user u ON u.id = ug.user_id WHERE u.username = ?",
+            (name,),
+        ).fetchall()
+    return {row[0] for row in rows}
+
+
+def password_matches(encoded: str, password: str) -> bool:
+    """Check a Django PBKDF2-SHA256 hash (``pbkdf2_sha256$iterations$salt$hash``)."""
+    algorithm, iterations, salt, expected = encoded.split("$")
+    assert algorithm == "pbkdf2_sha256"
+    derived = hashlib.pbkdf2_hmac("sha256", password.encode(), salt.encode(), int(iterations))
+    return hmac.compare_digest(base64.b64encode(derived).decode(), expected)
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
+def test_group_add_creates_a_group_once(data_dir: Path) -> None:
+    first = vizgate(data_dir, "group", "add", "ClusterRendering")
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == "created group ClusterRendering\n"
+    again = vizgate(data_dir, "group", "add", "ClusterRendering")
+    assert again.returncode == 0
+    assert "exists already" in again.stdout
+    with database(data_dir) as db:
+        assert db.execute("SELECT name FROM auth_group").fetchall() == [("ClusterRendering",)]
+
+
+def test_user_add_reads_the_password_from_stdin_and_stores_a_hash(data_dir: Path) -> None:
+    assert vizgate(data_dir, "group", "add", "ClusterRendering").returncode == 0
+    assert vizgate(data_dir, "group", "add", "Viz").returncode == 0
+    result = vizgate(
+        data_dir,
+        "user",
+        "add",
+        "alice",
+        "--group",
+        "ClusterRendering",
+        "--group",
+        "Viz",
+        stdin=PASSWORD + "\n",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "created user alice (groups: ClusterRendering, Viz)\n"
+    assert PASSWORD not in result.stdout + result.stderr
+
+    row = user_row(data_dir, "alice")
+    assert row is not None
+    encoded, staff, superuser = row
+    assert PASSWORD not in encoded
+    assert password_matches(encoded, PASSWORD)
+    assert not password_matches(encoded, PASSWORD + "x")
+    assert (staff, superuser) == (0, 0)
+    assert groups_of(data_dir, "alice") == {"ClusterRendering", "Viz"}
+
+
+def test_admin_users_are_staff_and_superusers(data_dir: Path) -> None:
+    result = vizgate(data_dir, "user", "add", "root", "--admin", stdin=PASSWORD + "\r\n")
+    assert result.returncode == 0, result.stderr
+    assert "administrator" in result.stdout
+    row = user_row(data_dir, "root")
+    assert row is not None
+    assert row[1:] == (1, 1)
+    # A CRLF line end is not part of the password.
+    assert password_matches(row[0], PASSWORD)
+
+
+def test_passwords_never_come_from_the_command_line(data_dir: Path) -> None:
+    result = vizgate(data_dir, "user", "add", "bob", "--password", PASSWORD)
+    assert result.returncode == 2
+    assert "unrecognized arguments" in result.stderr
+    assert user_row(data_dir, "bob") is None
+
+
+@pytest.mark.parametrize(
+    ("stdin", "message"),
+    [
+        ("", "the password is empty"),
+        ("\n", "the password is empty"),
+        ("short\n", "too short"),
+        ("12345678901234\n", "entirely numeric"),
+        ("password123\n", "too common"),
+        ("carol-carol\n", "too similar"),
+    ],
+)
+def test_user_add_refuses_empty_and_weak_passwords(
+    data_dir: Path, stdin: str, message: str
+) -> None:
+    result = vizgate(data_dir, "user", "add", "carol-carol", stdin=stdin)
+    assert result.returncode == 1
+    assert message in result.stderr
+    assert user_row(data_dir, "carol-carol") is None
+
+
+def test_user_add_refuses_an_existing_user_and_a_missing_group(data_dir: Path) -> None:
+    assert vizgate(data_dir, "user", "add", "dave", stdin=PASSWORD + "\n").returncode == 0
+    before = user_row(data_dir, "dave")
+
+    again = vizgate(data_dir, "user", "add", "dave", stdin="another-password-55\n")
+    assert again.returncode == 1
+    assert "exists already" in again.stderr
+    assert "vizgate user passwd dave" in again.stderr
+    assert user_row(data_dir, "dave") == before
+
+    missing = vizgate(data_dir, "user", "add", "erin", "--group", "Nope", stdin=PASSWORD + "\n")
+    assert missing.returncode == 1
+    assert "no such group: 'Nope'" in missing.stderr
+    assert "vizgate group add" in missing.stderr
+    assert user_row(data_dir, "erin") is None
+
+    bad_name = vizgate(data_dir, "user", "add", "no spaces", stdin=PASSWORD + "\n")
+    assert bad_name.returncode == 1
+    assert "bad user name" in bad_name.stderr
+
+
+def test_user_passwd_replaces_the_password(data_dir: Path) -> None:
+    assert vizgate(data_dir, "user", "add", "frank", stdin=PASSWORD + "\n").returncode == 0
+    new = "a-different-passphrase-8"
+    result = vizgate(data_dir, "user", "passwd", "frank", stdin=new + "\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "changed the password of frank\n"
+    row = user_row(data_dir, "frank")
+    assert row is not None
+    assert password_matches(row[0], new)
+    assert not password_matches(row[0], PASSWORD)
+
+    weak = vizgate(data_dir, "user", "passwd", "frank", stdin="short\n")
+    assert weak.returncode == 1
+    assert user_row(data_dir, "frank") == row
+
+    unknown = vizgate(data_dir, "user", "passwd", "nobody", stdin=new + "\n")
+    assert unknown.returncode == 1
+    assert "no user called 'nobody'" in unknown.stderr
+
+
+def test_a_data_dir_that_cannot_be_created_is_reported(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    result = vizgate(blocker / "data", "group", "add", "G")
+    assert result.returncode == 1
+    assert "cannot use the data directory" in result.stderr
+
+
+# ---------------------------------------------------------------------------------------
+# Without a database
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_read_password_from_a_pipe_takes_the_first_line() -> None:
+    assert read_password(stdin=io.StringIO("secret one\nsecond line\n")) == "secret one"
+    assert read_password(stdin=io.StringIO("no newline")) == "no newline"
+    assert read_password(stdin=io.StringIO(" spaces kept \r\n")) == " spaces kept "
+    with pytest.raises(AccountError, match="empty"):
+        read_password(stdin=io.StringIO(""))
+
+
+def test_read_password_on_a_terminal_asks_twice(monkeypatch: pytest.MonkeyPatch) -> None:
+    answers = iter(["first-pass", "first-pass", "one", "two"])
+    prompts: list[str] = []
+
+    def fake_getpass(prompt: str = "") -> str:
+        prompts.append(prompt)
+        return next(answers)
+
+    monkeypatch.setattr(accounts.getpass, "getpass", fake_getpass)
+    assert read_password(stdin=_Terminal(), prompt="Password for x: ") == "first-pass"
+    assert prompts == ["Password for x: ", "Password (again): "]
+    with pytest.raises(AccountError, match="differ"):
+        read_password(stdin=_Terminal())
+
+
+def test_who_may_use_a_gated_type() -> None:
+    assert may_use_group(None, authenticated=False, staff=False, groups=())
+    assert not may_use_group("G", authenticated=False, staff=False, groups=("G",))
+    assert may_use_group("G", authenticated=True, staff=False, groups=("G", "H"))
+    assert not may_use_group("G", authenticated=True, staff=False, groups=("H",))
+    assert may_use_group("G", authenticated=True, staff=True, groups=())

@@ -1,0 +1,518 @@
+"""The portal in a real browser: Chromium driven by Playwright, a real ``vizgate serve`` process,
+real TigerVNC started by the seed's unmodified ``desktop_session.py``.
+
+A user logs in, launches a desktop and sees the colours painted on it; closing the page ends
+the session; a user outside a type's group neither sees nor reserves it, and cannot open
+another user's session; an administrator ends a user's session and the user's viewer says so.
+Screenshots of the pages are saved under ``test-artifacts/screenshots/`` for people to look at.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import selectors
+import socket
+import struct
+import subprocess
+import threading
+import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway import GatewayProcess, start_gateway
+from support import (
+    VncHome,
+    free_display,
+    kill_pid_tree,
+    pids_on_display,
+    require_binaries,
+    scaled,
+    wait_until,
+)
+from test_portal import ALICE, BOB, GROUP, ROOT, Account, create_accounts
+from vizgate.testing import DOUBLE_SESSION_SCRIPT
+
+pytestmark = [pytest.mark.browser, pytest.mark.integration]
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+
+ROOT_DIR = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT_DIR / "examples"
+SCREENSHOTS = ROOT_DIR / "test-artifacts" / "screenshots"
+DESKTOP = "Local Software Session"
+CLUSTER = "Cluster Node Session"
+SLOW = "Slow Session"
+BROKEN = "Broken Session"
+SLOW_DELAY = 3
+# Long enough for the viewer to reconnect after a dropped connection.
+LINGER = 3.0
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+# A pixel of the desktop's root window, away from the terminal the session starts at +10+10.
+PROBE = (1000, 740)
+
+
+class DroppingProxy:
+    """A TCP forwarder on 127.0.0.1 in front of the gateway that can drop every connection at
+    once with a reset, as a network failure would; new connections are forwarded again.
+
+    One thread serves every connection through a selector; :meth:`drop` asks that thread to
+    reset them, so no socket is closed under another thread's feet.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.setblocking(False)
+        self.port: int = self._listener.getsockname()[1]
+        self._wake_reader, self._wake_writer = socket.socketpair()
+        self._peers: dict[socket.socket, socket.socket] = {}
+        self._dropped = threading.Event()
+        self._dropping = False
+        self._closing = False
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    def _serve(self) -> None:
+        selector = selectors.DefaultSelector()
+        selector.register(self._listener, selectors.EVENT_READ)
+        selector.register(self._wake_reader, selectors.EVENT_READ)
+        while not self._closing:
+            for key, _ in selector.select():
+                sock = key.fileobj
+                assert isinstance(sock, socket.socket)
+                if sock is self._wake_reader:
+                    self._wake_reader.recv(64)
+                elif sock is self._listener:
+                    with contextlib.suppress(BlockingIOError):
+                        client, _ = self._listener.accept()
+                        upstream = socket.create_connection(("127.0.0.1", self.target_port))
+                        self._peers[client], self._peers[upstream] = upstream, client
+                        selector.register(client, selectors.EVENT_READ)
+                        selector.register(upstream, selectors.EVENT_READ)
+                elif sock in self._peers:
+                    try:
+                        data = sock.recv(65536)
+                        if data:
+                            self._peers[sock].sendall(data)
+                            continue
+                    except OSError:
+                        pass
+                    self._forget(selector, sock, reset=False)
+            if self._dropping or self._closing:
+                for sock in list(self._peers):
+                    self._forget(selector, sock, reset=True)
+                self._dropping = False
+                self._dropped.set()
+        selector.close()
+
+    def _forget(self, selector: selectors.BaseSelector, sock: socket.socket, reset: bool) -> None:
+        peer = self._peers.pop(sock, None)
+        for each in (sock, peer):
+            if each is None:
+                continue
+            self._peers.pop(each, None)
+            with contextlib.suppress(KeyError, ValueError):
+                selector.unregister(each)
+            with contextlib.suppress(OSError):
+                if reset:
+                    # SO_LINGER 0: close() sends an RST, as a broken network path would.
+                    each.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                each.close()
+
+    def drop(self) -> None:
+        """Reset every forwarded connection and wait until that is done."""
+        self._dropped.clear()
+        self._dropping = True
+        self._wake_writer.send(b"x")
+        assert self._dropped.wait(scaled(5)), "the proxy did not drop its connections"
+
+    def close(self) -> None:
+        self._closing = True
+        self._wake_writer.send(b"x")
+        self._thread.join(scaled(5))
+        self._listener.close()
+        self._wake_reader.close()
+        self._wake_writer.close()
+
+
+@dataclass(frozen=True)
+class Desktop:
+    gateway: GatewayProcess
+    display_base: int
+    home: Path
+
+    def display_of(self, index: int) -> int:
+        return self.display_base + index
+
+
+def _tcp_port_free(port: int) -> bool:
+    for family, address in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind((address, port))
+            except OSError:
+                return False
+    return True
+
+
+def free_displays(count: int) -> int:
+    """The first of ``count`` consecutive free X displays. Beyond what ``free_display`` checks,
+    TigerVNC's wrapper also refuses a display whose X11 TCP port (6000 + n) is taken, and that
+    is the VNC port (5900 + n + 100) of display n + 100: the search starts above the displays
+    other tests use, so that their servers do not take the port meanwhile."""
+    for _ in range(200):
+        base = free_display(400)
+        if all(
+            _tcp_port_free(6000 + base + i) and (i == 0 or _tcp_port_free(5900 + base + i))
+            for i in range(count)
+        ) and not any(Path(f"/tmp/.X{base + i}-lock").exists() for i in range(count)):
+            return base
+    raise RuntimeError("no free X displays")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    require_binaries("chromium")
+    with playwright_api.sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def desktop(vnc_home: VncHome, tmp_path: Path) -> Iterator[Desktop]:
+    """A gateway serving the seed's desktop type (real TigerVNC), a gated type, one that starts
+    slowly and one that fails to start; with alice (in the group), bob (in no group) and the
+    administrator root."""
+    require_binaries("vncserver", "Xvnc", "xsetroot")
+    display_base = free_displays(2)
+    config = tmp_path / "config" / "external_services.json"
+    config.parent.mkdir()
+    config.write_text(
+        json.dumps(
+            {
+                DESKTOP: {
+                    "script": str(EXAMPLES / "desktop_session.py"),
+                    "count": 2,
+                    "options": {
+                        "sizes": ["1024x768", "1600x1200"],
+                        "display_base": display_base,
+                        "vnc_password_file": "~/.vnc/passwd",
+                    },
+                },
+                CLUSTER: {
+                    "script": str(DOUBLE_SESSION_SCRIPT),
+                    "count": 1,
+                    "options": {"behaviour": "starts", "group": GROUP},
+                },
+                SLOW: {
+                    "script": str(DOUBLE_SESSION_SCRIPT),
+                    "count": 1,
+                    "options": {"behaviour": "slow", "delay": SLOW_DELAY},
+                },
+                BROKEN: {
+                    "script": str(DOUBLE_SESSION_SCRIPT),
+                    "count": 1,
+                    "options": {"behaviour": "false"},
+                },
+            }
+        )
+    )
+    run = tmp_path / "run"
+    create_accounts(run / "data", [ALICE, BOB, ROOT], groups=[GROUP])
+    gateway = start_gateway(
+        run, config, "--linger", str(LINGER), "--stop-sessions-on-exit", "--ping-interval", "0"
+    )
+    try:
+        yield Desktop(gateway, display_base, vnc_home.path)
+    finally:
+        gateway.stop()
+        for index in range(2):
+            for pid in pids_on_display(display_base + index):
+                kill_pid_tree(pid)
+        log = gateway.output()
+        for account in (ALICE, BOB, ROOT):
+            assert account.password not in log
+        assert vnc_home.password.decode() not in log
+
+
+PROBLEMS: dict[Any, list[str]] = {}
+
+
+def assert_no_script_problems(page: Any) -> None:
+    assert PROBLEMS.get(page) == [], PROBLEMS.get(page)
+
+
+def screenshot(page: Any, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"))
+
+
+def log_in(browser: Any, url: str, account: Account, *, screenshot_as: str = "") -> Any:
+    """A new browser context with ``account`` logged in at the gateway's ``url``."""
+    context = browser.new_context(viewport={"width": 1280, "height": 860})
+    page = context.new_page()
+    problems: list[str] = []
+    # Uncaught script errors, and anything the Content-Security-Policy blocked.
+    page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+    page.on(
+        "console",
+        lambda message: (
+            problems.append(message.text) if "Content Security Policy" in message.text else None
+        ),
+    )
+    PROBLEMS[page] = problems
+    page.goto(url)
+    assert page.url.startswith(url + "login/")
+    if screenshot_as:
+        screenshot(page, screenshot_as)
+    page.fill("#id_username", account.name)
+    page.fill("#id_password", account.password)
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_url(url)
+    return page
+
+
+def launch(page: Any, service: str, size: str) -> str:
+    """Launch from the catalogue; returns the session id once the viewer page is open."""
+    card = page.locator(f'section.card[data-service="{service}"]')
+    card.locator("select").select_option(size)
+    card.get_by_role("button", name="Launch").click()
+    page.wait_for_url(re.compile(r".*/sessions/[0-9a-f]+/$"))
+    match = re.search(r"/sessions/([0-9a-f]+)/$", page.url)
+    assert match
+    return match.group(1)
+
+
+def paint(desktop: Desktop, display: int, colour: str) -> None:
+    env = {**os.environ, "DISPLAY": f":{display}", "XAUTHORITY": str(desktop.home / ".Xauthority")}
+    subprocess.run(["xsetroot", "-solid", colour], env=env, check=True, timeout=scaled(10))
+
+
+def pixel(page: Any) -> list[int] | None:
+    result: list[int] | None = page.evaluate(
+        """([x, y]) => {
+            const canvas = document.querySelector('#screen canvas');
+            if (!canvas || canvas.width <= x || canvas.height <= y) { return null; }
+            const data = canvas.getContext('2d').getImageData(x, y, 1, 1).data;
+            return [data[0], data[1], data[2]];
+        }""",
+        list(PROBE),
+    )
+    return result
+
+
+def wait_for_colour(page: Any, rgb: tuple[int, int, int]) -> None:
+    wait_until(
+        lambda: pixel(page) == list(rgb),
+        scaled(10),
+        message=f"the canvas did not show {rgb} (last: {pixel(page)})",
+    )
+
+
+def status(gateway: GatewayProcess) -> dict[str, Any]:
+    result: dict[str, Any] = gateway.request("/v1/status").json()
+    return result
+
+
+def ended(gateway: GatewayProcess, session_id: str) -> dict[str, Any] | None:
+    return next((s for s in status(gateway)["ended"] if s["id"] == session_id), None)
+
+
+def connected(page: Any, times: int = 1) -> None:
+    """Wait until the viewer has established its connection ``times`` times."""
+    playwright_api.expect(page.locator("body")).to_have_attribute(
+        "data-connects", str(times), timeout=scaled(30) * 1000
+    )
+    playwright_api.expect(page.locator("body")).to_have_attribute("data-viewer", "connected")
+
+
+def test_a_user_sees_the_desktop_survives_a_drop_and_closing_the_page_ends_it(
+    browser: Any, desktop: Desktop
+) -> None:
+    gateway = desktop.gateway
+    # The browser reaches the gateway through a proxy that can break its connections.
+    proxy = DroppingProxy(gateway.port)
+    try:
+        page = log_in(browser, proxy.url, ALICE, screenshot_as="login")
+        cards = page.locator("section.card h2").all_inner_texts()
+        assert cards == [DESKTOP, CLUSTER, SLOW, BROKEN]
+        free = page.locator(f'section.card[data-service="{DESKTOP}"] .free')
+        playwright_api.expect(free).to_have_text("2 of 2 free")
+        screenshot(page, "catalogue")
+
+        session_id = launch(page, DESKTOP, "1024x768")
+        connected(page)
+        [session] = status(gateway)["sessions"]
+        assert (session["id"], session["user"], session["size"]) == (
+            session_id,
+            "alice",
+            "1024x768",
+        )
+        display = desktop.display_of(session["index"])
+        assert page.evaluate("document.querySelector('#screen canvas').width") == 1024
+
+        paint(desktop, display, "#ff0000")
+        wait_for_colour(page, (255, 0, 0))
+        screenshot(page, "viewer")
+
+        # A network failure: the viewer opens the same session again, on the same desktop.
+        servers = pids_on_display(display)
+        proxy.drop()
+        connected(page, times=2)
+        paint(desktop, display, "#0040c0")
+        wait_for_colour(page, (0, 0x40, 0xC0))
+        [again] = status(gateway)["sessions"]
+        assert (again["id"], again["connections"]) == (session_id, 1)
+        assert servers <= pids_on_display(display)
+
+        assert_no_script_problems(page)
+        page.context.close()
+    finally:
+        proxy.close()
+
+    def over() -> dict[str, Any] | None:
+        record = ended(gateway, session_id)
+        return record if record and not pids_on_display(display) else None
+
+    record = wait_until(over, LINGER + scaled(5), message="closing the page did not end it")
+    assert record["end_reason"] == "disconnected"
+
+
+def test_a_user_outside_the_group_neither_sees_nor_reserves_nor_opens_others_sessions(
+    browser: Any, desktop: Desktop
+) -> None:
+    gateway = desktop.gateway
+    alice = log_in(browser, gateway.url, ALICE)
+    token = alice.locator("input[name=csrfmiddlewaretoken]").first.input_value()
+    launched = alice.context.request.post(
+        gateway.url + "launch",
+        form={"service": CLUSTER, "size": "1600x1200", "csrfmiddlewaretoken": token},
+        headers={"Referer": gateway.url, "Origin": gateway.url.rstrip("/")},
+        max_redirects=0,
+    )
+    assert launched.status == 302, launched.text()
+    location = launched.headers["location"]
+    session_id = location.strip("/").split("/")[-1]
+
+    bob = log_in(browser, gateway.url, BOB)
+    assert bob.locator("section.card h2").all_inner_texts() == [DESKTOP, SLOW, BROKEN]
+    assert CLUSTER not in bob.content()
+    screenshot(bob, "catalogue-without-group")
+
+    refused = bob.context.request.get(
+        gateway.url + "v1/reserve/" + urllib.parse.quote(CLUSTER, safe="")
+    )
+    assert refused.status == 403
+    assert refused.json()["reason"] == "forbidden"
+
+    closed = bob.evaluate(
+        """(path) => new Promise((resolve) => {
+            const socket = new WebSocket(`ws://${location.host}${path}`, ['binary']);
+            socket.binaryType = 'arraybuffer';
+            socket.onmessage = () => resolve({ message: true });
+            socket.onclose = (event) => resolve({ code: event.code, reason: event.reason });
+        })""",
+        f"/websockify?session={session_id}",
+    )
+    assert closed == {"code": 1008, "reason": "this session belongs to another user"}
+    # Bob's attempt did not start alice's session.
+    [session] = [s for s in status(gateway)["sessions"] if s["id"] == session_id]
+    assert session["state"] == "reserved"
+    assert bob.goto(gateway.url + location.lstrip("/")).status == 404
+
+
+def test_an_administrator_ends_a_users_session_and_the_viewer_says_so(
+    browser: Any, desktop: Desktop
+) -> None:
+    gateway = desktop.gateway
+    alice = log_in(browser, gateway.url, ALICE)
+    session_id = launch(alice, DESKTOP, "1600x1200")
+    connected(alice)
+    [session] = status(gateway)["sessions"]
+    display = desktop.display_of(session["index"])
+
+    root = log_in(browser, gateway.url, ROOT)
+    playwright_api.expect(
+        root.locator(f'section.card[data-service="{DESKTOP}"] .free')
+    ).to_have_text("1 of 2 free")
+    root.goto(gateway.url + "status/")
+    row = root.locator(f'tr[data-session="{session_id}"]')
+    playwright_api.expect(row).to_contain_text("alice")
+    playwright_api.expect(row).to_contain_text("running")
+    screenshot(root, "status")
+    row.get_by_role("button", name="Terminate").click()
+    root.wait_for_url(gateway.url + "status/")
+
+    playwright_api.expect(alice.locator("#overlay-text")).to_have_text(
+        "session ended by administrator", timeout=scaled(10) * 1000
+    )
+    playwright_api.expect(alice.locator("#overlay-title")).to_have_text("Session ended")
+    # An ended session cannot be opened again: no Reconnect, no End session.
+    playwright_api.expect(alice.locator("#overlay-reconnect")).to_be_hidden()
+    playwright_api.expect(alice.locator("#end-form")).to_be_hidden()
+    screenshot(alice, "viewer-terminated")
+    assert_no_script_problems(alice)
+    assert_no_script_problems(root)
+
+    record = wait_until(
+        lambda: ended(gateway, session_id), scaled(10), message="the session did not end"
+    )
+    assert record["end_reason"] == "terminated"
+    wait_until(lambda: not pids_on_display(display), scaled(10), message="Xvnc still runs")
+    playwright_api.expect(
+        root.locator(f'table.ended tr[data-session="{session_id}"] .reason')
+    ).to_contain_text("session ended by administrator", timeout=scaled(10) * 1000)
+
+
+def test_the_viewer_shows_the_start_progress_and_why_a_start_failed(
+    browser: Any, desktop: Desktop
+) -> None:
+    gateway = desktop.gateway
+    page = log_in(browser, gateway.url, BOB)
+
+    launch(page, SLOW, "1024x768")
+    overlay = page.locator("#overlay")
+    playwright_api.expect(page.locator("#overlay-title")).to_have_text(f"Starting {SLOW}…")
+    # The script's report_progress(), polled from the session's status URL.
+    playwright_api.expect(page.locator("#overlay-text")).to_have_text(
+        f"starting slowly ({SLOW_DELAY} s)", timeout=scaled(SLOW_DELAY) * 1000
+    )
+    playwright_api.expect(overlay).to_be_visible()
+    screenshot(page, "viewer-starting")
+
+    page.goto(gateway.url)
+    launch(page, BROKEN, "1024x768")
+    playwright_api.expect(page.locator("body")).to_have_attribute(
+        "data-viewer", "failed", timeout=scaled(10) * 1000
+    )
+    playwright_api.expect(page.locator("#overlay-title")).to_have_text("The session failed")
+    playwright_api.expect(page.locator("#overlay-text")).to_have_text(
+        "session failed to start: start() returned False"
+    )
+    playwright_api.expect(page.locator("#overlay-reconnect")).to_be_hidden()
+    playwright_api.expect(page.locator("#end-form")).to_be_hidden()
+    screenshot(page, "viewer-failed")
+    assert_no_script_problems(page)
