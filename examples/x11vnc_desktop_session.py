@@ -229,6 +229,12 @@ class X11VNCSession(RemoteServiceScript):
         chained = super().stop()
         return stopped and chained
 
+    def poll(self) -> bool | None:
+        # The per-session password lives only in this process's memory. A gateway restarted
+        # while the session ran cannot answer the VNC server any more, so the session counts
+        # as gone: the gateway then calls stop() and the node is cleaned up.
+        return None if self.password() is not None else False
+
 
 def realize_service(
     name: str = "",

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from slurm_cluster import SLURM_PROGRAMS, SlurmCluster, running_cluster
 from support import VncHome, require_binaries
 from vizgate.vnc_home import prepare_vnc_home
 
@@ -25,3 +28,21 @@ def vnc_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> VncHome:
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.delenv("XAUTHORITY", raising=False)
     return VncHome(path=home, password=password)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
+    """A real one-node Slurm (``tests/slurm_cluster.py``) shared by every test of the run that
+    asks for it; started on first use, stopped (and checked for leftovers) at the end.
+
+    Its commands find it through ``SLURM_CONF`` (:attr:`SlurmCluster.env`): give that to the
+    processes (or this process's environment) that use it.
+    """
+    require_binaries(*SLURM_PROGRAMS, "Xvnc")
+    if os.geteuid() != 0:
+        reason = "a test Slurm cluster needs root (slurmd starts jobs as their users)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason} (CI is set: this fails instead of skipping)")
+        pytest.skip(reason)
+    with running_cluster(tmp_path_factory.mktemp("slurm")) as cluster:
+        yield cluster

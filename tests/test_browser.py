@@ -50,6 +50,9 @@ DESKTOP = "Local Software Session"
 CLUSTER = "Cluster Node Session"
 SLOW = "Slow Session"
 BROKEN = "Broken Session"
+SHORT = "Short Session"
+# The short session's maximum lifetime: under a minute, so the viewer warns at once.
+SHORT_LIFETIME = 45
 SLOW_DELAY = 3
 # Long enough for the viewer to reconnect after a dropped connection.
 LINGER = 3.0
@@ -207,7 +210,7 @@ def desktop(vnc_home: VncHome, tmp_path: Path) -> Iterator[Desktop]:
     slowly and one that fails to start; with alice (in the group), bob (in no group) and the
     administrator root."""
     require_binaries("vncserver", "Xvnc", "xsetroot")
-    display_base = free_displays(2)
+    display_base = free_displays(3)
     config = tmp_path / "config" / "external_services.json"
     config.parent.mkdir()
     config.write_text(
@@ -237,6 +240,16 @@ def desktop(vnc_home: VncHome, tmp_path: Path) -> Iterator[Desktop]:
                     "count": 1,
                     "options": {"behaviour": "false"},
                 },
+                SHORT: {
+                    "script": str(EXAMPLES / "desktop_session.py"),
+                    "count": 1,
+                    "options": {
+                        "sizes": ["800x600"],
+                        "display_base": display_base + 2,
+                        "vnc_password_file": "~/.vnc/passwd",
+                        "max_lifetime": SHORT_LIFETIME,
+                    },
+                },
             }
         )
     )
@@ -249,7 +262,7 @@ def desktop(vnc_home: VncHome, tmp_path: Path) -> Iterator[Desktop]:
         yield Desktop(gateway, display_base, vnc_home.path)
     finally:
         gateway.stop()
-        for index in range(2):
+        for index in range(3):
             for pid in pids_on_display(display_base + index):
                 kill_pid_tree(pid)
         log = gateway.output()
@@ -358,7 +371,7 @@ def test_a_user_sees_the_desktop_survives_a_drop_and_closing_the_page_ends_it(
     try:
         page = log_in(browser, proxy.url, ALICE, screenshot_as="login")
         cards = page.locator("section.card h2").all_inner_texts()
-        assert cards == [DESKTOP, CLUSTER, SLOW, BROKEN]
+        assert cards == [DESKTOP, CLUSTER, SLOW, BROKEN, SHORT]
         free = page.locator(f'section.card[data-service="{DESKTOP}"] .free')
         playwright_api.expect(free).to_have_text("2 of 2 free")
         screenshot(page, "catalogue")
@@ -418,7 +431,7 @@ def test_a_user_outside_the_group_neither_sees_nor_reserves_nor_opens_others_ses
     session_id = location.strip("/").split("/")[-1]
 
     bob = log_in(browser, gateway.url, BOB)
-    assert bob.locator("section.card h2").all_inner_texts() == [DESKTOP, SLOW, BROKEN]
+    assert bob.locator("section.card h2").all_inner_texts() == [DESKTOP, SLOW, BROKEN, SHORT]
     assert CLUSTER not in bob.content()
     screenshot(bob, "catalogue-without-group")
 
@@ -516,3 +529,27 @@ def test_the_viewer_shows_the_start_progress_and_why_a_start_failed(
     playwright_api.expect(page.locator("#end-form")).to_be_hidden()
     screenshot(page, "viewer-failed")
     assert_no_script_problems(page)
+
+
+def test_the_viewer_warns_a_minute_before_a_limit_ends_the_session(
+    browser: Any, desktop: Desktop
+) -> None:
+    gateway = desktop.gateway
+    page = log_in(browser, gateway.url, BOB)
+    session_id = launch(page, SHORT, "800x600")
+    connected(page)
+    warning = page.locator("#warning")
+    playwright_api.expect(warning).to_be_visible(timeout=scaled(15) * 1000)
+    playwright_api.expect(warning).to_contain_text("maximum lifetime")
+    text = warning.inner_text()
+    seconds = int(text.split(" in ", 1)[1].split(" s", 1)[0])
+    assert 0 < seconds <= SHORT_LIFETIME
+    screenshot(page, "viewer-warning")
+    assert_no_script_problems(page)
+    # The viewer asks before it ends a session: accept.
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.locator("#end-form button").click()
+    record = wait_until(
+        lambda: ended(gateway, session_id), scaled(10), message="the session did not end"
+    )
+    assert record["end_reason"] == "released"

@@ -23,6 +23,7 @@ from support import (
     VncHome,
     await_until,
     free_display,
+    kill_pid_tree,
     pids_on_display,
     require_binaries,
     scaled,
@@ -63,6 +64,8 @@ def desktop(vnc_home: VncHome, tmp_path: Path) -> Iterator[tuple[Path, int]]:
     yield config, display
     if pids_on_display(display):
         subprocess.run(["vncserver", "-kill", f":{display}"], check=False, timeout=60)
+    for pid in pids_on_display(display):
+        kill_pid_tree(pid)
 
 
 @pytest.fixture

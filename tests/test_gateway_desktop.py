@@ -21,6 +21,7 @@ from support import (
     VncHome,
     await_until,
     free_display,
+    kill_pid_tree,
     pids_on_display,
     port_accepts,
     require_binaries,
@@ -35,9 +36,9 @@ LINGER = 1.0
 
 
 @pytest.fixture
-def desktop_config(vnc_home: VncHome, tmp_path: Path) -> tuple[Path, int]:
+def desktop_config(vnc_home: VncHome, tmp_path: Path) -> Iterator[tuple[Path, int]]:
     """The seed's type with the unmodified script and the VNC password file the gateway answers
-    with; sizes include the one the tests ask for."""
+    with; sizes include the one the tests ask for. A desktop a failed test left is killed."""
     require_binaries("vncserver", "Xvnc")
     display_base = free_display(100)
     config = tmp_path / "config" / "external_services.json"
@@ -57,7 +58,9 @@ def desktop_config(vnc_home: VncHome, tmp_path: Path) -> tuple[Path, int]:
             }
         )
     )
-    return config, display_base
+    yield config, display_base
+    for pid in pids_on_display(display_base):
+        kill_pid_tree(pid)
 
 
 @pytest.fixture
@@ -90,7 +93,7 @@ async def test_a_desktop_through_the_gateway_with_the_password_kept_at_the_gatew
         cert, key = self_signed_certificate(tmp_path)
         args += ["--cert", str(cert), "--key", str(key)]
         client_tls = ssl.create_default_context(cafile=str(cert))
-    gateway = start_gateway(tmp_path / "run", config, *args)
+    gateway = start_gateway(tmp_path / "run", config, *args, "--stop-sessions-on-exit")
     gateway.ssl_context = client_tls
     gateways.append(gateway)
 

@@ -1,10 +1,10 @@
 """Tests of vizgate.launchers.slurm: sessions that are Slurm jobs running Xvnc.
 
 The integration tests run a real single-node Slurm (``tests/slurm_cluster.py``) started once for
-this file, and drive the launcher through the broker as a catalog names it
-(``"script": "builtin:slurm"``), or through an instance directly where the broker has no say
-(re-adopting a job after a restart). They need root, Slurm, MUNGE and TigerVNC: missing programs
-skip them, or fail them when ``CI`` is set.
+the whole test run (the ``slurm_cluster`` fixture of ``conftest.py``), and drive the launcher
+through the broker as a catalog names it (``"script": "builtin:slurm"``), or through an instance
+directly where the broker has no say (re-adopting a job after a restart). They need root,
+Slurm, MUNGE and TigerVNC: missing programs skip them, or fail them when ``CI`` is set.
 """
 
 from __future__ import annotations
@@ -27,17 +27,14 @@ from rfb_client import RfbClient
 from slurm_cluster import (
     DOWN_PARTITION,
     SHORT_PARTITION,
-    SLURM_PROGRAMS,
     SlurmCluster,
     processes_mentioning,
-    running_cluster,
 )
 from support import (
     await_until,
     kill_pid_tree,
     listening_addresses,
     port_accepts,
-    require_binaries,
     scaled,
     vnc_authenticate,
     wait_until,
@@ -62,19 +59,6 @@ SIZE = "800x600"
 
 # ---------------------------------------------------------------------------------------
 # Fixtures
-
-
-@pytest.fixture(scope="session")
-def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
-    """A real one-node Slurm for the whole test run; stopped (and checked) at the end."""
-    require_binaries(*SLURM_PROGRAMS, "Xvnc")
-    if os.geteuid() != 0:
-        reason = "a test Slurm cluster needs root (slurmd starts jobs as their users)"
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason} (CI is set: this fails instead of skipping)")
-        pytest.skip(reason)
-    with running_cluster(tmp_path_factory.mktemp("slurm")) as cluster:
-        yield cluster
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -219,6 +220,10 @@ def status_json(info: SessionInfo) -> dict[str, Any]:
         "connections": info.connections,
         "end_reason": info.end_reason,
         "message": info.message,
+        # Seconds left before the idle timeout or the maximum lifetime ends the session,
+        # counted here so that the browser's clock does not matter.
+        "ends_in": round(info.ends_at - time.time(), 1) if info.ends_at is not None else None,
+        "ends_because": info.ends_because,
     }
 
 

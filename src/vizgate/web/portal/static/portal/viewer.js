@@ -361,10 +361,53 @@ window.addEventListener('pageshow', (event) => {
     }
 });
 
+// --- the warning before a limit ends the session -----------------------------------------------
+
+// The gateway ends a session after a time without input (idle timeout) or at its maximum
+// lifetime; the person gets a minute's warning. Input resets the idle timeout, so the warning
+// goes away again when they type or move the mouse.
+const WARN_SECONDS = 60;
+const LIMIT_CHECK_MS = 10000;
+const warning = document.getElementById('warning');
+let limitTimer = null;
+
+function describeLimit(because, seconds) {
+    const left = seconds <= 1 ? 'now' : `in ${Math.ceil(seconds)} s`;
+    if (because === 'idle_timeout') {
+        return `This session ends ${left} because nobody used it for a while. ` +
+            'Move the mouse or type to keep it.';
+    }
+    return `This session ends ${left}: it reaches its maximum lifetime. Save your work.`;
+}
+
+async function watchLimits() {
+    limitTimer = null;
+    if (finished) {
+        warning.hidden = true;
+        return;
+    }
+    const status = await fetchStatus();
+    let next = LIMIT_CHECK_MS;
+    if (status && status.ends_in !== null && status.ends_in !== undefined
+            && status.ends_in <= WARN_SECONDS && status.state === 'running') {
+        warning.textContent = describeLimit(status.ends_because, status.ends_in);
+        warning.hidden = false;
+        next = 1000;
+    } else {
+        warning.hidden = true;
+        if (status && status.ends_in) {
+            // Look again shortly before the warning is due.
+            next = Math.min(LIMIT_CHECK_MS, Math.max(1000, (status.ends_in - WARN_SECONDS) * 1000));
+        }
+    }
+    limitTimer = setTimeout(watchLimits, next);
+}
+
 // --- start ------------------------------------------------------------------------------------
 
 if (config.status.state === 'ended') {
     showEnded(config.status.message);
 } else {
     connect();
+    limitTimer = setTimeout(watchLimits, 0);
 }
