@@ -147,3 +147,31 @@ async def test_an_unused_reservation_is_reclaimed_after_the_timeout(tmp_path: Pa
         assert instances(name)[reservation.index].start_calls == 0
         async with websockets.connect(served.url(reservation.token)) as ws:
             assert (await closed_with(ws))[0] == 1008
+
+
+async def test_what_a_client_sends_while_the_session_starts_is_delivered(
+    tmp_path: Path,
+) -> None:
+    name = unique("Slow")
+    async with serve(
+        tmp_path, {name: {"behaviour": "slow", "delay": 0.5}}, Timeouts(stop=5)
+    ) as served:
+        reservation = await served.broker.reserve(name)
+        async with websockets.connect(served.url(reservation.token)) as ws:
+            await ws.send(b"spoken first")
+            received = b""
+            while len(received) < len(b"RFB 003.008\nspoken first"):
+                received += await asyncio.wait_for(ws.recv(), scaled(10))  # type: ignore[operator]
+            assert received == b"RFB 003.008\nspoken first"
+
+
+async def test_too_much_before_the_session_runs_is_refused(tmp_path: Path) -> None:
+    name = unique("Slow")
+    async with serve(
+        tmp_path, {name: {"behaviour": "slow", "delay": 2}}, Timeouts(stop=5)
+    ) as served:
+        reservation = await served.broker.reserve(name)
+        async with websockets.connect(served.url(reservation.token)) as ws:
+            for _ in range(3):
+                await ws.send(bytes(30 * 1024))
+            assert await closed_with(ws) == (1008, "too much data before the session ran")

@@ -69,6 +69,9 @@ SERVER_WRITE_HIGH_WATER = 256 * 1024
 # Both RFB handshakes, when the gateway answers the VNC server's authentication, end within this.
 HANDSHAKE_TIMEOUT = 15.0
 
+# What a browser may send before its session runs or the handshake is done; more is refused.
+MAX_HELD_BYTES = 64 * 1024
+
 _FAILURE_REASONS = frozenset({EndReason.START_FAILED, EndReason.START_TIMEOUT, EndReason.CRASHED})
 
 
@@ -82,6 +85,14 @@ def _close_reason(text: str) -> str:
     if len(encoded) <= MAX_CLOSE_REASON_BYTES:
         return text
     return encoded[: MAX_CLOSE_REASON_BYTES - 3].decode(errors="ignore") + "..."
+
+
+def _message_bytes(message: Message) -> bytes:
+    """The payload of a ``websocket.receive`` message; text frames as UTF-8."""
+    data = message.get("bytes")
+    if data is None:
+        data = (message.get("text") or "").encode()
+    return bytes(data)
 
 
 async def _no_session() -> Attachment:
@@ -214,8 +225,10 @@ class _Connection:
         self.send = send
         self.client_gone = False
         self.closed = False
-        # The receive() begun while the session started; the relay takes it over.
+        # The receive() begun while the session started, and what the browser sent meanwhile;
+        # the relay takes both over.
         self._early_message: asyncio.Future[Message] | None = None
+        self._held: list[bytes] = []
 
     async def run(self) -> None:
         subprotocols = self.scope.get("subprotocols") or []
@@ -273,22 +286,45 @@ class _Connection:
             )
 
     async def attach(self, attach: Callable[[], Awaitable[Attachment]]) -> Attachment | None:
-        """Attach to the session, starting it if needed; watch for the browser leaving meanwhile."""
+        """Attach to the session, starting it if needed; watch the browser meanwhile.
+
+        A browser speaks second in RFB, but a client of another protocol may not: what it
+        sends while the session starts is held (up to :data:`MAX_HELD_BYTES`) and delivered
+        first once the relay runs. A close ends the wait.
+        """
         attaching = asyncio.ensure_future(attach())
-        # A browser speaks second in RFB, so it sends nothing but a close while the session starts.
-        leaving = asyncio.ensure_future(self.receive())
+        listening = asyncio.ensure_future(self.receive())
+        held = 0
         try:
-            await asyncio.wait({attaching, leaving}, return_when=asyncio.FIRST_COMPLETED)
+            while True:
+                await asyncio.wait({attaching, listening}, return_when=asyncio.FIRST_COMPLETED)
+                if not listening.done():
+                    break
+                message = listening.result()
+                if message["type"] == "websocket.disconnect":
+                    self.client_gone = True
+                    attaching.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, ReservationError, StartError):
+                        await attaching
+                    return None
+                data = _message_bytes(message)
+                held += len(data)
+                if held > MAX_HELD_BYTES:
+                    attaching.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, ReservationError, StartError):
+                        await attaching
+                    await self.close(CLOSE_POLICY_VIOLATION, "too much data before the session ran")
+                    return None
+                if data:
+                    self._held.append(data)
+                listening = asyncio.ensure_future(self.receive())
+                if attaching.done():
+                    break
         except asyncio.CancelledError:
             attaching.cancel()
-            leaving.cancel()
+            listening.cancel()
             raise
-        if not attaching.done():
-            self.client_gone = True
-            attaching.cancel()
-            with contextlib.suppress(asyncio.CancelledError, ReservationError, StartError):
-                await attaching
-            return None
+        leaving = listening
         try:
             attachment = attaching.result()
         except ReservationError:
@@ -370,6 +406,10 @@ class _Connection:
         Returns None when the relay may start, else why it may not.
         """
         bridge = RfbBridge(password)
+        for data in self._held:
+            bridge.receive_from_client(data)
+        received = sum(len(data) for data in self._held)
+        self._held = []
         assert self._early_message is not None
         from_client: asyncio.Future[Message] = self._early_message
         from_server: asyncio.Future[bytes] = asyncio.ensure_future(server.read())
@@ -398,7 +438,10 @@ class _Connection:
                         if message["type"] == "websocket.disconnect":
                             self.client_gone = True
                             return "the browser left during the VNC handshake"
-                        data = message.get("bytes") or (message.get("text") or "").encode()
+                        data = _message_bytes(message)
+                        received += len(data)
+                        if received > MAX_HELD_BYTES:
+                            return "the browser sent too much during the VNC handshake"
                         bridge.receive_from_client(data)
                         from_client = asyncio.ensure_future(self.receive())
         except TimeoutError:
@@ -412,6 +455,10 @@ class _Connection:
         return bridge.failure
 
     async def _browser_to_server(self, attachment: Attachment, server: _ServerConnection) -> None:
+        for data in self._held:
+            attachment.bytes_to_server += len(data)
+            await server.write(data)
+        self._held = []
         assert self._early_message is not None
         message = await self._early_message
         while True:
@@ -419,9 +466,7 @@ class _Connection:
             if kind == "websocket.disconnect":
                 raise _ClientGone
             if kind == "websocket.receive":
-                data = message.get("bytes")
-                if data is None:
-                    data = (message.get("text") or "").encode()
+                data = _message_bytes(message)
                 if data:
                     attachment.bytes_to_server += len(data)
                     attachment.note_input()
