@@ -37,10 +37,10 @@ import websockets
 from gateway import GatewayProcess, start_gateway
 from rfb_client import RfbClient, WebSocketSource
 from slurm_cluster import SlurmCluster, processes_mentioning
+from sshd import running_sshd
 from support import (
     await_until,
     free_display,
-    free_tcp_port,
     is_running,
     kill_pid_tree,
     listening_addresses,
@@ -415,62 +415,14 @@ def ssh_node(tmp_path: Path) -> Iterator[SshNode]:
     every process that came in through it and everything on the display is stopped; a process
     of either still running at that point was leaked and fails the test.
     """
-    require_binaries("sshd", "ssh", "ssh-keygen")
-    if not Path("/run/sshd").is_dir():
-        if os.geteuid() != 0:
-            pytest.skip("sshd needs its privilege separation folder /run/sshd")
-        # What the ssh service's tmpfiles.d entry creates at boot.
-        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
-    folder = tmp_path / "sshd"
-    folder.mkdir()
-    host_key, client_key = folder / "host_key", folder / "client_key"
-    for key in (host_key, client_key):
-        subprocess.run(
-            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)],
-            check=True,
-            timeout=30,
-        )
-    (folder / "authorized_keys").write_bytes(client_key.with_suffix(".pub").read_bytes())
-    port = free_tcp_port()
-    known_hosts = folder / "known_hosts"
-    known_hosts.write_text(f"[localhost]:{port} {host_key.with_suffix('.pub').read_text()}")
-    config = folder / "sshd_config"
-    config.write_text(
-        f"ListenAddress 127.0.0.1:{port}\n"
-        f"HostKey {host_key}\n"
-        f"AuthorizedKeysFile {folder / 'authorized_keys'}\n"
-        "PasswordAuthentication no\n"
-        "KbdInteractiveAuthentication no\n"
-        "PermitRootLogin prohibit-password\n"
-        "StrictModes no\n"
-        "UsePAM no\n"
-        "PidFile none\n"
-    )
     display = free_display(start=200)
-    log = folder / "sshd.log"
-    with log.open("wb") as log_file:
-        server = subprocess.Popen(
-            [shutil.which("sshd") or "/usr/sbin/sshd", "-D", "-e", "-f", str(config)],
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        wait_until(
-            lambda: port_accepts("127.0.0.1", port) or server.poll() is not None,
-            scaled(10),
-            message="sshd did not listen",
-        )
-        assert server.poll() is None, log.read_text()
-        yield SshNode(port, client_key, known_hosts, log, display)
-    finally:
-        kill_pid_tree(server.pid)
-        server.wait(timeout=10)
-        leaked = processes_logged_in_through(port) | pids_on_display(display)
-        for pid in processes_logged_in_through(port):
-            kill_pid_tree(pid)
-        clean_up_display(display)
+    with running_sshd(tmp_path / "sshd") as server:
+        yield SshNode(server.port, server.client_key, server.known_hosts, server.log, display)
+    # sshd is stopped by now, so no start still on its way can run any more.
+    leaked = processes_logged_in_through(server.port) | pids_on_display(display)
+    for pid in processes_logged_in_through(server.port):
+        kill_pid_tree(pid)
+    clean_up_display(display)
     assert not leaked, f"processes of the ssh node were left running: {sorted(leaked)}"
 
 

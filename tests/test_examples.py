@@ -15,16 +15,15 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from sshd import SshServer, running_sshd
 from support import (
     VncHome,
     free_display,
-    free_tcp_port,
     is_running,
     kill_pid_tree,
     listening_addresses,
@@ -448,68 +447,11 @@ def test_x11vnc_host_that_never_answers_times_out(capsys: pytest.CaptureFixture[
     assert instance.host_port() is None
 
 
-@dataclass(frozen=True)
-class SshServer:
-    port: int
-    client_key: Path
-    known_hosts: Path
-    log: Path
-
-
 @pytest.fixture
 def sshd(tmp_path: Path) -> Iterator[SshServer]:
     """A real sshd on 127.0.0.1 (an OS-chosen free port) accepting this user by key."""
-    require_binaries("sshd", "ssh", "ssh-keygen")
-    if not Path("/run/sshd").is_dir():
-        if os.geteuid() != 0:
-            pytest.skip("sshd needs its privilege separation folder /run/sshd")
-        # What the ssh service's tmpfiles.d entry creates at boot.
-        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
-    folder = tmp_path / "sshd"
-    folder.mkdir()
-    host_key, client_key = folder / "host_key", folder / "client_key"
-    for key in (host_key, client_key):
-        subprocess.run(
-            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)],
-            check=True,
-            timeout=30,
-        )
-    (folder / "authorized_keys").write_bytes(client_key.with_suffix(".pub").read_bytes())
-    port = free_tcp_port()
-    known_hosts = folder / "known_hosts"
-    known_hosts.write_text(f"[localhost]:{port} {host_key.with_suffix('.pub').read_text()}")
-    config = folder / "sshd_config"
-    config.write_text(
-        f"ListenAddress 127.0.0.1:{port}\n"
-        f"HostKey {host_key}\n"
-        f"AuthorizedKeysFile {folder / 'authorized_keys'}\n"
-        "PasswordAuthentication no\n"
-        "KbdInteractiveAuthentication no\n"
-        "PermitRootLogin prohibit-password\n"
-        "StrictModes no\n"
-        "UsePAM no\n"
-        "PidFile none\n"
-    )
-    log = folder / "sshd.log"
-    with log.open("wb") as log_file:
-        server = subprocess.Popen(
-            [shutil.which("sshd") or "/usr/sbin/sshd", "-D", "-e", "-f", str(config)],
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        wait_until(
-            lambda: port_accepts("127.0.0.1", port) or server.poll() is not None,
-            scaled(10),
-            message="sshd did not listen",
-        )
-        assert server.poll() is None, log.read_text()
-        yield SshServer(port=port, client_key=client_key, known_hosts=known_hosts, log=log)
-    finally:
-        kill_pid_tree(server.pid)
-        server.wait(timeout=10)
+    with running_sshd(tmp_path / "sshd") as server:
+        yield server
 
 
 @pytest.mark.integration

@@ -253,11 +253,7 @@ def run_serve(args: argparse.Namespace) -> int:
         store=DjangoSessionStore(),
     )
     ping_interval = args.ping_interval or None
-    application = build_application(
-        broker,
-        ping_interval=ping_interval,
-        stop_sessions_on_exit=args.stop_sessions_on_exit,
-    )
+    application = build_application(broker, stop_sessions_on_exit=args.stop_sessions_on_exit)
     config = uvicorn.Config(
         application,
         loop="uvloop",
@@ -267,6 +263,7 @@ def run_serve(args: argparse.Namespace) -> int:
         # vizgate.logs has configured logging (with redaction); uvicorn must not redo it.
         log_config=None,
         log_level=None,
+        # Keepalive pings, so that proxies and load balancers keep idle viewers' connections.
         ws_ping_interval=ping_interval,
         ws_ping_timeout=ping_interval,
         # VNC framebuffer updates are already encoded (or raw pixels): compressing them again

@@ -180,8 +180,6 @@ class Tunnel:
 
     Args:
         broker: the session broker the tokens belong to.
-        ping_interval: kept for the server's configuration (the WebSocket server sends the
-            pings); 0 or None disables them.
         authorize: asked before the WebSocket is accepted whether the request may use the
             token's session (its logged-in user owns it, belongs to the type's group, ...);
             None lets every holder of a valid token in, as the seed's bearer tokens do.
@@ -191,11 +189,9 @@ class Tunnel:
         self,
         broker: Broker,
         *,
-        ping_interval: float | None = 20.0,
         authorize: Authorizer | None = None,
     ) -> None:
         self.broker = broker
-        self.ping_interval = ping_interval
         self.authorize = authorize
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -96,7 +96,6 @@ class Gateway:
 def build_application(
     broker: Broker,
     *,
-    ping_interval: float | None = 20.0,
     stop_sessions_on_exit: bool = False,
 ) -> Gateway:
     """The gateway's ASGI application: Django for HTTP, the tunnel for WebSockets.
@@ -105,7 +104,6 @@ def build_application(
 
     Args:
         broker: the session broker (not yet open).
-        ping_interval: the tunnel's heartbeat interval in seconds; None or 0 for none.
         stop_sessions_on_exit: see :class:`Gateway`.
     """
     # Imported here: Django's handler and the portal's authorizer need configured settings.
@@ -116,6 +114,6 @@ def build_application(
     return Gateway(
         broker,
         http=ASGIHandler(),
-        websocket=Tunnel(broker, ping_interval=ping_interval, authorize=make_authorizer(broker)),
+        websocket=Tunnel(broker, authorize=make_authorizer(broker)),
         stop_sessions_on_exit=stop_sessions_on_exit,
     )
