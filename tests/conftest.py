@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway import GatewayProcess
 from slurm_cluster import SLURM_PROGRAMS, SlurmCluster, running_cluster
 from support import VncHome, require_binaries
 from vizgate.vnc_home import prepare_vnc_home
@@ -46,3 +47,13 @@ def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmClu
         pytest.skip(reason)
     with running_cluster(tmp_path_factory.mktemp("slurm")) as cluster:
         yield cluster
+
+
+@pytest.fixture
+def gateways() -> Iterator[list[GatewayProcess]]:
+    """Gateway processes a test starts; each is stopped by its PID when the test ends."""
+    started: list[GatewayProcess] = []
+    yield started
+    for gateway in started:
+        gateway.stop()
+        assert gateway.process.poll() is not None

@@ -13,7 +13,7 @@ import ssl
 import subprocess
 import sys
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -220,3 +220,32 @@ def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
     )
     key_path.chmod(0o600)
     return cert_path, key_path
+
+
+#: The examples folder: the seed's config and scripts.
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def seed_desktop_type(
+    display_base: int, sizes: Sequence[str], *, count: int = 1, **options: Any
+) -> dict[str, Any]:
+    """A catalog entry for the seed's unmodified ``desktop_session.py`` (real TigerVNC) on
+    displays from ``display_base``, with the VNC password file the gateway answers with."""
+    return {
+        "script": str(EXAMPLES / "desktop_session.py"),
+        "count": count,
+        "options": {
+            "sizes": list(sizes),
+            "display_base": display_base,
+            "vnc_password_file": "~/.vnc/passwd",
+            **options,
+        },
+    }
+
+
+def write_catalog(folder: Path, catalog: Mapping[str, Any]) -> Path:
+    """Write ``catalog`` as ``folder/external_services.json``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "external_services.json"
+    path.write_text(json.dumps(catalog, indent=1), encoding="utf-8")
+    return path

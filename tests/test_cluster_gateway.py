@@ -98,15 +98,6 @@ def test_the_cluster_example_catalog_loads_and_realizes_every_instance() -> None
 # Helpers
 
 
-@pytest.fixture
-def gateways() -> Iterator[list[GatewayProcess]]:
-    started: list[GatewayProcess] = []
-    yield started
-    for gateway in started:
-        gateway.stop()
-        assert gateway.process.poll() is not None
-
-
 def status(gateway: GatewayProcess) -> dict[str, Any]:
     response = gateway.request("/v1/status")
     assert response.status == 200, response.text

@@ -4,7 +4,6 @@ script ends with a clear reason and a freed index, and many connections leak not
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import subprocess
@@ -16,7 +15,7 @@ from pathlib import Path
 import pytest
 import websockets
 
-from gateway import GatewayProcess, start_gateway
+from gateway import GatewayProcess, seed_desktop_type, start_gateway, write_catalog
 from inprocess import closed_with, serve, serve_catalog, unique
 from rfb_client import RfbClient, WebSocketSource
 from support import (
@@ -31,7 +30,6 @@ from support import (
 from vizgate.lifecycle import Timeouts
 from vizgate.testing import instances
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 SERVICE = "Local Software Session"
 LINGER = 2.0
 
@@ -44,36 +42,12 @@ LINGER = 2.0
 def desktop(vnc_home: VncHome, tmp_path: Path) -> Iterator[tuple[Path, int]]:
     require_binaries("vncserver", "Xvnc", "xsetroot")
     display = free_display(100)
-    config = tmp_path / "config" / "external_services.json"
-    config.parent.mkdir()
-    config.write_text(
-        json.dumps(
-            {
-                SERVICE: {
-                    "script": str(EXAMPLES / "desktop_session.py"),
-                    "count": 1,
-                    "options": {
-                        "sizes": ["800x600"],
-                        "display_base": display,
-                        "vnc_password_file": "~/.vnc/passwd",
-                    },
-                }
-            }
-        )
-    )
+    config = write_catalog(tmp_path / "config", {SERVICE: seed_desktop_type(display, ["800x600"])})
     yield config, display
     if pids_on_display(display):
         subprocess.run(["vncserver", "-kill", f":{display}"], check=False, timeout=60)
     for pid in pids_on_display(display):
         kill_pid_tree(pid)
-
-
-@pytest.fixture
-def gateways() -> Iterator[list[GatewayProcess]]:
-    started: list[GatewayProcess] = []
-    yield started
-    for gateway in started:
-        gateway.stop()
 
 
 def xvnc_pids(display: int) -> set[int]:

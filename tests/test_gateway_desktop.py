@@ -15,7 +15,13 @@ from pathlib import Path
 import pytest
 import websockets
 
-from gateway import GatewayProcess, self_signed_certificate, start_gateway
+from gateway import (
+    GatewayProcess,
+    seed_desktop_type,
+    self_signed_certificate,
+    start_gateway,
+    write_catalog,
+)
 from rfb_client import RfbClient, RfbRefused, StreamSource, WebSocketSource
 from support import (
     VncHome,
@@ -30,7 +36,6 @@ from support import (
 
 pytestmark = pytest.mark.integration
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 SERVICE = "Local Software Session"
 LINGER = 1.0
 
@@ -41,34 +46,12 @@ def desktop_config(vnc_home: VncHome, tmp_path: Path) -> Iterator[tuple[Path, in
     with; sizes include the one the tests ask for. A desktop a failed test left is killed."""
     require_binaries("vncserver", "Xvnc")
     display_base = free_display(100)
-    config = tmp_path / "config" / "external_services.json"
-    config.parent.mkdir()
-    config.write_text(
-        json.dumps(
-            {
-                SERVICE: {
-                    "script": str(EXAMPLES / "desktop_session.py"),
-                    "count": 1,
-                    "options": {
-                        "sizes": ["1024x768", "1600x1200"],
-                        "display_base": display_base,
-                        "vnc_password_file": "~/.vnc/passwd",
-                    },
-                }
-            }
-        )
+    config = write_catalog(
+        tmp_path / "config", {SERVICE: seed_desktop_type(display_base, ["1024x768", "1600x1200"])}
     )
     yield config, display_base
     for pid in pids_on_display(display_base):
         kill_pid_tree(pid)
-
-
-@pytest.fixture
-def gateways() -> Iterator[list[GatewayProcess]]:
-    started: list[GatewayProcess] = []
-    yield started
-    for gateway in started:
-        gateway.stop()
 
 
 def status(gateway: GatewayProcess) -> dict[str, object]:

@@ -17,7 +17,7 @@ import ssl
 import stat
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -43,15 +43,6 @@ def config(tmp_path: Path) -> Path:
         tmp_path / "config",
         {"Desktop": {"count": 2, "options": {"behaviour": "starts"}}},
     )
-
-
-@pytest.fixture
-def gateways() -> Iterator[list[GatewayProcess]]:
-    """Gateways a test starts; each is stopped by PID when the test ends."""
-    started: list[GatewayProcess] = []
-    yield started
-    for gateway in started:
-        gateway.stop()
 
 
 def run_to_exit(
