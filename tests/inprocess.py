@@ -39,11 +39,16 @@ class Served:
 
 
 def serve(
-    tmp_path: Path, types: dict[str, dict[str, object]], timeouts: Timeouts
+    tmp_path: Path,
+    types: dict[str, dict[str, object]],
+    timeouts: Timeouts,
+    *,
+    ws: type[asyncio.Protocol] | str = WS_IMPLEMENTATION,
 ) -> contextlib.AbstractAsyncContextManager[Served]:
     """Serve types of the test-double script (2 instances each) with these options.
 
-    Type names should be unique per test: the doubles' registry is per process.
+    Type names should be unique per test: the doubles' registry is per process. ``ws`` is
+    uvicorn's WebSocket protocol: the gateway's (with the fast path) or another.
     """
     return serve_catalog(
         tmp_path,
@@ -52,12 +57,18 @@ def serve(
             for name, options in types.items()
         },
         timeouts,
+        ws=ws,
     )
 
 
 @contextlib.asynccontextmanager
 async def serve_catalog(
-    tmp_path: Path, catalog: dict[str, Any], timeouts: Timeouts
+    tmp_path: Path,
+    catalog: dict[str, Any],
+    timeouts: Timeouts,
+    *,
+    ws: type[asyncio.Protocol] | str = WS_IMPLEMENTATION,
+    ws_ping_interval: float | None = None,
 ) -> AsyncIterator[Served]:
     """Serve an external_services.json made of ``catalog``."""
     config = tmp_path / "external_services.json"
@@ -69,10 +80,12 @@ async def serve_catalog(
     server = uvicorn.Server(
         uvicorn.Config(
             Tunnel(broker),
-            ws=WS_IMPLEMENTATION,
+            ws=ws,
             lifespan="off",
             log_config=None,
             ws_per_message_deflate=False,
+            ws_ping_interval=ws_ping_interval,
+            ws_ping_timeout=ws_ping_interval,
         )
     )
     task = asyncio.create_task(server.serve(sockets=[sock]))

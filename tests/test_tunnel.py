@@ -14,16 +14,26 @@ import websockets
 from inprocess import Served, closed_with, serve, unique
 from support import await_until, scaled
 from vizgate.lifecycle import Timeouts
+from vizgate.server import WS_IMPLEMENTATION
 from vizgate.testing import instances
 
 LINGER = 0.3
 
 
+@pytest.fixture(params=["fastpath", "asgi"])
+def ws(request: pytest.FixtureRequest) -> type[asyncio.Protocol] | str:
+    """uvicorn's WebSocket protocol: the gateway's, whose connections the tunnel takes over,
+    and uvicorn's own, with which the tunnel relays through ASGI."""
+    return WS_IMPLEMENTATION if request.param == "fastpath" else "websockets-sansio"
+
+
 @pytest.fixture
-async def echo(tmp_path: Path) -> AsyncIterator[tuple[Served, str]]:
+async def echo(
+    tmp_path: Path, ws: type[asyncio.Protocol] | str
+) -> AsyncIterator[tuple[Served, str]]:
     name = unique("Echo")
     async with serve(
-        tmp_path, {name: {"behaviour": "starts"}}, Timeouts(linger=LINGER, stop=5)
+        tmp_path, {name: {"behaviour": "starts"}}, Timeouts(linger=LINGER, stop=5), ws=ws
     ) as served:
         yield served, name
 
@@ -78,10 +88,10 @@ async def test_twenty_clients_on_two_sessions_each_get_their_own_bytes_back(
 
 
 async def test_a_start_that_returns_false_closes_with_1011_and_frees_the_index(
-    tmp_path: Path,
+    tmp_path: Path, ws: type[asyncio.Protocol] | str
 ) -> None:
     name = unique("False")
-    async with serve(tmp_path, {name: {"behaviour": "false"}}, Timeouts(stop=5)) as served:
+    async with serve(tmp_path, {name: {"behaviour": "false"}}, Timeouts(stop=5), ws=ws) as served:
         reservation = await served.broker.reserve(name)
         async with websockets.connect(served.url(reservation.token)) as ws:
             code, reason = await closed_with(ws)
@@ -97,10 +107,12 @@ async def test_a_start_that_returns_false_closes_with_1011_and_frees_the_index(
         assert (await served.broker.reserve(name)).index == reservation.index
 
 
-async def test_a_port_that_never_accepts_closes_with_1011_saying_so(tmp_path: Path) -> None:
+async def test_a_port_that_never_accepts_closes_with_1011_saying_so(
+    tmp_path: Path, ws: type[asyncio.Protocol] | str
+) -> None:
     name = unique("Deaf")
     async with serve(
-        tmp_path, {name: {"behaviour": "not_listening"}}, Timeouts(ready=0.5, stop=5)
+        tmp_path, {name: {"behaviour": "not_listening"}}, Timeouts(ready=0.5, stop=5), ws=ws
     ) as served:
         reservation = await served.broker.reserve(name)
         async with websockets.connect(served.url(reservation.token)) as ws:
@@ -134,10 +146,12 @@ async def test_the_vnc_server_going_away_closes_with_1011(echo: tuple[Served, st
         assert await closed_with(ws) == (1011, "VNC server closed the connection")
 
 
-async def test_an_unused_reservation_is_reclaimed_after_the_timeout(tmp_path: Path) -> None:
+async def test_an_unused_reservation_is_reclaimed_after_the_timeout(
+    tmp_path: Path, ws: type[asyncio.Protocol] | str
+) -> None:
     name = unique("Reclaim")
     async with serve(
-        tmp_path, {name: {"behaviour": "starts"}}, Timeouts(reservation=0.5)
+        tmp_path, {name: {"behaviour": "starts"}}, Timeouts(reservation=0.5), ws=ws
     ) as served:
         reservation = await served.broker.reserve(name)
         await await_until(
@@ -150,11 +164,11 @@ async def test_an_unused_reservation_is_reclaimed_after_the_timeout(tmp_path: Pa
 
 
 async def test_what_a_client_sends_while_the_session_starts_is_delivered(
-    tmp_path: Path,
+    tmp_path: Path, ws: type[asyncio.Protocol] | str
 ) -> None:
     name = unique("Slow")
     async with serve(
-        tmp_path, {name: {"behaviour": "slow", "delay": 0.5}}, Timeouts(stop=5)
+        tmp_path, {name: {"behaviour": "slow", "delay": 0.5}}, Timeouts(stop=5), ws=ws
     ) as served:
         reservation = await served.broker.reserve(name)
         async with websockets.connect(served.url(reservation.token)) as ws:
@@ -165,10 +179,12 @@ async def test_what_a_client_sends_while_the_session_starts_is_delivered(
             assert received == b"RFB 003.008\nspoken first"
 
 
-async def test_too_much_before_the_session_runs_is_refused(tmp_path: Path) -> None:
+async def test_too_much_before_the_session_runs_is_refused(
+    tmp_path: Path, ws: type[asyncio.Protocol] | str
+) -> None:
     name = unique("Slow")
     async with serve(
-        tmp_path, {name: {"behaviour": "slow", "delay": 2}}, Timeouts(stop=5)
+        tmp_path, {name: {"behaviour": "slow", "delay": 2}}, Timeouts(stop=5), ws=ws
     ) as served:
         reservation = await served.broker.reserve(name)
         async with websockets.connect(served.url(reservation.token)) as ws:

@@ -36,6 +36,7 @@ import uvloop
 from vizgate.broker import Broker
 from vizgate.catalog import load_catalog
 from vizgate.exceptions import ConfigError, ScriptError
+from vizgate.fastpath import TakeoverProtocol
 from vizgate.lifecycle import Timeouts
 from vizgate.logs import configure_logging
 
@@ -64,9 +65,10 @@ SECURITY_TOKEN_ENV = "VIZGATE_SECURITY_TOKEN"  # noqa: S105 -- a variable name, 
 # Open connections get this long to finish after a stop was asked for; then they are cut.
 GRACEFUL_SHUTDOWN_SECONDS = 10
 
-#: uvicorn's WebSocket implementation: the ``websockets`` sans-I/O protocol, driven by
-#: uvicorn's own transport (flow control both ways, keepalive pings).
-WS_IMPLEMENTATION = "websockets-sansio"
+#: uvicorn's WebSocket implementation: its ``websockets`` sans-I/O protocol (flow control both
+#: ways, keepalive pings), which the tunnel takes over once a viewer's relay runs
+#: (:mod:`vizgate.fastpath`).
+WS_IMPLEMENTATION: type[asyncio.Protocol] = TakeoverProtocol
 
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 

@@ -26,6 +26,7 @@ from urllib.parse import parse_qs
 
 from vizgate.broker import Attachment, Broker
 from vizgate.exceptions import ReservationError, StartError
+from vizgate.fastpath import CLIENT_GONE, TAKEOVER_EXTENSION, FastLink, Takeover
 from vizgate.lifecycle import EndReason
 from vizgate.rfb import RfbBridge, VncPasswordFileError
 from vizgate.sessions import CloseRequest, SessionInfo
@@ -170,6 +171,15 @@ class _ServerConnection(asyncio.Protocol):
         if self._transport is not None:
             self._transport.close()
 
+    def hand_over(self) -> tuple[asyncio.Transport, list[bytes], bool]:
+        """Give up the connection to a fast-path link: its transport, the chunks received and
+        not yet read, and whether the server's socket buffer is full."""
+        assert self._transport is not None
+        chunks = list(self._chunks)
+        self._chunks.clear()
+        self._queued = 0
+        return self._transport, chunks, not self._writable.is_set()
+
 
 class _ClientGone(Exception):
     """The browser closed its WebSocket."""
@@ -225,6 +235,8 @@ class _Connection:
         # the relay takes both over.
         self._early_message: asyncio.Future[Message] | None = None
         self._held: list[bytes] = []
+        # Once the connection is taken over (see vizgate.fastpath), it closes through this.
+        self._link: FastLink | None = None
 
     async def run(self) -> None:
         subprotocols = self.scope.get("subprotocols") or []
@@ -276,6 +288,9 @@ class _Connection:
         if self.closed or self.client_gone:
             return
         self.closed = True
+        if self._link is not None:
+            self._link.close(code, _close_reason(reason))
+            return
         with contextlib.suppress(OSError, RuntimeError):
             await self.send(
                 {"type": "websocket.close", "code": code, "reason": _close_reason(reason)}
@@ -370,6 +385,10 @@ class _Connection:
                 logger.warning("viewer %d: %s", attachment.connection_id, failure)
             await self.close(CLOSE_INTERNAL_ERROR, failure)
             return
+        takeover = self.scope.get("extensions", {}).get(TAKEOVER_EXTENSION)
+        if isinstance(takeover, Takeover):
+            await self._relay_taken_over(takeover, attachment, server)
+            return
         to_server = asyncio.ensure_future(self._browser_to_server(attachment, server))
         to_client = asyncio.ensure_future(self._server_to_browser(attachment, server))
         pumps: set[asyncio.Future[Any]] = {to_server, to_client, attachment.close_requested}
@@ -392,6 +411,36 @@ class _Connection:
             self.client_gone = True
         else:
             await self.close(CLOSE_INTERNAL_ERROR, "connection to the VNC server failed")
+
+    async def _relay_taken_over(
+        self, takeover: Takeover, attachment: Attachment, server: _ServerConnection
+    ) -> None:
+        """Relay with the connection taken over from the ASGI server (vizgate.fastpath)."""
+        transport, downstream, write_paused = server.hand_over()
+        pending, self._early_message = self._early_message, None
+        held, self._held = self._held, []
+        try:
+            link = takeover(
+                pending=pending,
+                upstream=held,
+                server=transport,
+                downstream=downstream,
+                server_write_paused=write_paused,
+                counters=attachment,
+            )
+            self._link = link
+            waited: set[asyncio.Future[Any]] = {link.ended, attachment.close_requested}
+            done, _ = await asyncio.wait(waited, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            transport.close()
+        if attachment.close_requested in done:
+            request: CloseRequest = attachment.close_requested.result()
+            await self.close(close_code_for(request.reason), request.message)
+        elif link.ended.result() == CLIENT_GONE:
+            self.client_gone = True
+        else:
+            attachment.server_closed()
+            await self.close(CLOSE_INTERNAL_ERROR, "VNC server closed the connection")
 
     async def _answer_authentication(
         self, server: _ServerConnection, password: bytes
