@@ -45,7 +45,7 @@ from vizgate.lifecycle import (
     Timeouts,
 )
 from vizgate.live import Attachment, LiveSession
-from vizgate.net import port_answers
+from vizgate.net import port_answers, server_greets
 from vizgate.readoption import restored_lifecycle
 from vizgate.rfb import read_vnc_password_file
 from vizgate.script_hooks import script_state
@@ -520,7 +520,7 @@ class Broker:
 
     async def _confirm_crash(self, session: LiveSession) -> None:
         host_port = session.lifecycle.host_port
-        if host_port is None or await port_answers(*host_port):
+        if host_port is None or await server_greets(*host_port):
             return
         if session.lifecycle.state is State.RUNNING and not session.lifecycle.is_ending:
             logger.warning("%s: the VNC server at %s:%d is gone", session.label, *host_port)
