@@ -27,6 +27,7 @@ __all__ = [
     "VncHome",
     "await_until",
     "free_display",
+    "free_displays",
     "free_tcp_port",
     "is_running",
     "kill_pid_tree",
@@ -169,6 +170,22 @@ def free_display(start: int = 100) -> int:
         _handed_out_displays.add(display)
         return display
     raise RuntimeError(f"no free X display between {start} and {start + 999}")
+
+
+def free_displays(count: int, start: int = 100) -> int:
+    """The first of ``count`` consecutive X displays that :func:`free_display` calls unused
+    (a session type's instances use ``display_base + index``)."""
+    base = free_display(start)
+    while True:
+        last = base
+        while last - base + 1 < count:
+            candidate = free_display(last + 1)
+            if candidate != last + 1:
+                break
+            last = candidate
+        else:
+            return base
+        base = candidate
 
 
 def port_accepts(host: str, port: int, timeout: float = 0.5) -> bool:

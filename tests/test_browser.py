@@ -29,7 +29,7 @@ import pytest
 from gateway import GatewayProcess, start_gateway
 from support import (
     VncHome,
-    free_display,
+    free_displays,
     kill_pid_tree,
     pids_on_display,
     require_binaries,
@@ -168,33 +168,6 @@ class Desktop:
         return self.display_base + index
 
 
-def _tcp_port_free(port: int) -> bool:
-    for family, address in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
-        with socket.socket(family, socket.SOCK_STREAM) as sock:
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            try:
-                sock.bind((address, port))
-            except OSError:
-                return False
-    return True
-
-
-def free_displays(count: int) -> int:
-    """The first of ``count`` consecutive free X displays. Beyond what ``free_display`` checks,
-    TigerVNC's wrapper also refuses a display whose X11 TCP port (6000 + n) is taken, and that
-    is the VNC port (5900 + n + 100) of display n + 100: the search starts above the displays
-    other tests use, so that their servers do not take the port meanwhile."""
-    for _ in range(200):
-        base = free_display(400)
-        if all(
-            _tcp_port_free(6000 + base + i) and (i == 0 or _tcp_port_free(5900 + base + i))
-            for i in range(count)
-        ) and not any(Path(f"/tmp/.X{base + i}-lock").exists() for i in range(count)):
-            return base
-    raise RuntimeError("no free X displays")
-
-
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     require_binaries("chromium")
@@ -210,7 +183,8 @@ def desktop(vnc_home: VncHome, tmp_path: Path) -> Iterator[Desktop]:
     slowly and one that fails to start; with alice (in the group), bob (in no group) and the
     administrator root."""
     require_binaries("vncserver", "Xvnc", "xsetroot")
-    display_base = free_displays(3)
+    # Above the displays other tests use, so that their servers do not take these ports.
+    display_base = free_displays(3, start=400)
     config = tmp_path / "config" / "external_services.json"
     config.parent.mkdir()
     config.write_text(

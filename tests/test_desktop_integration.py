@@ -10,7 +10,7 @@ import pytest
 from support import (
     VncHome,
     await_until,
-    free_display,
+    free_displays,
     pids_on_display,
     port_accepts,
     read_rfb_banner,
@@ -26,16 +26,6 @@ pytestmark = pytest.mark.integration
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 SERVICE = "Local Software Session"
-
-
-def consecutive_free_displays() -> int:
-    """A display number n such that n and n + 1 are both free (the seed's two instances)."""
-    first = free_display(100)
-    while True:
-        second = free_display(first + 1)
-        if second == first + 1:
-            return first
-        first = second
 
 
 def write_config(folder: Path, display_base: int) -> Path:
@@ -57,7 +47,7 @@ def write_config(folder: Path, display_base: int) -> Path:
 
 async def test_seed_desktop_session_through_the_broker(vnc_home: VncHome, tmp_path: Path) -> None:
     require_binaries("vncserver", "Xvnc")
-    base = consecutive_free_displays()
+    base = free_displays(2)
     broker = Broker(
         load_catalog(write_config(tmp_path, base)),
         timeouts=Timeouts(linger=0.5, start=scaled(30), ready=scaled(15), stop=scaled(30)),

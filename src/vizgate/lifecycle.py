@@ -251,10 +251,11 @@ class SessionLifecycle:
         answers: ``stop()`` runs now (again, for an interrupted stop) and it ends with
         ``reason``."""
         lifecycle = cls(now=now, timeouts=timeouts, label=label)
-        lifecycle._state = State.STARTING  # start() was called before the restart
-        lifecycle._end_with(reason, message, now)
-        lifecycle._begin_stop(now)
-        lifecycle._actions = [a for a in lifecycle._actions if isinstance(a, CallStop)]
+        # start() was called before the restart, so stop() is owed; nobody is attached yet.
+        lifecycle.end_reason, lifecycle.message = reason, message
+        lifecycle._state = State.STOPPING
+        lifecycle._deadline_of_phase = now + timeouts.stop
+        lifecycle._actions.append(CallStop())
         return lifecycle
 
     # -- state ----------------------------------------------------------------------------
