@@ -1,17 +1,29 @@
-"""Shared fixtures. Nothing here is autouse: a test gets a fixture only by asking for it."""
+"""Shared fixtures (nothing here is autouse: a test gets a fixture only by asking for it) and the
+event loop async tests run on."""
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
+import uvloop
 
 from gateway import GatewayProcess
 from slurm_cluster import SLURM_PROGRAMS, SlurmCluster, running_cluster
 from support import VncHome, require_binaries
 from vizgate.vnc_home import prepare_vnc_home
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Async tests run on uvloop, the loop ``vizgate serve`` runs on. Its transports, unlike
+    asyncio's, keep a reference to what a write could not send at once, and the tunnel's
+    fast path depends on noticing that."""
+    return {"uvloop": uvloop.new_event_loop}
 
 
 @pytest.fixture

@@ -58,6 +58,9 @@ def refuses(port: int) -> bool:
         connect(port).close()
     except ConnectionRefusedError:
         return True
+    except ConnectionResetError:
+        # A connection that reached the backlog of a listening socket being closed: not yet.
+        return False
     return False
 
 

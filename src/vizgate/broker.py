@@ -117,8 +117,11 @@ class Broker:
             ScriptError: a script cannot be loaded or realized.
         """
         self._loop = asyncio.get_running_loop()
-        # Status pages show wall-clock times; the lifecycle keeps monotonic ones.
-        self._wall_offset = time.time() - self._loop.time()
+        # Status pages show wall-clock times; the lifecycle keeps monotonic ones. The event
+        # loop's clock is CLOCK_MONOTONIC; uvloop's is read once per loop iteration and in whole
+        # milliseconds, so it runs up to a few ms behind time.monotonic(), never ahead: taking
+        # the offset from time.monotonic() keeps every converted time at or before the present.
+        self._wall_offset = time.time() - time.monotonic()
         for service in self.catalog:
             instances = await asyncio.to_thread(
                 realize_instances,
