@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import socket
+import struct
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ import pytest
 import uvicorn
 import websockets
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import Frame, Opcode
 
 from support import await_until, scaled
 from vizgate.broker import Broker
@@ -26,7 +28,16 @@ from vizgate.server import WS_IMPLEMENTATION
 from vizgate.testing import DOUBLE_SESSION_SCRIPT
 from vizgate.tunnel import Tunnel
 
-__all__ = ["Served", "closed_with", "serve", "serve_catalog", "unique"]
+__all__ = [
+    "Served",
+    "closed_with",
+    "handshake",
+    "masked_frame",
+    "read_frames",
+    "serve",
+    "serve_catalog",
+    "unique",
+]
 
 
 @dataclass
@@ -97,6 +108,39 @@ async def serve_catalog(
         server.should_exit = True
         await task
         sock.close()
+
+
+def handshake(port: int, token: str) -> bytes:
+    """A WebSocket upgrade request for the tunnel, as raw bytes."""
+    return (
+        f"GET /websockify?token={token} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
+
+
+async def read_frames(reader: asyncio.StreamReader, want: int) -> tuple[bytes, list[int]]:
+    """Binary payloads (joined) and close codes until ``want`` payload bytes have come."""
+    data = b""
+    codes: list[int] = []
+    while len(data) < want:
+        head = await reader.readexactly(2)
+        length = head[1] & 0x7F
+        if length == 126:
+            length = struct.unpack("!H", await reader.readexactly(2))[0]
+        elif length == 127:
+            length = struct.unpack("!Q", await reader.readexactly(8))[0]
+        payload = await reader.readexactly(length)
+        if head[0] & 0x0F == 0x8:
+            codes.append(struct.unpack("!H", payload[:2])[0])
+            break
+        data += payload
+    return data, codes
+
+
+def masked_frame(payload: bytes) -> bytes:
+    """A final binary client frame (masked, as RFC 6455 requires of clients)."""
+    return Frame(Opcode.BINARY, payload).serialize(mask=True, extensions=[])
 
 
 def unique(name: str) -> str:

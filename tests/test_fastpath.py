@@ -19,7 +19,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import Frame, Opcode
 
-from inprocess import Served, closed_with, serve, unique
+from inprocess import Served, closed_with, handshake, read_frames, serve, unique
 from support import await_until, scaled
 from vizgate.fastpath import TAKEOVER_EXTENSION, Takeover, TakeoverProtocol
 from vizgate.lifecycle import Timeouts
@@ -241,33 +241,6 @@ async def echo(tmp_path: Path) -> AsyncIterator[tuple[Served, str]]:
         yield served, name
 
 
-def _handshake(port: int, token: str) -> bytes:
-    return (
-        f"GET /websockify?token={token} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-        "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    ).encode()
-
-
-async def _read_frames(reader: asyncio.StreamReader, want: int) -> tuple[bytes, list[int]]:
-    """Binary payloads (joined) and close codes until ``want`` payload bytes have come."""
-    data = b""
-    codes: list[int] = []
-    while len(data) < want:
-        head = await reader.readexactly(2)
-        length = head[1] & 0x7F
-        if length == 126:
-            length = struct.unpack("!H", await reader.readexactly(2))[0]
-        elif length == 127:
-            length = struct.unpack("!Q", await reader.readexactly(8))[0]
-        payload = await reader.readexactly(length)
-        if head[0] & 0x0F == 0x8:
-            codes.append(struct.unpack("!H", payload[:2])[0])
-            break
-        data += payload
-    return data, codes
-
-
 async def test_bytes_the_parser_holds_at_the_takeover_are_not_lost(tmp_path: Path) -> None:
     """A whole frame and half of the next arrive while the session starts (before the
     takeover): the whole one waits in uvicorn's queue, the half in the protocol's own buffer.
@@ -284,17 +257,17 @@ async def test_bytes_the_parser_holds_at_the_takeover_are_not_lost(tmp_path: Pat
         second_frame = client_frame(0x2, second)
         reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
         try:
-            writer.write(_handshake(served.port, token))
+            writer.write(handshake(served.port, token))
             response = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), scaled(10))
             assert response.startswith(b"HTTP/1.1 101")
             writer.write(client_frame(0x2, first) + second_frame[:1000])
             await writer.drain()
             banner = b"RFB 003.008\n"
             # The half frame's payload is relayed as it arrives: read past the first one.
-            got, _ = await asyncio.wait_for(_read_frames(reader, len(banner) + 3000), scaled(10))
+            got, _ = await asyncio.wait_for(read_frames(reader, len(banner) + 3000), scaled(10))
             writer.write(second_frame[1000:])
             want = len(banner) + 8000 - len(got)
-            rest, _ = await asyncio.wait_for(_read_frames(reader, want), scaled(10))
+            rest, _ = await asyncio.wait_for(read_frames(reader, want), scaled(10))
             assert got + rest == banner + first + second
         finally:
             writer.close()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import websockets
 
-from inprocess import Served, closed_with, serve, unique
+from inprocess import Served, closed_with, handshake, masked_frame, read_frames, serve, unique
 from support import await_until, scaled
 from vizgate.lifecycle import Timeouts
 from vizgate.server import WS_IMPLEMENTATION
@@ -85,6 +85,56 @@ async def test_twenty_clients_on_two_sessions_each_get_their_own_bytes_back(
     history = served.broker.history()
     assert sum(s.bytes_to_server for s in history) == sum(moved)
     assert sum(s.bytes_to_client for s in history) == sum(moved) + 20 * len(b"RFB 003.008\n")
+
+
+async def test_a_viewer_that_stops_reading_holds_the_stream_back_and_loses_nothing(
+    echo: tuple[Served, str],
+) -> None:
+    """Flow control both ways: a viewer that sends much more than every buffer on the way can
+    hold, and reads nothing until the gateway has written a lot towards it, gets every byte
+    back in order. While it does not read, the gateway stops reading the echo server, which
+    stops reading the gateway, which stops reading the viewer."""
+    served, name = echo
+    token = (await served.broker.reserve(name)).token
+    block = os.urandom(1 << 20)
+    # 24 MiB in frames of varying sizes, each a different slice of the block.
+    frames = [block[(n * 7919) % 4096 :][: 4096 + (n * 52361) % 200_000] for n in range(240)]
+    total = sum(len(frame) for frame in frames)
+    reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+    try:
+        writer.write(handshake(served.port, token))
+        response = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), scaled(10))
+        assert response.startswith(b"HTTP/1.1 101")
+        banner, codes = await asyncio.wait_for(read_frames(reader, 1), scaled(10))
+        assert (banner, codes) == (b"RFB 003.008\n", [])
+
+        async def send_all() -> None:
+            for frame in frames:
+                writer.write(masked_frame(frame))
+                await writer.drain()
+
+        sender = asyncio.create_task(send_all())
+        try:
+            # The viewer reads nothing until the gateway has written past what its socket and
+            # this client's buffers take.
+            await await_until(
+                lambda: _bytes_to_client(served, token) >= 256 * 1024 or sender.done(),
+                timeout=scaled(20),
+                message="nothing relayed to the viewer",
+            )
+            received, codes = await asyncio.wait_for(read_frames(reader, total), scaled(60))
+            await asyncio.wait_for(sender, scaled(10))
+        finally:
+            sender.cancel()
+        assert codes == []
+        assert received == b"".join(frames)
+    finally:
+        writer.close()
+
+
+def _bytes_to_client(served: Served, token: str) -> int:
+    session = served.broker.session_of_token(token)
+    return session.bytes_to_client if session is not None else 0
 
 
 async def test_a_start_that_returns_false_closes_with_1011_and_frees_the_index(

@@ -155,8 +155,12 @@ class FrameParser:
             self._utf8 = codecs.getincrementaldecoder("utf-8")()
             self._utf8.decode(prefix)
 
-    def receive(self, data: bytes) -> list[Event]:
-        """Parse ``data``, the next bytes from the client; the events they complete."""
+    def receive(self, data: bytes | memoryview) -> list[Event]:
+        """Parse ``data``, the next bytes from the client; the events they complete.
+
+        Nothing refers to ``data`` once this returns (the events' payloads are unmasked copies),
+        so the caller may reuse its buffer.
+        """
         events: list[Event] = []
         if self.done:
             return events
