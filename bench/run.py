@@ -123,7 +123,7 @@ class Settings:
     down_bytes: int = 512 * MIB
     up_bytes: int = 512 * MIB
     round_trips: int = 5000
-    repeats: int = 5
+    repeats: int = 9
     concurrency: tuple[int, ...] = (100, 500, 1000)
     concurrency_seconds: float = 10.0
     echo_rate: float = 5.0
@@ -708,8 +708,47 @@ def summarize(report: Report) -> dict[str, Any]:
             "rtt_p50_ms": _median([e["p50_ms"] for e in trips]),
             "rtt_p99_ms": _median([e["p99_ms"] for e in trips]),
         }
-    summary: dict[str, Any] = {"targets": per_target, "checks": _checks(report, per_target)}
+    paired = {
+        f"{key}_vs_{baseline}": _paired(report, key, baseline)
+        for key in PAIRED_FIGURES
+        for baseline in ("websockify", "raw-tcp")
+    }
+    summary: dict[str, Any] = {
+        "targets": per_target,
+        "paired_ratios": paired,
+        "checks": _checks(report, paired),
+    }
     return summary
+
+
+#: The figures compared repetition by repetition: (table key, where it comes from, its field).
+PAIRED_FIGURES: dict[str, tuple[str, str]] = {
+    "down_mb_per_s": ("down", "mb_per_s"),
+    "up_mb_per_s": ("up", "mb_per_s"),
+    "down_cpu_s_per_gb": ("down", "proxy_cpu_s_per_gb"),
+    "rtt_p50_ms": ("trips", "p50_ms"),
+}
+
+
+def _paired(report: Report, key: str, baseline: str) -> list[float]:
+    """vizgate's figure over ``baseline``'s, one ratio per repetition that measured both.
+
+    The two are measured seconds apart within a repetition, so a slow spell of a shared machine
+    weighs on both sides of a ratio; the median of these ratios is what the targets are held to.
+    """
+    source, field_name = PAIRED_FIGURES[key]
+
+    def by_repeat(target: str) -> dict[int, float]:
+        if source == "trips":
+            entries = report.round_trips.get(target, [])
+        else:
+            entries = [e for e in report.transfers.get(target, []) if e["direction"] == source]
+        return {
+            e["repeat"]: e[field_name] for e in entries if e["ok"] and e.get(field_name) is not None
+        }
+
+    ours, theirs = by_repeat("vizgate"), by_repeat(baseline)
+    return [ours[repeat] / theirs[repeat] for repeat in sorted(ours) if theirs.get(repeat)]
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -718,10 +757,7 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b
 
 
-def _checks(report: Report, per_target: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    viz = per_target.get("vizgate", {})
-    ws = per_target.get("websockify", {})
-    raw = per_target.get("raw-tcp", {})
+def _checks(report: Report, paired: dict[str, list[float]]) -> list[dict[str, Any]]:
     checks: list[dict[str, Any]] = []
 
     def check(
@@ -730,16 +766,26 @@ def _checks(report: Report, per_target: dict[str, dict[str, Any]]) -> list[dict[
         met = None if value is None else (value >= limit if higher_is_better else value <= limit)
         checks.append({"goal": goal, "value": value, "limit": limit, "met": met, "shown": shown})
 
-    down_raw = _ratio(viz.get("down_mb_per_s"), raw.get("down_mb_per_s"))
-    check("downstream >= 60 % of raw TCP", down_raw, 0.60, True, _pct(down_raw))
-    down_ws = _ratio(viz.get("down_mb_per_s"), ws.get("down_mb_per_s"))
-    check("downstream >= 1.5x websockify", down_ws, 1.5, True, _times(down_ws))
-    cpu_ws = _ratio(viz.get("down_cpu_s_per_gb"), ws.get("down_cpu_s_per_gb"))
-    check("CPU per GB downstream <= 0.5x websockify's", cpu_ws, 0.5, False, _times(cpu_ws))
-    up_ws = _ratio(viz.get("up_mb_per_s"), ws.get("up_mb_per_s"))
-    check("upstream >= 4x websockify", up_ws, 4.0, True, _times(up_ws))
-    rtt_ws = _ratio(viz.get("rtt_p50_ms"), ws.get("rtt_p50_ms"))
-    check("round trip p50 <= 0.8x websockify's", rtt_ws, 0.8, False, _times(rtt_ws))
+    def ratio_check(
+        goal: str, key: str, limit: float, higher_is_better: bool, *, percent: bool = False
+    ) -> None:
+        ratios = paired.get(key, [])
+        value = _median(ratios)
+        show = _pct if percent else _times
+        shown = show(value)
+        if len(ratios) > 1:
+            shown += f" ({show(min(ratios))} to {show(max(ratios))})"
+        check(goal, value, limit, higher_is_better, shown)
+
+    ratio_check(
+        "downstream >= 60 % of raw TCP", "down_mb_per_s_vs_raw-tcp", 0.60, True, percent=True
+    )
+    ratio_check("downstream >= 1.5x websockify", "down_mb_per_s_vs_websockify", 1.5, True)
+    ratio_check(
+        "CPU per GB downstream <= 0.5x websockify's", "down_cpu_s_per_gb_vs_websockify", 0.5, False
+    )
+    ratio_check("upstream >= 4x websockify", "up_mb_per_s_vs_websockify", 4.0, True)
+    ratio_check("round trip p50 <= 0.8x websockify's", "rtt_p50_ms_vs_websockify", 0.8, False)
     loads = report.loads.get("vizgate", [])
     if loads:
         biggest = max(loads, key=lambda e: e["tunnels"])
@@ -881,6 +927,11 @@ def render(report: Report) -> str:
         lines.append("")
     checks = report.summary.get("checks", [])
     if checks:
+        lines.append(
+            "Targets: a ratio is the median of the repetitions' own ratios (each repetition "
+            "measures both sides seconds apart), with the lowest and highest in brackets."
+        )
+        lines.append("")
         lines.append("| target | measured | met |")
         lines.append("| --- | ---: | :---: |")
         for item in checks:
