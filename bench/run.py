@@ -30,6 +30,7 @@ latency a gateway adds (WebSocket connect to the first RFB byte, minus the scrip
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import datetime
 import http.client
@@ -44,7 +45,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -1010,13 +1011,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         directory = Path(temporary)
         try:
             report = uvloop.run(
-                run(
-                    settings,
-                    directory=directory,
-                    with_websockify=not args.no_websockify,
-                    profile=args.profile,
+                _cancelled_by_sigterm(
+                    run(
+                        settings,
+                        directory=directory,
+                        with_websockify=not args.no_websockify,
+                        profile=args.profile,
+                    )
                 )
             )
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            print("interrupted: every process the benchmark started is stopped", file=sys.stderr)
+            return 130
         except BaseException:
             _dump_logs(directory)
             raise
@@ -1031,6 +1037,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     path.write_text(json.dumps(_finite(asdict(report)), indent=1), encoding="utf-8")
     print(f"\nreport written to {path}", file=sys.stderr)
     return 1 if report.failures else 0
+
+
+async def _cancelled_by_sigterm(work: Coroutine[Any, Any, Report]) -> Report:
+    """Await ``work``; SIGTERM (a CI timeout, ``kill PID``) cancels it as Ctrl-C does, so that
+    every process it started is stopped by its PID on the way out."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        return await work
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
 
 
 def _finite(value: Any) -> Any:
@@ -1052,5 +1071,4 @@ def _dump_logs(directory: Path) -> None:
 
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
     raise SystemExit(main())

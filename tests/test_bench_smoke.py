@@ -8,9 +8,11 @@ report: every byte arrived and was checked, every echo matched, every session st
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import types
@@ -145,3 +147,50 @@ def test_start_latency_subtracts_each_sessions_own_start(smoke_report: dict[str,
     ):
         assert 0 <= own < total
         assert added == pytest.approx(total - own)
+
+
+def _children(pid: int) -> set[int]:
+    children: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            children.update(int(c) for c in (task / "children").read_text().split())
+    return children
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def test_a_terminated_run_stops_every_process_it_started(tmp_path: Path) -> None:
+    pytest.importorskip("picows", reason="the benchmark's load client is picows")
+    report = tmp_path / "report.json"
+    harness = subprocess.Popen(
+        [sys.executable, "-m", "bench.run", "--smoke", "--no-websockify", "--json", str(report)],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert harness.stderr is not None
+        # The first repetition runs once the backend and the gateway are up.
+        for line in harness.stderr:
+            if line.startswith("repetition 1/"):
+                break
+        else:
+            pytest.fail(f"the harness ended first, status {harness.wait()}")
+        started = _children(harness.pid)
+        assert len(started) >= 2, "a backend and a gateway"
+        harness.send_signal(signal.SIGTERM)
+        status = harness.wait(timeout=scaled(60))
+        assert status == 130, harness.stderr.read()[-4000:]
+        assert [pid for pid in started if _alive(pid)] == []
+        assert not report.exists(), "no report from an interrupted run"
+    finally:
+        if harness.poll() is None:
+            harness.kill()
+            harness.wait()
