@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -93,43 +95,69 @@ async def test_a_viewer_that_stops_reading_holds_the_stream_back_and_loses_nothi
     """Flow control both ways: a viewer that sends much more than every buffer on the way can
     hold, and reads nothing until the gateway has written a lot towards it, gets every byte
     back in order. While it does not read, the gateway stops reading the echo server, which
-    stops reading the gateway, which stops reading the viewer."""
+    stops reading the gateway, which stops reading the viewer. Meanwhile a second viewer, on
+    the other session, streams as much through the same gateway and reads as it goes: what
+    the gateway holds for the first must not be what it reads the second's stream into."""
     served, name = echo
-    token = (await served.broker.reserve(name)).token
-    block = os.urandom(1 << 20)
-    # 24 MiB in frames of varying sizes, each a different slice of the block.
-    frames = [block[(n * 7919) % 4096 :][: 4096 + (n * 52361) % 200_000] for n in range(240)]
-    total = sum(len(frame) for frame in frames)
-    reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+    stalled = await _Viewer.open(served, (await served.broker.reserve(name)).token, seed=1)
+    flowing = await _Viewer.open(served, (await served.broker.reserve(name)).token, seed=2)
     try:
+        sending = asyncio.create_task(stalled.send_all())
+        try:
+            # The first reads nothing until the gateway has written past what its socket and
+            # this client's buffers take.
+            await await_until(
+                lambda: _bytes_to_client(served, stalled.token) >= 256 * 1024 or sending.done(),
+                timeout=scaled(20),
+                message="nothing relayed to the viewer",
+            )
+            await asyncio.wait_for(
+                asyncio.gather(flowing.send_all(), flowing.read_all()), scaled(60)
+            )
+            await asyncio.wait_for(stalled.read_all(), scaled(60))
+            await asyncio.wait_for(sending, scaled(10))
+        finally:
+            sending.cancel()
+    finally:
+        stalled.close()
+        flowing.close()
+
+
+@dataclass
+class _Viewer:
+    """A raw WebSocket client that sends 24 MiB to the echo double and checks what comes back."""
+
+    token: str
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    frames: list[bytes]
+
+    @classmethod
+    async def open(cls, served: Served, token: str, *, seed: int) -> _Viewer:
+        block = random.Random(seed).randbytes(1 << 20)
+        # Frames of varying sizes, each a different slice of the block.
+        frames = [block[(n * 7919) % 4096 :][: 4096 + (n * 52361) % 200_000] for n in range(240)]
+        reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
         writer.write(handshake(served.port, token))
         response = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), scaled(10))
         assert response.startswith(b"HTTP/1.1 101")
         banner, codes = await asyncio.wait_for(read_frames(reader, 1), scaled(10))
         assert (banner, codes) == (b"RFB 003.008\n", [])
+        return cls(token, reader, writer, frames)
 
-        async def send_all() -> None:
-            for frame in frames:
-                writer.write(masked_frame(frame))
-                await writer.drain()
+    async def send_all(self) -> None:
+        for frame in self.frames:
+            self.writer.write(masked_frame(frame))
+            await self.writer.drain()
 
-        sender = asyncio.create_task(send_all())
-        try:
-            # The viewer reads nothing until the gateway has written past what its socket and
-            # this client's buffers take.
-            await await_until(
-                lambda: _bytes_to_client(served, token) >= 256 * 1024 or sender.done(),
-                timeout=scaled(20),
-                message="nothing relayed to the viewer",
-            )
-            received, codes = await asyncio.wait_for(read_frames(reader, total), scaled(60))
-            await asyncio.wait_for(sender, scaled(10))
-        finally:
-            sender.cancel()
+    async def read_all(self) -> None:
+        want = b"".join(self.frames)
+        received, codes = await read_frames(self.reader, len(want))
         assert codes == []
-        assert received == b"".join(frames)
-    finally:
-        writer.close()
+        assert received == want
+
+    def close(self) -> None:
+        self.writer.close()
 
 
 def _bytes_to_client(served: Served, token: str) -> int:
