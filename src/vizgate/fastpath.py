@@ -182,6 +182,35 @@ class _VncSide(asyncio.BufferedProtocol):
         self.link.pause_client_reading(False)
 
 
+class _BrowserSide(asyncio.BufferedProtocol):
+    """The browser's connection after the takeover: read into the thread's shared buffer (the
+    frame parser keeps no reference to what it is given); everything but the bytes goes on to
+    uvicorn's protocol, which still owns the connection."""
+
+    def __init__(self, protocol: TakeoverProtocol, link: FastLink) -> None:
+        self.protocol = protocol
+        self.link = link
+        self.shared = _shared_read_buffer()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.shared.view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.link.from_client(self.shared.view[:nbytes])
+
+    def eof_received(self) -> None:
+        self.protocol.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.protocol.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.protocol.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.protocol.resume_writing()
+
+
 class FastLink:
     """A taken-over connection: the browser's transport and the VNC server's, joined.
 
@@ -216,8 +245,8 @@ class FastLink:
 
     # Browser to VNC server.
 
-    def from_client(self, data: bytes) -> None:
-        """Bytes the browser sent.
+    def from_client(self, data: bytes | memoryview) -> None:
+        """Bytes the browser sent (not referenced once this returns).
 
         The payloads they complete go to the VNC server in one write: a read holds several
         frames when the browser sends faster than they are relayed.
@@ -443,10 +472,8 @@ class TakeoverProtocol(WebSocketsSansIOProtocol):
             scope["extensions"][TAKEOVER_EXTENSION] = Takeover(self)
 
     def data_received(self, data: bytes) -> None:
-        link = self.link
-        if link is not None:
-            link.from_client(data)
-            return
+        # After the takeover the transport's protocol is a _BrowserSide: only what comes before
+        # it passes through here.
         if not self._request_seen:
             probe = self._request_tail + data
             end = probe.find(b"\r\n\r\n")
@@ -541,6 +568,7 @@ class TakeoverProtocol(WebSocketsSansIOProtocol):
         parser = FrameParser(self.config.ws_max_size, message=message_kind, prefix=prefix)
         link = FastLink(self, server, counters, parser)
         server.set_protocol(_VncSide(link))
+        self.transport.set_protocol(_BrowserSide(self, link))
         self.link = link
 
         gone = self.disconnected or self.close_sent or self.transport.is_closing()
