@@ -81,6 +81,54 @@ def test_masked_frames_of_every_length_form_parse_in_any_pieces(piece: int) -> N
     assert joined(parse_in_pieces(FrameParser(1 << 20), stream, piece)) == payloads
 
 
+def test_a_small_frame_read_whole_parses_as_it_does_in_pieces() -> None:
+    """A whole small binary frame in one read (a pointer or key event) takes a shorter way
+    through the parser; it must end the same."""
+    for length in (0, 1, 6, 8, 100, 125):
+        for mask in (MASK, b"\x00\x00\x00\x00", os.urandom(4)):
+            frame = client_frame(0x2, os.urandom(length), mask=mask)
+            whole = FrameParser(1 << 20).receive(memoryview(bytearray(frame)))
+            assert whole == joined_events(parse_in_pieces(FrameParser(1 << 20), frame, 1))
+
+
+def test_what_is_not_a_small_binary_frame_is_read_the_general_way() -> None:
+    payload = os.urandom(124)
+    # A 16-bit length of 124 (not minimal, but a frame): 132 bytes in all, as many as a frame
+    # with a 7-bit length of 126 would have.
+    frame = struct.pack("!BBH", 0x82, 0x80 | 126, 124) + MASK + client_frame(0x2, payload)[6:]
+    assert len(frame) == 132
+    assert FrameParser().receive(frame) == [Data(payload, end=True)]
+    assert FrameParser(max_size=10).receive(client_frame(0x2, b"x" * 11)) == [
+        Failure(1009, "message over the limit of 10 bytes")
+    ]
+    assert FrameParser().receive(client_frame(0x2, b"x", fin=False)) == [Data(b"x", end=False)]
+    unmasked = struct.pack("!BB", 0x82, 4) + b"abcd"
+    assert FrameParser().receive(unmasked + b"xx") == [
+        Failure(1002, "client frames must be masked")
+    ]
+    fragmented = FrameParser()
+    assert fragmented.receive(client_frame(0x2, b"a", fin=False)) == [Data(b"a", end=False)]
+    assert fragmented.receive(client_frame(0x2, b"b")) == [
+        Failure(1002, "expected a continuation frame")
+    ]
+
+
+def joined_events(events: list[object]) -> list[object]:
+    """Consecutive data slices of one message as one event, as a whole read gives them."""
+    result: list[object] = []
+    for event in events:
+        if (
+            isinstance(event, Data)
+            and result
+            and isinstance(result[-1], Data)
+            and not result[-1].end
+        ):
+            result[-1] = Data(result[-1].data + event.data, event.end)
+        else:
+            result.append(event)
+    return result
+
+
 def test_payload_slices_come_out_unmasked_as_they_arrive() -> None:
     payload = os.urandom(1000)
     frame = client_frame(0x2, payload)

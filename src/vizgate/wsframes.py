@@ -56,6 +56,10 @@ _SENDABLE_CLOSE_CODES = frozenset(
     {1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014}
 )
 
+_FIRST_BYTE_OF_FINAL_BINARY = 0x80 | OP_BINARY
+# A masked frame with a 7-bit length: 2 bytes and the 4-byte mask.
+_SMALL_FRAME_HEADER = 6
+
 _HEADER_SHORT = struct.Struct("!BB")
 _HEADER_MEDIUM = struct.Struct("!BBH")
 _HEADER_LONG = struct.Struct("!BBQ")
@@ -161,12 +165,27 @@ class FrameParser:
         Nothing refers to ``data`` once this returns (the events' payloads are unmasked copies),
         so the caller may reuse its buffer.
         """
+        end = len(data)
+        if (
+            # What a viewer mostly sends (pointer and key events): one whole, final, masked
+            # binary frame of less than 126 bytes, between messages. Read without the general
+            # machinery below; the result is the same.
+            not self._in_frame
+            and not self._in_message
+            and not self._header
+            and end >= _SMALL_FRAME_HEADER
+            and data[0] == _FIRST_BYTE_OF_FINAL_BINARY
+            and 0x80 <= data[1] < 0x80 + 126
+            and end == _SMALL_FRAME_HEADER + data[1] - 0x80
+            and not self.done
+            and (self.max_size is None or end - _SMALL_FRAME_HEADER <= self.max_size)
+        ):
+            return [Data(apply_mask(data[_SMALL_FRAME_HEADER:], bytes(data[2:6])), True)]
         events: list[Event] = []
         if self.done:
             return events
         view = memoryview(data)
         pos = 0
-        end = len(data)
         while pos < end:
             if not self._in_frame:
                 pos = self._read_header(view, pos, end, events)
