@@ -15,6 +15,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -279,6 +280,69 @@ def test_the_login_form_refuses_a_wrong_password(gateway: GatewayProcess) -> Non
     catalogue = browser.get("/")
     assert catalogue.status == 200
     assert "alice" in catalogue.text
+
+
+def test_failed_logins_lock_an_account_out_at_that_address_for_a_while(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "config", TYPES)
+    create_accounts(tmp_path / "run" / "data", [ALICE, ROOT], groups=[GROUP])
+    window = 4.0
+    gateway = start_gateway(
+        tmp_path / "run", config, "--login-failures", "3", "--login-window", f"{window:g}"
+    )
+    wrong = Account(ALICE.name, "wrong-guess-7731")
+    try:
+        guesser = Browser(gateway.port)
+        for _ in range(3):
+            page = guesser.login(wrong)
+            assert "Please enter a correct username and password" in page.text
+        locked_at = time.monotonic()
+        # Now her own password is refused from this address too, saying why.
+        page = guesser.login(ALICE)
+        assert page.status == 200
+        assert "Too many failed logins for this account from your address" in page.text
+        assert "sessionid" not in guesser.cookies
+        # The admin's login form is behind the same throttle.
+        admin_form = guesser.get("/admin/login/")
+        page = guesser.post(
+            "/admin/login/",
+            {
+                "username": ALICE.name,
+                "password": ALICE.password,
+                "csrfmiddlewaretoken": admin_form.csrf_token(),
+            },
+        )
+        assert page.status == 200
+        assert "Too many failed logins" in page.text
+        # Other accounts at this address are not locked, nor is hers elsewhere (a proxy that
+        # uvicorn trusts names the client's address).
+        logged_in(gateway, ROOT)
+        elsewhere = Browser(gateway.port)
+        forwarded = {"X-Forwarded-For": "192.0.2.44"}
+        form = elsewhere.get("/login/", headers=forwarded)
+        page = elsewhere.post(
+            "/login/",
+            {
+                "username": ALICE.name,
+                "password": ALICE.password,
+                "csrfmiddlewaretoken": form.csrf_token(),
+            },
+            headers=forwarded,
+        )
+        assert page.status == 302, page.text
+        # Once the first failure is out of the window, she logs in here too.
+        wait_until(
+            lambda: Browser(gateway.port).login(ALICE).status == 302,
+            timeout=window + scaled(10),
+            interval=0.5,
+            message="still locked out after the window",
+        )
+        assert time.monotonic() - locked_at >= window - 1
+    finally:
+        gateway.stop()
+    log = gateway.output()
+    assert "logins of 'alice' from 127.0.0.1 refused" in log
+    assert wrong.password not in log
+    assert ALICE.password not in log
 
 
 def test_posts_without_the_csrf_token_are_refused(gateway: GatewayProcess) -> None:

@@ -80,6 +80,20 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _positive_seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:  # also refuses NaN
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, not {text}")
+    return value
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
+    return value
+
+
 def _port(text: str) -> int:
     value = int(text)
     if not 0 <= value <= 65535:
@@ -182,6 +196,23 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         type=str.lower,
         help="lowest level logged (default: %(default)s)",
     )
+    logins = parser.add_argument_group("failed logins")
+    logins.add_argument(
+        "--login-failures",
+        type=_count,
+        default=5,
+        metavar="N",
+        help="failed logins of one account from one address within --login-window after which "
+        "that address may not try again until the first is out of the window (an address may "
+        "fail 10 times as often over all accounts); 0 for no limit (default: %(default)s)",
+    )
+    logins.add_argument(
+        "--login-window",
+        type=_positive_seconds,
+        default=900.0,
+        metavar="SECONDS",
+        help="how long a failed login counts (default: %(default)g)",
+    )
     parser.add_argument(
         "--allowed-host",
         action="append",
@@ -238,7 +269,10 @@ def run_serve(args: argparse.Namespace) -> int:
 
     from vizgate.web import runtime
     from vizgate.web.asgi import build_application
+    from vizgate.web.portal import throttle
     from vizgate.web.portal.store import DjangoSessionStore
+
+    throttle.configure(args.login_failures, args.login_window)
 
     broker = Broker(
         catalog,

@@ -144,6 +144,9 @@ USE_TZ = True
 # (:mod:`vizgate.web.portal.assets`); there is no collectstatic step.
 STATIC_URL = "/static/"
 
+# Every username/password check goes through the failed-login throttle.
+AUTHENTICATION_BACKENDS = ["vizgate.web.portal.throttle.ThrottledModelBackend"]
+
 LOGIN_URL = "portal:login"
 LOGIN_REDIRECT_URL = "portal:catalogue"
 LOGOUT_REDIRECT_URL = "portal:login"

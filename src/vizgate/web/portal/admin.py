@@ -9,13 +9,16 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from django.contrib import admin
+from django.contrib.admin.forms import AdminAuthenticationForm
 from django.contrib.auth.admin import GroupAdmin as DjangoGroupAdmin
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.contrib.auth.models import Group, User
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-__all__ = ["GroupAdmin", "UserAdmin"]
+from vizgate.web.portal.throttle import ThrottledLoginMixin
+
+__all__ = ["AdminLoginForm", "GroupAdmin", "UserAdmin"]
 
 if TYPE_CHECKING:
     _UserAdminBase = DjangoUserAdmin[User]
@@ -23,6 +26,12 @@ else:
     # Django's admin classes are generic for type checkers only.
     _UserAdminBase = DjangoUserAdmin
 
+
+class AdminLoginForm(ThrottledLoginMixin, AdminAuthenticationForm):
+    """The admin's login form, behind the same failed-login throttle as the portal's."""
+
+
+admin.site.login_form = AdminLoginForm
 admin.site.site_header = "vizgate administration"
 admin.site.site_title = "vizgate"
 admin.site.index_title = "Users and groups"

@@ -8,12 +8,14 @@ from django import forms
 from django.contrib.auth.forms import AuthenticationForm
 
 from vizgate.sessions import ServiceInfo
+from vizgate.web.portal.throttle import ThrottledLoginMixin
 
 __all__ = ["LaunchForm", "LoginForm"]
 
 
-class LoginForm(AuthenticationForm):
-    """Django's login form, with the attributes password managers look for."""
+class LoginForm(ThrottledLoginMixin, AuthenticationForm):
+    """Django's login form, with the attributes password managers look for, saying so when
+    failed logins have locked the account out at this address for now."""
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
