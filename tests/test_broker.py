@@ -121,6 +121,47 @@ async def test_reserve_hands_out_the_lowest_free_indices(make_broker: MakeBroker
     assert (await broker.reserve("Desktop")).index == 0
 
 
+async def test_a_user_has_at_most_max_per_user_sessions_of_a_type(make_broker: MakeBroker) -> None:
+    broker = await make_broker({"Desktop": {"max_per_user": 1}, "Other": {}}, count=3)
+    first = await broker.reserve("Desktop", user="ada")
+    with pytest.raises(ReservationError) as caught:
+        await broker.reserve("Desktop", user="ada")
+    assert caught.value.reason == "user_limit"
+    assert str(caught.value) == (
+        "ada already has 1 session of 'Desktop', the most one user may have of it at once; "
+        "end one first"
+    )
+    # Others, other types, administrators and reservations for nobody in particular are not
+    # held to it.
+    await broker.reserve("Desktop", user="bob")
+    await broker.reserve("Other", user="ada")
+    await broker.reserve("Desktop", user="ada", unlimited=True)
+    assert in_use(broker, "Desktop") == 3
+    broker.release(first.token)
+    await broker.reserve("Other")
+    with pytest.raises(ReservationError, match="ada already has 1 session of 'Desktop'"):
+        await broker.reserve("Desktop", user="ada")
+
+
+async def test_a_user_has_at_most_max_sessions_per_user_over_all_types(
+    make_broker: MakeBroker,
+) -> None:
+    broker = await make_broker({"Desktop": {}, "Other": {}}, count=3)
+    broker.max_sessions_per_user = 2
+    first = await broker.reserve("Desktop", user="ada")
+    await broker.reserve("Other", user="ada")
+    with pytest.raises(ReservationError) as caught:
+        await broker.reserve("Other", user="ada")
+    assert caught.value.reason == "user_limit"
+    assert str(caught.value) == (
+        "ada already has 2 sessions, the most one user may have at once; end one first"
+    )
+    await broker.reserve("Other", user="bob")
+    # A session counts until its stop begins.
+    broker.release(first.token)
+    await broker.reserve("Desktop", user="ada")
+
+
 async def test_reserve_an_unknown_type(make_broker: MakeBroker) -> None:
     broker = await make_broker({"Desktop": {}})
     with pytest.raises(ReservationError, match="no session type named 'Nope'") as caught:

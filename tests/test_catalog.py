@@ -329,6 +329,22 @@ ERROR_CASES = [
     ),
     *(
         pytest.param(
+            with_options(max_per_user=value),
+            '"T" > options > max_per_user',
+            "must be a positive whole number (the most sessions of this type one user may have "
+            f"at once; leave it out for no limit), not {shown}",
+            id=f"max-per-user-{shown}",
+        )
+        for value, shown in (
+            (0, "0"),
+            (-1, "-1"),
+            (1.5, "1.5"),
+            (True, "true"),
+            ("2", 'the string "2"'),
+        )
+    ),
+    *(
+        pytest.param(
             with_options(**{key: value}),
             f'"T" > options > {key}',
             f"{_NOT_SECONDS} {shown}",

@@ -9,6 +9,7 @@ doubles: a started session is a TCP server that greets like a VNC server and ech
 
 from __future__ import annotations
 
+import html
 import http.client
 import json
 import re
@@ -343,6 +344,43 @@ def test_failed_logins_lock_an_account_out_at_that_address_for_a_while(tmp_path:
     assert "logins of 'alice' from 127.0.0.1 refused" in log
     assert wrong.password not in log
     assert ALICE.password not in log
+
+
+def test_a_user_may_have_only_so_many_sessions_at_once(tmp_path: Path) -> None:
+    capped = "Capped Session"
+    types = {
+        capped: {"count": 3, "options": {"behaviour": "starts", "max_per_user": 1}},
+        DESKTOP: TYPES[DESKTOP],
+    }
+    config = write_config(tmp_path / "config", types)
+    create_accounts(tmp_path / "run" / "data", [BOB, ROOT])
+    gateway = start_gateway(tmp_path / "run", config, "--max-sessions-per-user", "2")
+    try:
+        bob = logged_in(gateway, BOB)
+        assert bob.launch(capped).status == 302
+        page = bob.launch(capped)
+        assert page.status == 409
+        assert (
+            f"bob already has 1 session of '{capped}', the most one user may have of it at once"
+            in html.unescape(page.text)
+        )
+        assert bob.launch(DESKTOP).status == 302
+        page = bob.launch(DESKTOP)
+        assert page.status == 409
+        assert "bob already has 2 sessions, the most one user may have at once" in html.unescape(
+            page.text
+        )
+        # The API holds a named user to the same limits.
+        answer = gateway.request(f"/v1/reserve/{urllib.parse.quote(DESKTOP)}", {"username": "bob"})
+        assert answer.status == 409
+        assert answer.json()["reason"] == "user_limit"
+        # Administrators are not held to them.
+        root = logged_in(gateway, ROOT)
+        for _ in range(2):
+            assert root.launch(capped).status == 302
+        assert len([s for s in status(gateway)["sessions"] if s["user"] == "root"]) == 2
+    finally:
+        gateway.stop()
 
 
 def test_posts_without_the_csrf_token_are_refused(gateway: GatewayProcess) -> None:

@@ -59,6 +59,7 @@ from vizgate.sessions import (
     token_hash,
 )
 from vizgate.store import SessionEventRecord, SessionRecord, SessionStore, ThreadedStore
+from vizgate.user_limits import check_user_limits
 
 __all__ = ["Attachment", "Broker"]
 
@@ -80,6 +81,8 @@ class Broker:
         probe_interval: seconds between readiness probe attempts.
         store: where sessions are saved; at :meth:`open` the broker adopts the sessions it
             holds that had not ended (a restarted gateway keeps its users' desktops).
+        max_sessions_per_user: the most sessions one user may hold over all types (see
+            :mod:`vizgate.user_limits`); None for no limit.
     """
 
     def __init__(
@@ -89,8 +92,10 @@ class Broker:
         timeouts: Timeouts | None = None,
         probe_interval: float = 0.1,
         store: SessionStore | None = None,
+        max_sessions_per_user: int | None = None,
     ) -> None:
         self.catalog = catalog
+        self.max_sessions_per_user = max_sessions_per_user
         self._store = ThreadedStore(store) if store is not None else None
         self.timeouts = timeouts or Timeouts()
         self.probe_interval = probe_interval
@@ -206,6 +211,7 @@ class Broker:
         user: str = "",
         options: Mapping[str, Any] | None = None,
         bound: bool = False,
+        unlimited: bool = False,
     ) -> Reservation:
         """Hold the lowest free instance of a type for a new token.
 
@@ -215,9 +221,11 @@ class Broker:
             options: what the reservation carries to ``start()`` (e.g. ``size``).
             bound: only ``user`` (or staff) may connect with the token, as the tunnel's
                 authorizer decides; otherwise the token is a bearer token as the seed defines.
+            unlimited: ``user`` is not held to the per-user limits (an administrator).
 
         Raises:
-            ReservationError: unknown type, a size not offered, or no free instance.
+            ReservationError: unknown type, a size not offered, the user's limit reached, or
+                no free instance.
         """
         service = self.service(service_name)
         start_options = dict(options or {})
@@ -228,6 +236,8 @@ class Broker:
                 f"choose one of: {', '.join(service.sizes)}",
                 reason="bad_option",
             )
+        if user and not unlimited:
+            check_user_limits(self._sessions.values(), service, user, self.max_sessions_per_user)
         holders = self._holders[service.name]
         try:
             index = holders.index(None)

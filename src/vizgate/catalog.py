@@ -5,7 +5,8 @@ whose keys are session type names; each value is an object with three required k
 ``script`` (a Python file, relative to the configuration file's folder, or ``"builtin:NAME"``
 for a launcher shipped with vizgate, see :mod:`vizgate.launchers`), ``count`` (the most
 instances that may run at once) and ``options`` (handed to the script as ``common_options``).
-vizgate itself reads ``options.sizes``, ``options.group`` and ``options.file_ext``, and the
+vizgate itself reads ``options.sizes``, ``options.group``, ``options.file_ext`` and
+``options.max_per_user`` (the most sessions of the type one user may have at once), and the
 broker's timeouts ``options.start_timeout``, ``options.idle_timeout``,
 ``options.max_lifetime`` and ``options.linger``; every other option passes through untouched.
 
@@ -531,6 +532,14 @@ class _Parser:
                     _child(key_path, "vnc_password_file"),
                     "must be the path of a VNC password file (as vncpasswd writes it), "
                     f"not {_describe(password_file)}",
+                )
+        if "max_per_user" in options:
+            limit = options["max_per_user"]
+            if not _is_int(limit) or limit < 1:
+                self.error(
+                    _child(key_path, "max_per_user"),
+                    "must be a positive whole number (the most sessions of this type one user "
+                    f"may have at once; leave it out for no limit), not {_describe(limit)}",
                 )
         for key in TIMEOUT_OPTIONS:
             if key in options:

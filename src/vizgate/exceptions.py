@@ -72,7 +72,7 @@ class ReservationError(VizgateError):
 
     Attributes:
         reason: a short label for metrics and HTTP mapping: ``unknown_type``, ``no_free_instance``,
-            ``forbidden``, ``bad_option``, ``unknown_token``.
+            ``user_limit``, ``forbidden``, ``bad_option``, ``unknown_token``.
     """
 
     def __init__(self, message: str, *, reason: str) -> None:

@@ -196,6 +196,15 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         type=str.lower,
         help="lowest level logged (default: %(default)s)",
     )
+    parser.add_argument(
+        "--max-sessions-per-user",
+        type=_count,
+        default=0,
+        metavar="N",
+        help="the most sessions one user may have at once over all types (administrators "
+        "excepted; a type's options.max_per_user limits that type); 0 for no limit "
+        "(default: %(default)s)",
+    )
     logins = parser.add_argument_group("failed logins")
     logins.add_argument(
         "--login-failures",
@@ -287,6 +296,7 @@ def run_serve(args: argparse.Namespace) -> int:
             stop=args.stop_timeout,
         ),
         store=DjangoSessionStore(),
+        max_sessions_per_user=args.max_sessions_per_user or None,
     )
     ping_interval = args.ping_interval or None
     application = build_application(broker, stop_sessions_on_exit=args.stop_sessions_on_exit)

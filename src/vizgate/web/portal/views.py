@@ -275,10 +275,14 @@ async def launch(request: HttpRequest, user: _User) -> HttpResponseBase:
     name, size = form.cleaned_data["service"], form.cleaned_data["size"]
     try:
         reservation = await broker.reserve(
-            name, user=user.get_username(), options={"size": size}, bound=True
+            name,
+            user=user.get_username(),
+            options={"size": size},
+            bound=True,
+            unlimited=_is_staff(user),
         )
     except ReservationError as exc:
-        status = 409 if exc.reason == "no_free_instance" else 400
+        status = 409 if exc.reason in ("no_free_instance", "user_limit") else 400
         return await _render_catalogue(request, user, error=str(exc), status=status)
     return redirect("portal:viewer", session_id=reservation.session_id)
 
