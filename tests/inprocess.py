@@ -55,6 +55,7 @@ def serve(
     timeouts: Timeouts,
     *,
     ws: type[asyncio.Protocol] | str = WS_IMPLEMENTATION,
+    tls: tuple[Path, Path] | None = None,
 ) -> contextlib.AbstractAsyncContextManager[Served]:
     """Serve types of the test-double script (2 instances each) with these options.
 
@@ -69,6 +70,7 @@ def serve(
         },
         timeouts,
         ws=ws,
+        tls=tls,
     )
 
 
@@ -80,8 +82,10 @@ async def serve_catalog(
     *,
     ws: type[asyncio.Protocol] | str = WS_IMPLEMENTATION,
     ws_ping_interval: float | None = None,
+    tls: tuple[Path, Path] | None = None,
 ) -> AsyncIterator[Served]:
-    """Serve an external_services.json made of ``catalog``."""
+    """Serve an external_services.json made of ``catalog``; over TLS with ``tls``, a
+    (certificate, key) pair."""
     config = tmp_path / "external_services.json"
     config.write_text(json.dumps(catalog))
     broker = Broker(load_catalog(config), timeouts=timeouts)
@@ -97,6 +101,8 @@ async def serve_catalog(
             ws_per_message_deflate=False,
             ws_ping_interval=ws_ping_interval,
             ws_ping_timeout=ws_ping_interval,
+            ssl_certfile=tls[0] if tls else None,
+            ssl_keyfile=tls[1] if tls else None,
         )
     )
     task = asyncio.create_task(server.serve(sockets=[sock]))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 import websockets
 
+from gateway import self_signed_certificate
 from inprocess import Served, closed_with, handshake, masked_frame, read_frames, serve, unique
 from support import await_until, scaled
 from vizgate.lifecycle import Timeouts
@@ -99,8 +101,22 @@ async def test_a_viewer_that_stops_reading_holds_the_stream_back_and_loses_nothi
     the other session, streams as much through the same gateway and reads as it goes: what
     the gateway holds for the first must not be what it reads the second's stream into."""
     served, name = echo
-    stalled = await _Viewer.open(served, (await served.broker.reserve(name)).token, seed=1)
-    flowing = await _Viewer.open(served, (await served.broker.reserve(name)).token, seed=2)
+    await _stalled_and_flowing(served, name, None)
+
+
+async def test_the_same_over_tls(tmp_path: Path) -> None:
+    """The same over wss://, where the gateway's reads and writes pass through TLS."""
+    cert, key = self_signed_certificate(tmp_path)
+    name = unique("TlsEcho")
+    async with serve(
+        tmp_path, {name: {"behaviour": "starts"}}, Timeouts(linger=LINGER, stop=5), tls=(cert, key)
+    ) as served:
+        await _stalled_and_flowing(served, name, ssl.create_default_context(cafile=str(cert)))
+
+
+async def _stalled_and_flowing(served: Served, name: str, tls: ssl.SSLContext | None) -> None:
+    stalled = await _Viewer.open(served, (await served.broker.reserve(name)).token, 1, tls)
+    flowing = await _Viewer.open(served, (await served.broker.reserve(name)).token, 2, tls)
     try:
         sending = asyncio.create_task(stalled.send_all())
         try:
@@ -133,11 +149,13 @@ class _Viewer:
     frames: list[bytes]
 
     @classmethod
-    async def open(cls, served: Served, token: str, *, seed: int) -> _Viewer:
+    async def open(
+        cls, served: Served, token: str, seed: int, tls: ssl.SSLContext | None
+    ) -> _Viewer:
         block = random.Random(seed).randbytes(1 << 20)
         # Frames of varying sizes, each a different slice of the block.
         frames = [block[(n * 7919) % 4096 :][: 4096 + (n * 52361) % 200_000] for n in range(240)]
-        reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+        reader, writer = await asyncio.open_connection("127.0.0.1", served.port, ssl=tls)
         writer.write(handshake(served.port, token))
         response = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), scaled(10))
         assert response.startswith(b"HTTP/1.1 101")
