@@ -36,6 +36,7 @@ from vizgate.launchers import BUILTIN_PREFIX, BUILTIN_SCRIPTS, builtin_script
 
 __all__ = [
     "DEFAULT_SIZES",
+    "MAX_PER_USER_OPTION",
     "MAX_SANE_DIMENSION",
     "TIMEOUT_OPTIONS",
     "Catalog",
@@ -59,6 +60,9 @@ TIMEOUT_OPTIONS: tuple[str, ...] = (
     "max_lifetime",
     "linger",
 )
+
+#: The option capping how many sessions of a type one user may have at once.
+MAX_PER_USER_OPTION = "max_per_user"
 
 _REQUIRED_KEYS: tuple[str, ...] = ("script", "count", "options")
 
@@ -533,11 +537,11 @@ class _Parser:
                     "must be the path of a VNC password file (as vncpasswd writes it), "
                     f"not {_describe(password_file)}",
                 )
-        if "max_per_user" in options:
-            limit = options["max_per_user"]
+        if MAX_PER_USER_OPTION in options:
+            limit = options[MAX_PER_USER_OPTION]
             if not _is_int(limit) or limit < 1:
                 self.error(
-                    _child(key_path, "max_per_user"),
+                    _child(key_path, MAX_PER_USER_OPTION),
                     "must be a positive whole number (the most sessions of this type one user "
                     f"may have at once; leave it out for no limit), not {_describe(limit)}",
                 )

@@ -54,11 +54,9 @@ class LoginThrottle:
             return 0.0
         now = self._clock()
         with self._lock:
-            waits = [
-                self._wait((username, address), self.failures, now),
-                self._wait(("", address), self.failures * ADDRESS_FACTOR, now),
-            ]
-        return max(waits)
+            return max(
+                self._wait(key, allowed, now) for key, allowed in self._limits(username, address)
+            )
 
     def failed(self, username: str, address: str) -> bool:
         """Count a failed login. Returns True when this failure locks the account out at
@@ -70,10 +68,7 @@ class LoginThrottle:
             if len(self._times) >= _MAX_KEYS:
                 self._forget_expired(now)
             locked = False
-            for key, allowed in (
-                ((username, address), self.failures),
-                (("", address), self.failures * ADDRESS_FACTOR),
-            ):
+            for key, allowed in self._limits(username, address):
                 times = self._times.setdefault(key, deque())
                 times.append(now)
                 while len(times) > allowed:
@@ -86,10 +81,13 @@ class LoginThrottle:
         with self._lock:
             self._times.pop((username, address), None)
 
-    def reset(self) -> None:
-        """Forget every failure."""
-        with self._lock:
-            self._times.clear()
+    def _limits(self, username: str, address: str) -> tuple[tuple[tuple[str, str], int], ...]:
+        """The counts a login attempt is held to: (key, failures allowed) of the account at
+        that address, and of the address over all accounts."""
+        return (
+            ((username, address), self.failures),
+            (("", address), self.failures * ADDRESS_FACTOR),
+        )
 
     def _wait(self, key: tuple[str, str], allowed: int, now: float) -> float:
         times = self._times.get(key)

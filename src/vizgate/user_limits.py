@@ -11,15 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from vizgate.catalog import ServiceType
+from vizgate.catalog import MAX_PER_USER_OPTION, ServiceType
 from vizgate.exceptions import ReservationError
 from vizgate.lifecycle import State
 from vizgate.live import LiveSession
 
-__all__ = ["MAX_PER_USER_OPTION", "check_user_limits"]
-
-#: The session type option that caps one user's sessions of that type.
-MAX_PER_USER_OPTION = "max_per_user"
+__all__ = ["check_user_limits"]
 
 _ENDING = frozenset({State.CANCELLING, State.STOPPING, State.ENDED})
 
