@@ -436,20 +436,17 @@ async def measure_throughput(targets: Sequence[Target], settings: Settings, repo
     for repeat in range(settings.repeats):
         order = _rotated(targets, repeat)
         _note(f"repetition {repeat + 1}/{settings.repeats}: {', '.join(t.name for t in order)}")
-        for target in order:
-            transfer = await download(target, settings.down_bytes)
-            report.transfers.setdefault(target.name, []).append(
-                _transfer_json(target.name, repeat, transfer)
-            )
-            if not transfer.ok:
-                report.failures.append(f"{target.name} down: {transfer.error}")
-        for target in order:
-            transfer = await upload(target, settings.up_bytes)
-            report.transfers.setdefault(target.name, []).append(
-                _transfer_json(target.name, repeat, transfer)
-            )
-            if not transfer.ok:
-                report.failures.append(f"{target.name} up: {transfer.error}")
+        for direction, move, size in (
+            ("down", download, settings.down_bytes),
+            ("up", upload, settings.up_bytes),
+        ):
+            for target in order:
+                transfer = await move(target, size)
+                report.transfers.setdefault(target.name, []).append(
+                    _transfer_json(target.name, repeat, transfer)
+                )
+                if not transfer.ok:
+                    report.failures.append(f"{target.name} {direction}: {transfer.error}")
         for target in order:
             trips = await round_trips(target, settings.round_trips)
             report.round_trips.setdefault(target.name, []).append(

@@ -362,9 +362,7 @@ class Broker:
         Raises:
             ReservationError: no live session has that id.
         """
-        session = self._by_id.get(session_id)
-        if session is None:
-            raise ReservationError(f"no live session {session_id!r}", reason="unknown_session")
+        session = self._live_by_id(session_id)
         self._event(session, "terminated", detail=message)
         return self._release(session, EndReason.TERMINATED, message)
 
@@ -375,11 +373,15 @@ class Broker:
         Raises:
             ReservationError: no live session has that id.
         """
+        session = self._live_by_id(session_id)
+        self._event(session, "released", detail=message)
+        return self._release(session, EndReason.RELEASED, message)
+
+    def _live_by_id(self, session_id: str) -> LiveSession:
         session = self._by_id.get(session_id)
         if session is None:
             raise ReservationError(f"no live session {session_id!r}", reason="unknown_session")
-        self._event(session, "released", detail=message)
-        return self._release(session, EndReason.RELEASED, message)
+        return session
 
     def _release(self, session: LiveSession, reason: EndReason, message: str) -> bool:
         changed = session.lifecycle.release(reason, self.now(), message)
