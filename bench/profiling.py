@@ -21,7 +21,8 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench.clients import Target, download, round_trips, upload
+from bench.clients import download, round_trips, upload
+from bench.connections import Target
 from bench.processes import wait_until
 
 if TYPE_CHECKING:

@@ -1,9 +1,11 @@
 """The benchmark in its smallest mode, so that it never rots: bytes must arrive right, not fast.
 
-``python -m bench.run --smoke`` starts a backend, a real ``vizgate serve`` and (when it is
-installed) websockify, moves a few MiB each way through every target, does round trips, a small
-concurrent load and a few session starts, and writes its report as JSON. The test checks that
-report: every byte arrived and was checked, every echo matched, every session started.
+``python -m bench.run --smoke`` starts a backend, a real ``vizgate serve``, (when it is
+installed) websockify and the reference TCP relays (``bench/relay.py``, and ``bench/relay.c``
+when a C compiler is installed), moves a few MiB each way through every target, does round
+trips (through the relays too), a small concurrent load and a few session starts, and writes its
+report as JSON. The test checks that report: every byte arrived and was checked, every echo
+matched, every session started.
 """
 
 from __future__ import annotations
@@ -43,6 +45,11 @@ def _bench_protocol() -> types.ModuleType:
 
 def _websockify_installed() -> bool:
     return (Path(sys.executable).parent / "websockify").exists() or bool(shutil.which("websockify"))
+
+
+def _c_compiler() -> str | None:
+    # What the harness compiles bench/relay.c with.
+    return shutil.which("cc") or shutil.which("gcc")
 
 
 def test_pattern_checker_finds_the_first_wrong_byte() -> None:
@@ -122,6 +129,26 @@ def test_round_trips_echo_what_was_sent(smoke_report: dict[str, Any], target: st
         assert 0 < series["p50_ms"] <= series["p99_ms"]
 
 
+@pytest.mark.parametrize("relay", ["python-relay", "c-relay"])
+def test_reference_relays_echo_round_trips_only(smoke_report: dict[str, Any], relay: str) -> None:
+    if relay == "c-relay" and _c_compiler() is None:
+        pytest.skip("no C compiler: the harness leaves the C relay out")
+    settings = smoke_report["settings"]
+    series = smoke_report["round_trips"].get(relay, [])
+    assert [s["repeat"] for s in series] == list(range(settings["repeats"]))
+    for entry in series:
+        assert entry["ok"], entry
+        assert entry["count"] == settings["round_trips"]
+        assert 0 < entry["p50_ms"] <= entry["p99_ms"]
+    # Round trips only: the relays carry no transfers and have no checks of their own.
+    assert relay not in smoke_report["transfers"]
+    ratios = smoke_report["summary"]["paired_ratios"][f"rtt_p50_ms_vs_{relay}"]
+    assert len(ratios) == settings["repeats"]
+    assert all(ratio > 0 for ratio in ratios)
+    spread = smoke_report["summary"]["vizgate_rtt_p50_vs_relays"][relay]
+    assert spread["lowest"] <= spread["median"] <= spread["highest"]
+
+
 def test_the_gateway_carries_concurrent_tunnels(smoke_report: dict[str, Any]) -> None:
     settings = smoke_report["settings"]
     (load,) = smoke_report["loads"]["vizgate"]
@@ -157,6 +184,13 @@ def _children(pid: int) -> set[int]:
     return children
 
 
+def _command(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except FileNotFoundError:
+        return ""
+
+
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -184,7 +218,12 @@ def test_a_terminated_run_stops_every_process_it_started(tmp_path: Path) -> None
         else:
             pytest.fail(f"the harness ended first, status {harness.wait()}")
         started = _children(harness.pid)
-        assert len(started) >= 2, "a backend and a gateway"
+        commands = [_command(pid) for pid in started]
+        assert any("bench.backends" in command for command in commands), commands
+        assert any("vizgate serve" in command for command in commands), commands
+        assert any("bench.relay" in command for command in commands), commands
+        if _c_compiler() is not None:
+            assert any("/c-relay/relay " in command for command in commands), commands
         harness.send_signal(signal.SIGTERM)
         status = harness.wait(timeout=scaled(60))
         assert status == 130, harness.stderr.read()[-4000:]
