@@ -65,6 +65,8 @@ def format_through_filter(record: logging.LogRecord) -> str:
             f'"GET /v1/release/{REDACTED}?security_token={REDACTED} HTTP/1.1" 200',
         ),
         (f"'/x?token={SECRET}'", f"'/x?token={REDACTED}'"),
+        # A share link's secret.
+        (f'"GET /share/{SECRET}/ HTTP/1.1" 302', f'"GET /share/{REDACTED}/ HTTP/1.1" 302'),
         # Header lines as uvicorn's WebSocket debug log prints them.
         (f"< cookie: sessionid={SECRET}; csrftoken=x", f"< cookie: {REDACTED}"),
         (f"> Set-Cookie: sessionid={SECRET}; Path=/", f"> Set-Cookie: {REDACTED}"),

@@ -10,16 +10,13 @@ doubles: a started session is a TCP server that greets like a VNC server and ech
 from __future__ import annotations
 
 import html
-import http.client
-import json
 import re
 import signal
 import subprocess
 import sys
 import time
 import urllib.parse
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +25,7 @@ import websockets.exceptions
 import websockets.sync.client
 
 from gateway import GatewayProcess, gateway_env, start_gateway, wait_listening, write_config
+from portal_client import Account, Browser, Page, create_accounts, logged_in
 from support import require_binaries, scaled, wait_until
 from vizgate.sessions import SessionInfo
 from vizgate.testing.doubles import RFB_GREETING
@@ -54,154 +52,9 @@ TYPES: dict[str, dict[str, Any]] = {
 }
 
 
-@dataclass(frozen=True)
-class Account:
-    name: str
-    password: str
-    groups: tuple[str, ...] = ()
-    admin: bool = False
-
-
 ALICE = Account("alice", "alice-in-the-cluster-42", groups=(GROUP,))
 BOB = Account("bob", "bob-outside-groups-17")
 ROOT = Account("root", "administrator-pass-99", admin=True)
-
-# Runs the CLI's main() once per account, each reading its password from the next stdin line.
-_CREATE_ACCOUNTS = """
-import json, sys
-from vizgate.cli import main
-for argv in json.loads(sys.argv[1]):
-    code = main(argv)
-    if code != 0:
-        sys.exit(code)
-"""
-
-
-def create_accounts(
-    data_dir: Path, accounts: Sequence[Account], groups: Sequence[str] = ()
-) -> None:
-    """Create groups and users with the ``vizgate`` CLI, passwords on stdin, in one process."""
-    commands: list[list[str]] = [["group", "add", g, "--data-dir", str(data_dir)] for g in groups]
-    for account in accounts:
-        command = ["user", "add", account.name, "--data-dir", str(data_dir)]
-        for group in account.groups:
-            command += ["--group", group]
-        if account.admin:
-            command.append("--admin")
-        commands.append(command)
-    result = subprocess.run(
-        [sys.executable, "-c", _CREATE_ACCOUNTS, json.dumps(commands)],
-        input="".join(account.password + "\n" for account in accounts),
-        capture_output=True,
-        text=True,
-        env=gateway_env(),
-        timeout=scaled(60),
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    for account in accounts:
-        assert account.password not in result.stdout + result.stderr
-
-
-# ---------------------------------------------------------------------------------------
-# A small browser: cookies, CSRF tokens from forms, no redirects followed
-
-
-@dataclass(frozen=True)
-class Page:
-    status: int
-    headers: http.client.HTTPMessage
-    body: bytes
-
-    @property
-    def text(self) -> str:
-        return self.body.decode()
-
-    @property
-    def location(self) -> str:
-        return self.headers.get("Location", "")
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-    def csrf_token(self) -> str:
-        match = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', self.text)
-        assert match, "no CSRF token in the page"
-        return match.group(1)
-
-
-@dataclass
-class Browser:
-    port: int
-    cookies: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def origin(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def request(
-        self,
-        method: str,
-        path: str,
-        body: bytes | None = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> Page:
-        all_headers = dict(headers or {})
-        if self.cookies:
-            all_headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=scaled(10))
-        try:
-            connection.request(method, path, body=body, headers=all_headers)
-            reply = connection.getresponse()
-            page = Page(reply.status, reply.headers, reply.read())
-        finally:
-            connection.close()
-        for header in page.headers.get_all("Set-Cookie") or []:
-            name, _, rest = header.partition("=")
-            value = rest.split(";", 1)[0]
-            if value and "Max-Age=0" not in header:
-                self.cookies[name] = value
-            else:
-                self.cookies.pop(name, None)
-        return page
-
-    def get(self, path: str, headers: Mapping[str, str] | None = None) -> Page:
-        return self.request("GET", path, headers=headers)
-
-    def post(
-        self, path: str, fields: Mapping[str, str], headers: Mapping[str, str] | None = None
-    ) -> Page:
-        return self.request(
-            "POST",
-            path,
-            urllib.parse.urlencode(fields).encode(),
-            {"Content-Type": "application/x-www-form-urlencoded", **(headers or {})},
-        )
-
-    def login(self, account: Account) -> Page:
-        form = self.get("/login/")
-        return self.post(
-            "/login/",
-            {
-                "username": account.name,
-                "password": account.password,
-                "csrfmiddlewaretoken": form.csrf_token(),
-            },
-        )
-
-    def launch(self, service: str, size: str = "") -> Page:
-        token = self.get("/").csrf_token()
-        return self.post(
-            "/launch", {"service": service, "size": size, "csrfmiddlewaretoken": token}
-        )
-
-
-def logged_in(gateway: GatewayProcess, account: Account) -> Browser:
-    browser = Browser(gateway.port)
-    page = browser.login(account)
-    assert page.status == 302, page.text
-    assert "sessionid" in browser.cookies
-    return browser
 
 
 def status(gateway: GatewayProcess) -> dict[str, Any]:

@@ -293,15 +293,24 @@ class Broker:
             session.token = token
         return await self._attach(session, client)
 
-    async def attach_session(self, session_id: str, *, client: str = "") -> Attachment:
+    async def attach_session(
+        self, session_id: str, *, client: str = "", grant: str = ""
+    ) -> Attachment:
         """Attach a viewer to a session by its public id, for callers that authenticated the
-        viewer another way (a logged-in owner); see :meth:`attach`."""
-        return await self._attach(self._by_id.get(session_id), client)
+        viewer another way (a logged-in owner); see :meth:`attach`.
 
-    async def _attach(self, session: LiveSession | None, client: str) -> Attachment:
+        Args:
+            grant: what let a viewer in who is not the owner (a share link), so that
+                :meth:`revoke_grant` can close its connections later; "" for the owner.
+        """
+        return await self._attach(self._by_id.get(session_id), client, grant)
+
+    async def _attach(
+        self, session: LiveSession | None, client: str, grant: str = ""
+    ) -> Attachment:
         if session is None or not session.lifecycle.accepts_connections:
             raise ReservationError("unknown, expired or released token", reason="unknown_token")
-        attachment = Attachment(self, session, next(self._connection_ids), client)
+        attachment = Attachment(self, session, next(self._connection_ids), client, grant)
         session.attachments[attachment.connection_id] = attachment
         session.lifecycle.connected(attachment.connection_id, self.now())
         logger.info(
@@ -376,6 +385,27 @@ class Broker:
         session = self._live_by_id(session_id)
         self._event(session, "released", detail=message)
         return self._release(session, EndReason.RELEASED, message)
+
+    def revoke_grant(self, session_id: str, grant: str, message: str) -> int:
+        """Close the connections to a session that ``grant`` let in; return how many.
+
+        The session itself goes on. Nothing happens when it has ended or ``grant`` is "".
+        """
+        session = self._by_id.get(session_id)
+        if session is None or not grant:
+            return 0
+        revoked = [a for a in session.attachments.values() if a.grant == grant]
+        for attachment in revoked:
+            attachment.revoke(message)
+        if revoked:
+            logger.info(
+                "%s: %d viewer(s) let in by %s closed: %s",
+                session.label,
+                len(revoked),
+                grant,
+                message,
+            )
+        return len(revoked)
 
     def _live_by_id(self, session_id: str) -> LiveSession:
         session = self._by_id.get(session_id)

@@ -124,12 +124,21 @@ class Attachment:
     """
 
     def __init__(
-        self, broker: Broker, session: LiveSession, connection_id: int, client: str
+        self,
+        broker: Broker,
+        session: LiveSession,
+        connection_id: int,
+        client: str,
+        grant: str = "",
     ) -> None:
         self._broker = broker
         self._session = session
         self.connection_id = connection_id
         self.client = client
+        #: What let this viewer in if not its owner (a share link); see Broker.revoke_grant.
+        self.grant = grant
+        #: Set to a reason a person reads when the viewer's access ends before the session does.
+        self.revoked: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self.host = ""
         self.port = 0
         self.bytes_to_client = 0
@@ -147,6 +156,11 @@ class Attachment:
     def password(self) -> bytes | None:
         """The VNC password the gateway answers the VNC server with, if the session has one."""
         return self._broker.password_of(self._session)
+
+    def revoke(self, message: str) -> None:
+        """End this viewer's access (its grant expired or was withdrawn); idempotent."""
+        if not self.revoked.done():
+            self.revoked.set_result(message)
 
     def note_input(self) -> None:
         """The viewer sent input: the session is not idle."""

@@ -10,7 +10,8 @@ with their query strings (``"GET /v1/reserve/X?security_token=..."``) and its We
 prints ``"WebSocket /websockify?token=..." [accepted]``; Django logs ``Not Found:
 /v1/release/TOKEN``. So the filter redacts the values of query fields named ``token``,
 ``security_token``, ``password`` or ``passwd`` (and names ending in ``_token`` or
-``_password``), the path segment after ``/v1/release/``, and the values of the ``Cookie``,
+``_password``), the path segment after ``/v1/release/`` and after ``/share/`` (a share link's
+secret), and the values of the ``Cookie``,
 ``Set-Cookie`` and ``Authorization`` headers that protocol debug logs print.
 """
 
@@ -47,8 +48,8 @@ _SECRET_HEADER = re.compile(
     r"^([<>]?\s*(?:cookie|set-cookie|authorization|proxy-authorization)\s*:\s*)(\S.*)$",
     re.IGNORECASE | re.MULTILINE,
 )
-# The token is a path segment in the seed's release URL.
-_RELEASE_PATH = re.compile(r"(/v1/release/)([^/?#\s\"'<>]+)")
+# The token is a path segment in the seed's release URL, and so is a share link's secret.
+_SECRET_PATH = re.compile(r"(/v1/release/|/share/)([^/?#\s\"'<>]+)")
 
 # The loggers uvicorn writes to; they must reach our handler and nothing else.
 _UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi")
@@ -63,7 +64,7 @@ def redact(text: str) -> str:
     """
     text = _SECRET_FIELD.sub(rf"\1={REDACTED}", text)
     text = _SECRET_HEADER.sub(rf"\1{REDACTED}", text)
-    return _RELEASE_PATH.sub(rf"\1{REDACTED}", text)
+    return _SECRET_PATH.sub(rf"\1{REDACTED}", text)
 
 
 class RedactingFilter(logging.Filter):

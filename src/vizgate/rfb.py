@@ -27,7 +27,7 @@ import os
 import re
 import secrets
 import struct
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers import Cipher, modes
@@ -86,6 +86,8 @@ _MAX_REASON_LENGTH = 4096
 _MAX_REASON_SHOWN = 200
 
 _CHALLENGE_LENGTH = 16
+# RFC 6143 §7.3.1: a ClientInit whose shared-flag is set leaves the other clients connected.
+_SHARED = b"\x01"
 
 # TigerVNC's (and the original VNC's) fixed key for obfuscating stored passwords, as the bytes
 # appear in its source (vncauth.c / Password.cxx). Like every VNC key it is fed to a DES whose key
@@ -337,10 +339,23 @@ class RfbBridge:
     Args:
         password: the VNC password (first 8 bytes used). If empty, the bridge never chooses VNC
             Authentication and connects only to servers that offer None.
+        force_shared: send the server a ClientInit asking to share the desktop, whatever the
+            browser asked: a viewer who may only watch must not disconnect the others
+            (RFC 6143 §7.3.1).
+        client_filter: what the browser's messages after its ClientInit pass through before
+            they reach :meth:`data_to_server` (see :mod:`vizgate.view_only`).
     """
 
-    def __init__(self, password: bytes) -> None:
+    def __init__(
+        self,
+        password: bytes,
+        *,
+        force_shared: bool = False,
+        client_filter: Callable[[bytes], bytes] | None = None,
+    ) -> None:
         self._password = bytes(password)
+        self._force_shared = force_shared
+        self._client_filter = client_filter
         self._state = BridgeState.HANDSHAKING
         self._failure: str | None = None
         self._to_server = bytearray()
@@ -407,7 +422,7 @@ class RfbBridge:
         if self._state is BridgeState.FAILED or not data:
             return
         if self._state is BridgeState.ESTABLISHED:
-            self._to_server += data
+            self._to_server += self._filtered(data)
             return
         self._client_reader.buffer += data
         self._advance_client()
@@ -446,6 +461,9 @@ class RfbBridge:
         return data
 
     # -- machinery ------------------------------------------------------------------------------
+
+    def _filtered(self, data: bytes) -> bytes:
+        return self._client_filter(data) if self._client_filter is not None and data else data
 
     def _set_state(self, state: BridgeState) -> None:
         logger.debug("RFB bridge: %s -> %s", self._state.value, state.value)
@@ -497,8 +515,8 @@ class RfbBridge:
         # RFC 6143 §7.3: the ClientInit starts the initialisation phase; whatever either peer sent
         # after its handshake (a ServerInit read together with SecurityResult, early client
         # messages) follows it unchanged.
-        self._to_server += self._client_init
-        self._to_server += self._client_reader.take_all()
+        self._to_server += _SHARED if self._force_shared else self._client_init
+        self._to_server += self._filtered(self._client_reader.take_all())
         self._to_client += self._server_reader.take_all()
         self._client_init = None
         self._set_state(BridgeState.ESTABLISHED)

@@ -9,7 +9,8 @@ it was given, so a slow browser cannot grow the gateway's memory.
 
 Close codes (RFC 6455 §7.4.1), with reasons a person can read and that never hold a secret:
 
-* 1008 (policy violation): unknown, expired or released token;
+* 1008 (policy violation): unknown, expired or released token; a viewer the authorizer refused,
+  whose view-only access ended, or who sent what a view-only viewer may not;
 * 1011 (internal error): the session failed to start, or the VNC server went away;
 * 1001 (going away): the session ended by a release, an administrator, a timeout or shutdown.
 """
@@ -19,8 +20,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import parse_qs
 
@@ -30,11 +33,14 @@ from vizgate.fastpath import CLIENT_GONE, TAKEOVER_EXTENSION, FastLink, Takeover
 from vizgate.lifecycle import EndReason
 from vizgate.rfb import RfbBridge, VncPasswordFileError
 from vizgate.sessions import CloseRequest, SessionInfo
+from vizgate.view_only import ViewOnlyFilter
 
 __all__ = [
     "CLOSE_GOING_AWAY",
     "CLOSE_INTERNAL_ERROR",
     "CLOSE_POLICY_VIOLATION",
+    "FULL_ACCESS",
+    "Access",
     "Authorizer",
     "Tunnel",
     "close_code_for",
@@ -47,9 +53,32 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-#: Decides whether the WebSocket request ``scope`` may use ``session``: returns None to allow,
-#: or the reason it may not (a close reason a person reads; never a secret).
-Authorizer = Callable[[Scope, SessionInfo], Awaitable[str | None]]
+
+@dataclass(frozen=True)
+class Access:
+    """What an authorizer decided for one WebSocket request.
+
+    Attributes:
+        refusal: why the request may not use the session (a close reason a person reads, never
+            a secret); None when it may.
+        view_only: the viewer may watch but not control: the gateway withholds its keyboard,
+            pointer, clipboard and resize messages (:mod:`vizgate.view_only`), asks the VNC
+            server to share the desktop, and its messages do not keep the session from idling.
+        until: when the access ends (seconds since the epoch); the connection closes then.
+        grant: what let the viewer in when it is not the session's owner, e.g. ``share 12``;
+            :meth:`Broker.revoke_grant` closes such connections.
+    """
+
+    refusal: str | None = None
+    view_only: bool = False
+    until: float | None = None
+    grant: str = ""
+
+
+FULL_ACCESS = Access()
+
+#: Decides whether the WebSocket request ``scope`` may use ``session``, and how.
+Authorizer = Callable[[Scope, SessionInfo], Awaitable[Access]]
 
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
@@ -94,10 +123,6 @@ def _message_bytes(message: Message) -> bytes:
     if data is None:
         data = (message.get("text") or "").encode()
     return bytes(data)
-
-
-async def _no_session() -> Attachment:
-    raise ReservationError("unknown, expired or released token", reason="unknown_token")
 
 
 class _ServerConnection(asyncio.Protocol):
@@ -181,6 +206,10 @@ class _ServerConnection(asyncio.Protocol):
         return self._transport, chunks, not self._writable.is_set()
 
 
+class _InputRefused(Exception):
+    """A view-only viewer sent what the gateway cannot let through; the reason is for people."""
+
+
 class _ClientGone(Exception):
     """The browser closed its WebSocket."""
 
@@ -237,52 +266,65 @@ class _Connection:
         self._held: list[bytes] = []
         # Once the connection is taken over (see vizgate.fastpath), it closes through this.
         self._link: FastLink | None = None
+        # What a view-only viewer sends passes through this (None: everything passes).
+        self._input_filter: ViewOnlyFilter | None = None
+        self._until_timer: asyncio.TimerHandle | None = None
 
     async def run(self) -> None:
         subprotocols = self.scope.get("subprotocols") or []
         accept: Message = {"type": "websocket.accept"}
         if "binary" in subprotocols:
             accept["subprotocol"] = "binary"
-        attach, session = self.find_session()
+        token, session = self.find_session()
         if session is None:
             await self.send(accept)
             await self.close(CLOSE_POLICY_VIOLATION, "unknown, expired or released token")
             return
-        refusal = await self.authorize(self.scope, session) if self.authorize else None
+        access = await self.authorize(self.scope, session) if self.authorize else FULL_ACCESS
         await self.send(accept)
-        if refusal is not None:
-            logger.warning("refused a viewer of session %s: %s", session.id, refusal)
-            await self.close(CLOSE_POLICY_VIOLATION, refusal)
+        if access.refusal is not None:
+            logger.warning("refused a viewer of session %s: %s", session.id, access.refusal)
+            await self.close(CLOSE_POLICY_VIOLATION, access.refusal)
             return
-        attachment = await self.attach(attach)
+        if access.view_only:
+            self._input_filter = ViewOnlyFilter()
+        client = self.scope.get("client")
+        address = f"{client[0]}:{client[1]}" if client else ""
+        if token:
+            attachment = await self.attach(lambda: self.broker.attach(token, client=address))
+        else:
+            attachment = await self.attach(
+                lambda: self.broker.attach_session(session.id, client=address, grant=access.grant)
+            )
         if attachment is None:
             return
+        if access.until is not None:
+            self._until_timer = asyncio.get_running_loop().call_later(
+                max(0.0, access.until - time.time()), attachment.revoke, "the access has expired"
+            )
         try:
             await self.relay(attachment)
         finally:
+            if self._until_timer is not None:
+                self._until_timer.cancel()
             self.broker.detach(attachment)
 
-    def find_session(self) -> tuple[Callable[[], Awaitable[Attachment]], SessionInfo | None]:
-        """The session a request names, and how to attach to it.
+    def find_session(self) -> tuple[str, SessionInfo | None]:
+        """The token a request holds ("" if none), and the session it names.
 
         A ``token`` query field is the seed's bearer token. A ``session`` field names a session
         by its public id instead, so a logged-in portal user's page never holds the token; it is
         only honoured for sessions bound to a user, and the authorizer must then approve.
         """
         query = parse_qs(bytes(self.scope.get("query_string", b"")).decode("latin-1"))
-        client = self.scope.get("client")
-        address = f"{client[0]}:{client[1]}" if client else ""
         token = (query.get("token") or [""])[0]
         if token:
-            return (
-                lambda: self.broker.attach(token, client=address),
-                self.broker.session_of_token(token),
-            )
+            return token, self.broker.session_of_token(token)
         session_id = (query.get("session") or [""])[0]
         session = self.broker.session_by_id(session_id) if session_id else None
         if session is None or not session.bound or self.authorize is None:
-            return _no_session, None
-        return lambda: self.broker.attach_session(session_id, client=address), session
+            return "", None
+        return "", session
 
     async def close(self, code: int, reason: str) -> None:
         if self.closed or self.client_gone:
@@ -375,8 +417,11 @@ class _Connection:
             failure: str | None = "the gateway cannot read its VNC password file (see its log)"
         else:
             failure = None
-            if password is not None:
-                failure = await self._answer_authentication(server, password)
+            view_only = self._input_filter is not None
+            if password is not None or view_only:
+                # A view-only viewer always goes through the bridge: its ClientInit must ask
+                # to share the desktop and its first messages must be filtered too.
+                failure = await self._answer_authentication(server, password or b"")
         if failure is not None:
             if self._early_message is not None:
                 self._early_message.cancel()
@@ -386,12 +431,18 @@ class _Connection:
             await self.close(CLOSE_INTERNAL_ERROR, failure)
             return
         takeover = self.scope.get("extensions", {}).get(TAKEOVER_EXTENSION)
-        if isinstance(takeover, Takeover):
+        # The fast path relays what the browser sends unread: view-only viewers take this one.
+        if isinstance(takeover, Takeover) and self._input_filter is None:
             await self._relay_taken_over(takeover, attachment, server)
             return
         to_server = asyncio.ensure_future(self._browser_to_server(attachment, server))
         to_client = asyncio.ensure_future(self._server_to_browser(attachment, server))
-        pumps: set[asyncio.Future[Any]] = {to_server, to_client, attachment.close_requested}
+        pumps: set[asyncio.Future[Any]] = {
+            to_server,
+            to_client,
+            attachment.close_requested,
+            attachment.revoked,
+        }
         try:
             done, _ = await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -404,6 +455,12 @@ class _Connection:
         if attachment.close_requested in done:
             request: CloseRequest = attachment.close_requested.result()
             await self.close(close_code_for(request.reason), request.message)
+        elif attachment.revoked in done:
+            await self.close(CLOSE_POLICY_VIOLATION, attachment.revoked.result())
+        elif to_server in done and isinstance(to_server.exception(), _InputRefused):
+            reason = str(to_server.exception())
+            logger.warning("viewer %d: %s", attachment.connection_id, reason)
+            await self.close(CLOSE_POLICY_VIOLATION, reason)
         elif to_client in done and to_client.exception() is None:
             attachment.server_closed()
             await self.close(CLOSE_INTERNAL_ERROR, "VNC server closed the connection")
@@ -429,13 +486,19 @@ class _Connection:
                 counters=attachment,
             )
             self._link = link
-            waited: set[asyncio.Future[Any]] = {link.ended, attachment.close_requested}
+            waited: set[asyncio.Future[Any]] = {
+                link.ended,
+                attachment.close_requested,
+                attachment.revoked,
+            }
             done, _ = await asyncio.wait(waited, return_when=asyncio.FIRST_COMPLETED)
         finally:
             transport.close()
         if attachment.close_requested in done:
             request: CloseRequest = attachment.close_requested.result()
             await self.close(close_code_for(request.reason), request.message)
+        elif attachment.revoked in done:
+            await self.close(CLOSE_POLICY_VIOLATION, attachment.revoked.result())
         elif link.ended.result() == CLIENT_GONE:
             self.client_gone = True
         else:
@@ -450,7 +513,12 @@ class _Connection:
         The browser is offered security type None and never sees the password (RFC 6143 §7.2).
         Returns None when the relay may start, else why it may not.
         """
-        bridge = RfbBridge(password)
+        view_only = self._input_filter
+        bridge = RfbBridge(
+            password,
+            force_shared=view_only is not None,
+            client_filter=view_only.feed if view_only is not None else None,
+        )
         for data in self._held:
             bridge.receive_from_client(data)
         received = sum(len(data) for data in self._held)
@@ -497,12 +565,14 @@ class _Connection:
             # A pending read takes nothing from the server connection when cancelled.
             from_server.cancel()
             self._early_message = from_client
+        if view_only is not None and view_only.refusal is not None:
+            return view_only.refusal
         return bridge.failure
 
     async def _browser_to_server(self, attachment: Attachment, server: _ServerConnection) -> None:
+        view_only = self._input_filter
         for data in self._held:
-            attachment.bytes_to_server += len(data)
-            await server.write(data)
+            await self._to_server(attachment, server, data)
         self._held = []
         assert self._early_message is not None
         message = await self._early_message
@@ -512,11 +582,23 @@ class _Connection:
                 raise _ClientGone
             if kind == "websocket.receive":
                 data = _message_bytes(message)
-                if data:
-                    attachment.bytes_to_server += len(data)
-                    attachment.note_input()
-                    await server.write(data)
+                if view_only is None:
+                    if data:
+                        attachment.note_input()
+                        await self._to_server(attachment, server, data)
+                else:
+                    # A viewer who only watches does not keep the session from idling.
+                    data = view_only.feed(data)
+                    if view_only.refusal is not None:
+                        raise _InputRefused(view_only.refusal)
+                    await self._to_server(attachment, server, data)
             message = await self.receive()
+
+    @staticmethod
+    async def _to_server(attachment: Attachment, server: _ServerConnection, data: bytes) -> None:
+        if data:
+            attachment.bytes_to_server += len(data)
+            await server.write(data)
 
     async def _server_to_browser(self, attachment: Attachment, server: _ServerConnection) -> None:
         send = self.send

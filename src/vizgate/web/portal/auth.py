@@ -5,7 +5,9 @@ depends on who is asking, which the gateway learns from the portal's session coo
 the session:
 
 * an administrator (staff) may open every session;
-* a session reserved by the portal for a user (``bound``) is for that user only;
+* a session reserved by the portal for a user (``bound``) is for that user only, and for
+  logged-in users who opened one of its share links, who may watch but not control it
+  (:mod:`vizgate.web.portal.shares`);
 * a session type whose ``options.group`` names a group refuses logged-in users outside it;
 * otherwise a token from ``/v1/reserve`` is a bearer token, as the seed defines: whoever
   presents it may connect.
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from importlib import import_module
 from typing import Any
 from urllib.parse import urlsplit
@@ -35,7 +37,8 @@ from django.http.request import split_domain_port, validate_host
 from vizgate.accounts import agroup_names, forbidden_message
 from vizgate.broker import Broker
 from vizgate.sessions import SessionInfo
-from vizgate.tunnel import Authorizer
+from vizgate.tunnel import FULL_ACCESS, Access, Authorizer
+from vizgate.web.portal.shares import SHARES_KEY, live_share
 
 __all__ = [
     "Viewer",
@@ -50,6 +53,7 @@ logger = logging.getLogger(__name__)
 CROSS_ORIGIN_REFUSAL = "refused: the page is not from this gateway (cross-origin WebSocket)"
 LOGIN_REFUSAL = "log in to the portal to open this session"
 OWNER_REFUSAL = "this session belongs to another user"
+SHARE_ENDED_REFUSAL = "the share link to this session has expired or was withdrawn"
 
 
 @dataclass(frozen=True)
@@ -61,12 +65,14 @@ class Viewer:
         staff: an administrator.
         groups: the user's groups.
         cookie_refused: why a session cookie that came with the request was not believed.
+        shares: the share links the user opened, by session id (link ids, not yet checked).
     """
 
     username: str = ""
     staff: bool = False
     groups: frozenset[str] = frozenset()
     cookie_refused: str | None = None
+    shares: Mapping[str, object] = field(default_factory=dict)
 
 
 def refusal(viewer: Viewer, session: SessionInfo, group: str | None) -> str | None:
@@ -149,31 +155,45 @@ async def viewer_of_scope(scope: Mapping[str, Any]) -> Viewer:
     user = await aget_user(request)
     if not user.is_authenticated:
         return Viewer()
+    shares = await request.session.aget(SHARES_KEY)
     return Viewer(
         username=user.get_username(),
         staff=bool(getattr(user, "is_staff", False)),
         groups=await agroup_names(user),
+        shares=shares if isinstance(shares, dict) else {},
     )
 
 
 def make_authorizer(broker: Broker) -> Authorizer:
     """The tunnel's authorizer for the sessions of ``broker`` (see the module's documentation)."""
 
-    async def authorize(scope: Any, session: SessionInfo) -> str | None:
+    async def authorize(scope: Any, session: SessionInfo) -> Access:
         service = broker.catalog.get(session.service)
         group = service.group if service is not None else None
         if not session.bound and group is None:
             # A bearer token for everyone: no need to look at cookies at all.
-            return None
+            return FULL_ACCESS
         viewer = await viewer_of_scope(scope)
         reason = refusal(viewer, session, group)
-        if reason is not None:
-            logger.info(
-                "refused %s a viewer of session %s: %s",
-                viewer.username or "an anonymous user",
-                session.id,
-                reason,
-            )
-        return reason
+        if reason is None:
+            return FULL_ACCESS
+        if reason == OWNER_REFUSAL and session.id in viewer.shares:
+            share = await live_share(viewer.shares[session.id], session.id)
+            if share is not None:
+                # Watching does not lift the type's group gate: it still applies below.
+                reason = refusal(viewer, replace(session, user=viewer.username), group)
+                if reason is None:
+                    return Access(
+                        view_only=True, until=share.expires.timestamp(), grant=share.grant
+                    )
+            else:
+                reason = SHARE_ENDED_REFUSAL
+        logger.info(
+            "refused %s a viewer of session %s: %s",
+            viewer.username or "an anonymous user",
+            session.id,
+            reason,
+        )
+        return Access(refusal=reason)
 
     return authorize

@@ -11,7 +11,7 @@ from __future__ import annotations
 from django.db import models
 from django.db.models import Q
 
-__all__ = ["Session", "SessionEvent"]
+__all__ = ["Session", "SessionEvent", "ShareLink"]
 
 STATE_CHOICES = [
     ("reserved", "reserved"),
@@ -83,3 +83,24 @@ class SessionEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.at:%Y-%m-%d %H:%M:%S} {self.kind}"
+
+
+class ShareLink(models.Model):
+    """A link that lets other users of the gateway watch a session, until it expires.
+
+    Only the SHA-256 of the link's secret is stored; the link itself is shown once, to the
+    user who made it.
+    """
+
+    session_id = models.CharField("session", max_length=16, db_index=True)
+    secret_hash = models.CharField(max_length=64, unique=True, editable=False)
+    created_by = models.CharField(max_length=150)
+    created = models.DateTimeField()
+    expires = models.DateTimeField()
+    revoked = models.DateTimeField(blank=True, null=True)
+
+    class Meta:
+        ordering = ("-created",)
+
+    def __str__(self) -> str:
+        return f"share {self.pk} of session {self.session_id}"

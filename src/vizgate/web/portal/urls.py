@@ -30,6 +30,14 @@ urlpatterns = [
     path("sessions/<str:session_id>/", views.viewer, name="viewer"),
     path("sessions/<str:session_id>/status", views.session_status, name="session_status"),
     path("sessions/<str:session_id>/end", views.end_session, name="end"),
+    path("sessions/<str:session_id>/share", views.share, name="share"),
+    path(
+        "sessions/<str:session_id>/share/<int:link_id>/withdraw",
+        views.revoke_share_link,
+        name="revoke_share",
+    ),
+    path("share/", views.open_pending_share, name="open_pending_share"),
+    path("share/<str:secret>/", views.open_share, name="open_share"),
     path("status/", views.status, name="status"),
     path("status/<str:session_id>/terminate", views.terminate, name="terminate"),
 ]

@@ -8,13 +8,15 @@ database from the event loop.
 
 What a page may show of a session is the same as ``/v1/status`` shows: its public id, never its
 token. The viewer's WebSocket names the session by that id (``?session=``); the tunnel's
-authorizer (:mod:`vizgate.web.portal.auth`) lets only its owner (or an administrator) in.
+authorizer (:mod:`vizgate.web.portal.auth`) lets only its owner (or an administrator) in, and
+users who opened one of its share links (:mod:`vizgate.web.portal.shares`), to watch only.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
@@ -37,6 +39,16 @@ from vizgate.sessions import ServiceInfo, SessionInfo
 from vizgate.web import runtime
 from vizgate.web.portal.assets import find_static
 from vizgate.web.portal.forms import LaunchForm
+from vizgate.web.portal.shares import (
+    LIFETIMES,
+    SHARES_KEY,
+    ActiveShare,
+    active_shares,
+    create_share,
+    live_share,
+    revoke_share,
+    share_of_secret,
+)
 
 __all__ = [
     "CONTENT_SECURITY_POLICY",
@@ -48,8 +60,12 @@ __all__ = [
     "end_session",
     "launch",
     "my_sessions",
+    "open_pending_share",
+    "open_share",
     "portal_view",
+    "revoke_share_link",
     "session_status",
+    "share",
     "status",
     "status_json",
     "terminate",
@@ -77,6 +93,8 @@ STATE_LABELS = {
     "stopping": "ending",
     "ended": "ended",
 }
+
+logger = logging.getLogger(__name__)
 
 _User = AbstractBaseUser | AnonymousUser
 _PageView = Callable[..., Coroutine[Any, Any, HttpResponseBase]]
@@ -200,6 +218,14 @@ def _owned(info: SessionInfo, user: _User) -> bool:
     return info.user == user.get_username() or _is_staff(user)
 
 
+async def _watched_share(request: HttpRequest, info: SessionInfo) -> ActiveShare | None:
+    """The live share link to ``info`` that the request's user opened, if any."""
+    shares = await request.session.aget(SHARES_KEY)
+    if not isinstance(shares, dict) or info.id not in shares:
+        return None
+    return await live_share(shares[info.id], info.id)
+
+
 def _find_session(broker: Broker, session_id: str) -> SessionInfo | None:
     """A live session by id, else an ended one the broker still remembers."""
     live = broker.session_by_id(session_id)
@@ -302,7 +328,10 @@ async def viewer(request: HttpRequest, user: _User, session_id: str) -> HttpResp
     """``/sessions/<id>/``: the session in noVNC, filling the window."""
     broker = runtime.get_broker()
     info = _find_session(broker, session_id)
-    if info is None or not _owned(info, user):
+    share = None
+    if info is not None and not _owned(info, user):
+        share = await _watched_share(request, info)
+    if info is None or (share is None and not _owned(info, user)):
         return _message_page(request, 404, "No such session", "There is no such session.")
     if find_static(NOVNC_MODULE) is None:
         return _message_page(
@@ -324,15 +353,21 @@ async def viewer(request: HttpRequest, user: _User, session_id: str) -> HttpResp
         "sessionsUrl": reverse("portal:sessions"),
         "linger": linger,
         "status": status_json(info),
+        "viewOnly": share is not None,
+        "accessEnds": share.expires.timestamp() if share is not None else None,
     }
-    return render(request, "portal/viewer.html", {"info": info, "config": config})
+    return render(
+        request,
+        "portal/viewer.html",
+        {"info": info, "config": config, "view_only": share is not None, "share": share},
+    )
 
 
 @portal_view(api=True)
 async def session_status(request: HttpRequest, user: _User, session_id: str) -> HttpResponseBase:
     """``/sessions/<id>/status``: the session's state and start progress, as JSON."""
     info = _find_session(runtime.get_broker(), session_id)
-    if info is None or not _owned(info, user):
+    if info is None or not (_owned(info, user) or await _watched_share(request, info)):
         return JsonResponse({"error": "no such session", "reason": "unknown_session"}, status=404)
     return JsonResponse(status_json(info))
 
@@ -376,3 +411,145 @@ async def terminate(request: HttpRequest, user: _User, session_id: str) -> HttpR
     with contextlib.suppress(ReservationError):
         broker.terminate(session_id)
     return redirect("portal:status")
+
+
+# --- share links --------------------------------------------------------------------------------
+
+#: Where a visitor who opened a share link before logging in is sent once logged in; the
+#: portal session holds which link it was (never its secret).
+_PENDING_SHARE_KEY = "vizgate.pending_share"
+_SHARE_ENDED = (
+    "This share link has expired or was withdrawn, or its session has ended. "
+    "Ask the session's owner for a new one."
+)
+
+
+def _shareable(broker: Broker, session_id: str, user: _User) -> SessionInfo | None:
+    """The live session the user may share: their own (or any, for an administrator),
+    launched from the portal (only such sessions let users in by their login)."""
+    info = broker.session_by_id(session_id)
+    if info is None or not info.bound or not _owned(info, user):
+        return None
+    return info
+
+
+async def _render_share(
+    request: HttpRequest, info: SessionInfo, *, link: str = "", status: int = 200
+) -> HttpResponse:
+    return render(
+        request,
+        "portal/share.html",
+        {
+            "info": info,
+            "shares": await active_shares(info.id),
+            "lifetimes": LIFETIMES.items(),
+            "link": link,
+        },
+        status=status,
+    )
+
+
+@portal_view(methods=("GET", "HEAD", "POST"))
+async def share(request: HttpRequest, user: _User, session_id: str) -> HttpResponseBase:
+    """``/sessions/<id>/share``: the session's share links; POST makes a new one.
+
+    The new link is shown once, on the page that answers the POST: only its hash is kept.
+    """
+    broker = runtime.get_broker()
+    info = _shareable(broker, session_id, user)
+    if info is None:
+        return _message_page(
+            request, 404, "No such session", "There is no live session of yours by that id."
+        )
+    if request.method != "POST":
+        return await _render_share(request, info)
+    try:
+        minutes = int(request.POST.get("minutes", ""))
+        created, secret = await create_share(info.id, user.get_username(), minutes)
+    except ValueError:
+        return await _render_share(request, info, status=400)
+    logger.info(
+        "%s made share %d of session %s, until %s",
+        user.get_username(),
+        created.id,
+        info.id,
+        f"{created.expires:%Y-%m-%d %H:%M:%S} UTC",
+    )
+    link = request.build_absolute_uri(reverse("portal:open_share", args=[secret]))
+    return await _render_share(request, info, link=link)
+
+
+@portal_view(methods=("POST",))
+async def revoke_share_link(
+    request: HttpRequest, user: _User, session_id: str, link_id: int
+) -> HttpResponseBase:
+    """``POST /sessions/<id>/share/<link>/withdraw``: the link opens nothing any more, and
+    whoever watches through it is disconnected."""
+    broker = runtime.get_broker()
+    info = _shareable(broker, session_id, user)
+    if info is None:
+        return _message_page(
+            request, 404, "No such session", "There is no live session of yours by that id."
+        )
+    withdrawn = await revoke_share(link_id, info.id)
+    if withdrawn is not None:
+        closed = broker.revoke_grant(info.id, withdrawn.grant, "the share link was withdrawn")
+        logger.info(
+            "%s withdrew share %d of session %s (%d viewer(s) disconnected)",
+            user.get_username(),
+            withdrawn.id,
+            info.id,
+            closed,
+        )
+    return redirect("portal:share", session_id=info.id)
+
+
+async def _grant(request: HttpRequest, granted: ActiveShare) -> HttpResponseBase:
+    """Remember in the portal session that its user opened ``granted``; open the viewer."""
+    shares = await request.session.aget(SHARES_KEY)
+    shares = dict(shares) if isinstance(shares, dict) else {}
+    shares[granted.session_id] = granted.id
+    await request.session.aset(SHARES_KEY, shares)
+    return redirect("portal:viewer", session_id=granted.session_id)
+
+
+def _no_store(response: HttpResponseBase) -> HttpResponseBase:
+    add_never_cache_headers(response)
+    response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+    # The page's address holds the secret: no other site learns it from a Referer header.
+    response.headers["Referrer-Policy"] = "no-referrer"
+    return response
+
+
+async def open_share(request: HttpRequest, secret: str) -> HttpResponseBase:
+    """``/share/<secret>/``: open a share link (after logging in, if need be)."""
+    if request.method not in ("GET", "HEAD"):
+        response = HttpResponse(status=405)
+        response["Allow"] = "GET, HEAD"
+        return _no_store(response)
+    user = await request.auser()
+    request.user = user
+    granted = await share_of_secret(secret)
+    if granted is not None and runtime.get_broker().session_by_id(granted.session_id) is None:
+        granted = None
+    if granted is None:
+        return _no_store(_message_page(request, 404, "This link opens nothing", _SHARE_ENDED))
+    if not user.is_authenticated:
+        # The login page's "next" must not carry the secret: the session remembers the link.
+        await request.session.aset(_PENDING_SHARE_KEY, [granted.session_id, granted.id])
+        return _no_store(
+            redirect_to_login(reverse("portal:open_pending_share"), reverse(settings.LOGIN_URL))
+        )
+    return _no_store(await _grant(request, granted))
+
+
+@portal_view()
+async def open_pending_share(request: HttpRequest, user: _User) -> HttpResponseBase:
+    """``/share/``: the share link opened before logging in."""
+    pending = await request.session.apop(_PENDING_SHARE_KEY, None)
+    granted = None
+    if isinstance(pending, list) and len(pending) == 2:
+        granted = await live_share(pending[1], str(pending[0]))
+    if granted is None:
+        return _message_page(request, 404, "This link opens nothing", _SHARE_ENDED)
+    return await _grant(request, granted)

@@ -11,6 +11,9 @@
 // proxy timeout) is opened again by itself while the session is still running; the gateway
 // keeps a session for its linger time after the last viewer left, so the desktop is still
 // there.
+//
+// A user who opened a share link watches only (config.viewOnly): noVNC sends no input, the
+// page offers no control, and the gateway withholds input whatever the page does.
 
 import RFB from '../novnc/core/rfb.js';
 
@@ -154,6 +157,7 @@ function connect() {
         conn.close = { code: event.code, reason: event.reason };
     });
     const rfb = new RFB(screen, socket, { shared: true });
+    rfb.viewOnly = Boolean(config.viewOnly);
     conn.rfb = rfb;
     current = conn;
     rfb.background = '#282828';
@@ -259,7 +263,7 @@ function applyScaling() {
     if (current && current.rfb) {
         current.rfb.clipViewport = false;
         current.rfb.scaleViewport = mode === 'fit';
-        current.rfb.resizeSession = mode === 'remote';
+        current.rfb.resizeSession = mode === 'remote' && !config.viewOnly;
     }
 }
 
@@ -270,13 +274,16 @@ function focusScreen() {
 }
 
 scalingSelect.value = localStorage.getItem(SCALING_KEY) || 'fit';
+if (!scalingSelect.value) {
+    scalingSelect.value = 'fit';  // 'remote' is not offered to a viewer who only watches
+}
 scalingSelect.addEventListener('change', () => {
     localStorage.setItem(SCALING_KEY, scalingSelect.value);
     applyScaling();
     focusScreen();
 });
 
-byId('ctrl-alt-del').addEventListener('click', () => {
+byId('ctrl-alt-del')?.addEventListener('click', () => {
     if (current && current.connected) {
         current.rfb.sendCtrlAltDel();
     }
@@ -310,14 +317,14 @@ overlayReconnect.addEventListener('click', reconnect);
 
 function toggleClipboard(open) {
     clipboardPanel.hidden = !open;
-    clipboardButton.setAttribute('aria-expanded', String(open));
+    clipboardButton?.setAttribute('aria-expanded', String(open));
     if (open) {
         clipboardText.focus();
     } else {
         focusScreen();
     }
 }
-clipboardButton.addEventListener('click', () => toggleClipboard(clipboardPanel.hidden));
+clipboardButton?.addEventListener('click', () => toggleClipboard(clipboardPanel.hidden));
 byId('clipboard-close').addEventListener('click', () => toggleClipboard(false));
 byId('clipboard-send').addEventListener('click', () => {
     if (current && current.connected) {
@@ -341,7 +348,7 @@ passwordForm.addEventListener('submit', (event) => {
     }
 });
 
-byId('end-form').addEventListener('submit', (event) => {
+byId('end-form')?.addEventListener('submit', (event) => {
     if (!window.confirm('End this session? Unsaved work in it is lost.')) {
         event.preventDefault();
         return;
