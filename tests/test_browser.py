@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 from gateway import GatewayProcess, start_gateway
+from portal_client import Account, create_accounts
 from support import (
     VncHome,
     free_displays,
@@ -36,7 +37,7 @@ from support import (
     scaled,
     wait_until,
 )
-from test_portal import ALICE, BOB, GROUP, ROOT, Account, create_accounts
+from test_portal import ALICE, BOB, GROUP, ROOT
 from vizgate.testing import DOUBLE_SESSION_SCRIPT
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
@@ -527,3 +528,58 @@ def test_the_viewer_warns_a_minute_before_a_limit_ends_the_session(
         lambda: ended(gateway, session_id), scaled(10), message="the session did not end"
     )
     assert record["end_reason"] == "released"
+
+
+def test_a_share_link_lets_another_user_watch_the_desktop_until_it_is_withdrawn(
+    browser: Any, desktop: Desktop
+) -> None:
+    gateway = desktop.gateway
+    owner = log_in(browser, gateway.url, ALICE)
+    session_id = launch(owner, DESKTOP, "1024x768")
+    connected(owner)
+    [session] = status(gateway)["sessions"]
+    display = desktop.display_of(session["index"])
+    paint(desktop, display, "#ff0000")
+    wait_for_colour(owner, (255, 0, 0))
+
+    with owner.context.expect_page() as opened:
+        owner.get_by_role("link", name="Share").click()
+    share = opened.value
+    share.get_by_role("button", name="Make a view-only link").click()
+    link = share.locator("#share-link").input_value()
+    assert re.fullmatch(re.escape(gateway.url) + r"share/[A-Za-z0-9_-]+/", link), link
+    screenshot(share, "share")
+
+    watcher = log_in(browser, gateway.url, BOB)
+    watcher.goto(link)
+    watcher.wait_for_url(re.compile(rf".*/sessions/{session_id}/$"))
+    connected(watcher)
+    wait_for_colour(watcher, (255, 0, 0))
+    playwright_api.expect(watcher.locator("#view-only")).to_contain_text("view only")
+    assert watcher.locator("#end-form, #clipboard-button, #ctrl-alt-del, #share").count() == 0
+    # What the owner's desktop shows next reaches the watcher too; both are connected.
+    paint(desktop, display, "#00c000")
+    wait_for_colour(watcher, (0, 0xC0, 0))
+    [watched] = status(gateway)["sessions"]
+    assert (watched["id"], watched["connections"]) == (session_id, 2)
+    screenshot(watcher, "watching")
+
+    share.goto(share.url)  # a GET: reloading would post the form again
+    share.get_by_role("button", name="Withdraw").click()
+    playwright_api.expect(watcher.locator("#overlay-title")).to_have_text(
+        "You can no longer watch this session", timeout=scaled(10) * 1000
+    )
+    playwright_api.expect(watcher.locator("#overlay-text")).to_have_text(
+        "the share link was withdrawn"
+    )
+    # The owner watches on, alone.
+    playwright_api.expect(owner.locator("body")).to_have_attribute("data-viewer", "connected")
+    wait_until(
+        lambda: [s["connections"] for s in status(gateway)["sessions"]] == [1],
+        scaled(10),
+        message="the watcher's connection is still counted",
+    )
+    for page in (owner, watcher):
+        assert_no_script_problems(page)
+    watcher.context.close()
+    owner.context.close()

@@ -210,7 +210,9 @@ function onDisconnect(conn) {
         if (drop && drop.first.reason) {
             showEnded(drop.first.reason);
         } else {
-            showFinal('refused', 'The gateway refused the connection', close.reason);
+            const title = config.viewOnly ? 'You can no longer watch this session'
+                : 'The gateway refused the connection';
+            showFinal('refused', title, close.reason);
         }
         return;
     }
