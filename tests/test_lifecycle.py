@@ -1104,3 +1104,17 @@ LifecycleWithDriver.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 test_lifecycle_with_a_driver = LifecycleWithDriver.TestCase
+
+
+def test_a_types_options_override_the_servers_timeouts() -> None:
+    server = Timeouts(reservation=300, start=120, ready=30, linger=10, idle=600, stop=60)
+    assert server.with_options({}) == server
+    typed = server.with_options(
+        {"start_timeout": 5, "ready_timeout": "7.5", "linger": 0, "max_lifetime": 3600}
+    )
+    assert typed == Timeouts(
+        reservation=300, start=5, ready=7.5, linger=0, idle=600, max_lifetime=3600, stop=60
+    )
+    # For the limits an admin switches on, 0 switches the server's limit off for the type.
+    assert server.with_options({"idle_timeout": 0}).idle is None
+    assert server.with_options({"idle_timeout": 90}).idle == 90

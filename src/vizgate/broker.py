@@ -5,27 +5,22 @@ reservations, runs the scripts' blocking ``start()`` / ``stop()`` in worker thre
 readiness, keeps every timer, and tells viewers' connections when to close. It runs on the
 gateway's event loop; nothing in it blocks.
 
-Each script call runs in a thread of its own that first waits for the instance's previous call
-to return, so ``start()`` and ``stop()`` of one instance run in the order they were asked for and
-never overlap, even when one of them overran its timeout; no thread outlives its call.
+Script calls run in threads, one instance's in order (:mod:`vizgate.script_calls`); sessions a
+previous gateway process left live are adopted at :meth:`Broker.open`
+(:mod:`vizgate.readoption`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import itertools
 import logging
-import os
 import secrets
-import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
-from dataclasses import replace
-from pathlib import Path
-from typing import Any, TypeVar
+from collections.abc import Mapping
+from typing import Any
 
 from vizgate.catalog import Catalog, ServiceType
 from vizgate.exceptions import ReservationError, StartError
@@ -46,9 +41,8 @@ from vizgate.lifecycle import (
 )
 from vizgate.live import Attachment, LiveSession
 from vizgate.net import port_answers, server_greets
-from vizgate.readoption import restored_lifecycle
-from vizgate.rfb import read_vnc_password_file
-from vizgate.script_hooks import script_state
+from vizgate.readoption import adopted_session, left_the_catalog
+from vizgate.script_calls import ScriptCalls, call_start, call_stop
 from vizgate.scripts import RemoteServiceScript, realize_instances
 from vizgate.sessions import (
     CloseRequest,
@@ -62,8 +56,6 @@ from vizgate.store import SessionEventRecord, SessionRecord, SessionStore, Threa
 from vizgate.user_limits import check_user_limits
 
 __all__ = ["Attachment", "Broker"]
-
-T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +93,7 @@ class Broker:
         self.probe_interval = probe_interval
         self._instances: dict[str, list[RemoteServiceScript]] = {}
         self._holders: dict[str, list[LiveSession | None]] = {}
-        self._last_calls: dict[tuple[str, int], concurrent.futures.Future[Any]] = {}
+        self._script_calls = ScriptCalls()
         self._sessions: dict[str, LiveSession] = {}
         self._by_id: dict[str, LiveSession] = {}
         self._history: deque[SessionInfo] = deque(maxlen=HISTORY_LENGTH)
@@ -261,7 +253,7 @@ class Broker:
             options=start_options,
             lifecycle=SessionLifecycle(
                 now=now,
-                timeouts=self._timeouts_for(service),
+                timeouts=self.timeouts.with_options(service.options),
                 label=f"{service.name}#{index}",
             ),
             created=time.time(),
@@ -428,27 +420,6 @@ class Broker:
         session = self._by_id.get(session_id)
         return session.info(self._wall) if session is not None else None
 
-    def password_of(self, session: LiveSession) -> bytes | None:
-        """The VNC password the gateway answers a session's VNC server with.
-
-        The script's own ``set_password()`` wins; else the type's ``vnc_password_file`` option
-        (TigerVNC's ``passwd`` format; ``~`` expanded; relative to the configuration's folder),
-        read at each connection so that a changed file takes effect at once.
-
-        Raises:
-            VncPasswordFileError: the file named by ``vnc_password_file`` cannot be read.
-        """
-        password = session.script.password()
-        if password is not None:
-            return password
-        name = session.service.options.get("vnc_password_file")
-        if not name:
-            return None
-        path = Path(os.path.expanduser(str(name)))
-        if not path.is_absolute():
-            path = self.catalog.path.parent / path
-        return read_vnc_password_file(path)
-
     def sessions(self) -> list[SessionInfo]:
         """Every live session, oldest first."""
         return [s.info(self._wall) for s in self._sessions.values()]
@@ -488,47 +459,21 @@ class Broker:
                 record.index,
             )
             if self._store is not None:
-                self._store.save(
-                    replace(
-                        record,
-                        state=State.ENDED.value,
-                        ended=time.time(),
-                        end_reason=EndReason.CRASHED.value,
-                        message="its session type is no longer in the catalog",
-                        stop_timed_out=True,
-                    )
-                )
+                self._store.save(left_the_catalog(record, time.time()))
             return
-        script = self._instances[service.name][record.index]
-        timeouts = self._timeouts_for(service)
-        label = f"{service.name}#{record.index}"
-
-        lifecycle = await restored_lifecycle(
-            record, script, timeouts, label, now=self.now(), wall=time.time()
-        )
-        ready = self._new_ready_future()
-        if lifecycle.state is State.RUNNING and lifecycle.host_port is not None:
-            ready.set_result(lifecycle.host_port)
-        session = LiveSession(
-            token=None,
-            token_hash=record.token_hash,
-            id=record.id,
-            service=service,
-            index=record.index,
-            script=script,
-            user=record.user,
-            options=dict(record.options),
-            lifecycle=lifecycle,
-            created=record.created,
-            ready=ready,
-            bound=record.bound,
-            bytes_to_client=record.bytes_to_client,
-            bytes_to_server=record.bytes_to_server,
-            script_state=dict(record.script_state),
+        session = await adopted_session(
+            record,
+            service,
+            self._instances[service.name][record.index],
+            self.timeouts.with_options(service.options),
+            self._new_ready_future(),
+            now=self.now(),
+            wall=time.time(),
         )
         self._register(session)
-        logger.info("%s: adopted after a restart (%s)", label, lifecycle.state.value)
-        self._event(session, "adopted", detail=lifecycle.state.value)
+        state = session.lifecycle.state.value
+        logger.info("%s: adopted after a restart (%s)", session.label, state)
+        self._event(session, "adopted", detail=state)
         self._save(session)
         self._drive(session)
 
@@ -572,60 +517,11 @@ class Broker:
             session.lifecycle.crashed("VNC server closed the connection", self.now())
             self._drive(session)
 
-    def _timeouts_for(self, service: ServiceType) -> Timeouts:
-        """The server's timeouts with the type's options on top."""
-        options, default = service.options, self.timeouts
-
-        def seconds(key: str, fallback: float) -> float:
-            value = options.get(key)
-            return float(value) if value is not None else fallback
-
-        def limit(key: str, fallback: float | None) -> float | None:
-            # For the limits an admin switches on, 0 means off, not "end at once".
-            value = options.get(key)
-            if value is None:
-                return fallback
-            return float(value) or None
-
-        return Timeouts(
-            reservation=default.reservation,
-            start=seconds("start_timeout", default.start),
-            ready=seconds("ready_timeout", default.ready),
-            linger=seconds("linger", default.linger),
-            idle=limit("idle_timeout", default.idle),
-            max_lifetime=limit("max_lifetime", default.max_lifetime),
-            stop=default.stop,
-        )
-
     def _new_ready_future(self) -> asyncio.Future[tuple[str, int]]:
         future: asyncio.Future[tuple[str, int]] = asyncio.get_running_loop().create_future()
         # A failed start nobody waits for any more must not be reported as "never retrieved".
         future.add_done_callback(lambda f: f.cancelled() or f.exception())
         return future
-
-    def _call_script(self, session: LiveSession, call: Callable[[], T]) -> asyncio.Future[T]:
-        """Run a blocking script call in a thread, after the instance's previous call returned.
-
-        A thread per call, not a pool: calls are rare (two per session), a hung one must not
-        starve the others, and no idle thread is kept per instance.
-        """
-        key = (session.service.name, session.index)
-        previous = self._last_calls.get(key)
-        result: concurrent.futures.Future[T] = concurrent.futures.Future()
-
-        def run() -> None:
-            if previous is not None:
-                concurrent.futures.wait([previous])
-            if not result.set_running_or_notify_cancel():
-                return
-            try:
-                result.set_result(call())
-            except BaseException as exc:
-                result.set_exception(exc)
-
-        self._last_calls[key] = result
-        threading.Thread(target=run, name=f"vizgate {session.label}", daemon=True).start()
-        return asyncio.wrap_future(result)
 
     def _spawn(self, session: LiveSession, coroutine: Any, name: str) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coroutine, name=f"{session.label} {name}")
@@ -689,42 +585,7 @@ class Broker:
             self._all_ended.set()
 
     async def _run_start(self, session: LiveSession) -> None:
-        script = session.script
-        loop = asyncio.get_running_loop()
-
-        def call_start() -> bool:
-            script.reset()
-            # A reservation adopted after a restart and reached by its id has no token here.
-            token = session.token or session.id
-            started = bool(
-                script.start(token, timestamp=time.time(), options=dict(session.options))
-            )
-            session.script_state = script_state(script)
-            return started
-
-        began = loop.time()
-        try:
-            ok = await self._call_script(session, call_start)
-        except Exception as exc:
-            logger.exception("%s: start() raised", session.label)
-            session.lifecycle.start_failed(
-                f"start() raised {type(exc).__name__}: {exc}", self.now()
-            )
-        else:
-            host_port = script.host_port()
-            if not ok:
-                # A script may say why before it gives up (report_progress); the person waiting
-                # is better served by that than by the bare fact.
-                said = script.progress()
-                message = f"start() returned False: {said}" if said else "start() returned False"
-                session.lifecycle.start_failed(message, self.now())
-            elif host_port is None:
-                session.lifecycle.start_failed(
-                    "start() returned True but did not call set_host_port()", self.now()
-                )
-            else:
-                logger.info("%s: start() returned after %.1f s", session.label, loop.time() - began)
-                session.lifecycle.start_succeeded(*host_port, self.now())
+        await call_start(session, self._script_calls, self.now)
         self._drive(session)
 
     async def _probe(self, session: LiveSession, host: str, port: int) -> None:
@@ -738,16 +599,8 @@ class Broker:
             return
 
     async def _run_stop(self, session: LiveSession) -> None:
-        script = session.script
-        try:
-            await self._call_script(session, script.stop)
-        except Exception:
-            logger.exception("%s: stop() raised", session.label)
-        if session.lifecycle.state is State.STOPPING:
-            session.lifecycle.stop_returned(self.now())
+        if await call_stop(session, self._script_calls, self.now):
             self._drive(session)
-        else:
-            logger.warning("%s: stop() returned after its timeout", session.label)
 
     async def _run_timers(self) -> None:
         while True:

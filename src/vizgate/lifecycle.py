@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import enum
 import logging
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 __all__ = [
     "Action",
@@ -106,6 +108,30 @@ class Timeouts:
     idle: float | None = None
     max_lifetime: float | None = None
     stop: float = 60.0
+
+    def with_options(self, options: Mapping[str, Any]) -> Timeouts:
+        """These timeouts with a session type's options on top: ``start_timeout``,
+        ``ready_timeout``, ``linger``, ``idle_timeout`` and ``max_lifetime``."""
+
+        def seconds(key: str, fallback: float) -> float:
+            value = options.get(key)
+            return float(value) if value is not None else fallback
+
+        def limit(key: str, fallback: float | None) -> float | None:
+            # For the limits an admin switches on, 0 means off, not "end at once".
+            value = options.get(key)
+            if value is None:
+                return fallback
+            return float(value) or None
+
+        return replace(
+            self,
+            start=seconds("start_timeout", self.start),
+            ready=seconds("ready_timeout", self.ready),
+            linger=seconds("linger", self.linger),
+            idle=limit("idle_timeout", self.idle),
+            max_lifetime=limit("max_lifetime", self.max_lifetime),
+        )
 
 
 class Action:

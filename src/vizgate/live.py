@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vizgate.catalog import ServiceType
 from vizgate.lifecycle import SessionLifecycle, State
+from vizgate.rfb import read_vnc_password_file
 from vizgate.scripts import RemoteServiceScript
 from vizgate.sessions import CloseRequest, SessionInfo
 from vizgate.store import SessionRecord
@@ -51,6 +54,27 @@ class LiveSession:
     @property
     def label(self) -> str:
         return f"{self.service.name}#{self.index}"
+
+    def vnc_password(self, config_folder: Path) -> bytes | None:
+        """The VNC password the gateway answers the session's VNC server with.
+
+        The script's own ``set_password()`` wins; else the type's ``vnc_password_file`` option
+        (TigerVNC's ``passwd`` format; ``~`` expanded; relative to ``config_folder``, the
+        catalog's), read at each connection so that a changed file takes effect at once.
+
+        Raises:
+            VncPasswordFileError: the file named by ``vnc_password_file`` cannot be read.
+        """
+        password = self.script.password()
+        if password is not None:
+            return password
+        name = self.service.options.get("vnc_password_file")
+        if not name:
+            return None
+        path = Path(os.path.expanduser(str(name)))
+        if not path.is_absolute():
+            path = config_folder / path
+        return read_vnc_password_file(path)
 
     def info(self, wall: Callable[[float | None], float | None]) -> SessionInfo:
         """A snapshot for status pages; ``wall`` turns the broker's clock into wall time."""
@@ -155,7 +179,7 @@ class Attachment:
     @property
     def password(self) -> bytes | None:
         """The VNC password the gateway answers the VNC server with, if the session has one."""
-        return self._broker.password_of(self._session)
+        return self._session.vnc_password(self._broker.catalog.path.parent)
 
     def revoke(self, message: str) -> None:
         """End this viewer's access (its grant expired or was withdrawn); idempotent."""

@@ -9,14 +9,73 @@ reconnect with the same token, or it is stopped when nobody does. Anything else 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
+from vizgate.catalog import ServiceType
 from vizgate.lifecycle import EndReason, SessionLifecycle, State, Timeouts
+from vizgate.live import LiveSession
 from vizgate.net import port_answers
 from vizgate.script_hooks import load_script_state, poll_script
 from vizgate.scripts import RemoteServiceScript
 from vizgate.store import SessionRecord
 
-__all__ = ["restored_lifecycle"]
+__all__ = ["adopted_session", "left_the_catalog", "restored_lifecycle"]
+
+
+def left_the_catalog(record: SessionRecord, wall: float) -> SessionRecord:
+    """What is saved of a session whose type or index is no longer in the catalog: nothing can
+    stop it now, so it ends flagged for an administrator to check by hand."""
+    return replace(
+        record,
+        state=State.ENDED.value,
+        ended=wall,
+        end_reason=EndReason.CRASHED.value,
+        message="its session type is no longer in the catalog",
+        stop_timed_out=True,
+    )
+
+
+async def adopted_session(
+    record: SessionRecord,
+    service: ServiceType,
+    script: RemoteServiceScript,
+    timeouts: Timeouts,
+    ready: asyncio.Future[tuple[str, int]],
+    *,
+    now: float,
+    wall: float,
+) -> LiveSession:
+    """The live session a saved one becomes (see :func:`restored_lifecycle`).
+
+    Args:
+        record: the saved session.
+        service: its session type; ``script`` the instance of its index.
+        timeouts: the type's timeouts.
+        ready: resolved here with host:port when the session runs on.
+        now: the broker's monotonic clock now; ``wall`` the wall clock at the same moment.
+    """
+    label = f"{service.name}#{record.index}"
+    lifecycle = await restored_lifecycle(record, script, timeouts, label, now=now, wall=wall)
+    if lifecycle.state is State.RUNNING and lifecycle.host_port is not None:
+        ready.set_result(lifecycle.host_port)
+    return LiveSession(
+        # The token is not saved, only its hash: a viewer who presents it makes it known again.
+        token=None,
+        token_hash=record.token_hash,
+        id=record.id,
+        service=service,
+        index=record.index,
+        script=script,
+        user=record.user,
+        options=dict(record.options),
+        lifecycle=lifecycle,
+        created=record.created,
+        ready=ready,
+        bound=record.bound,
+        bytes_to_client=record.bytes_to_client,
+        bytes_to_server=record.bytes_to_server,
+        script_state=dict(record.script_state),
+    )
 
 
 async def restored_lifecycle(
