@@ -4,9 +4,9 @@ A :class:`Report` holds every sample as JSON-ready dicts (``*_json`` helpers tur
 results into them) and where the run took place (:func:`machine_info`). :func:`summarize`
 takes medians over the repetitions per target, the *paired* ratios (vizgate's figure over a
 baseline's, one ratio per repetition, both measured seconds apart) and the targets' verdicts;
-:func:`render` prints it all as Markdown tables. The reference relays (``python-relay``,
-``c-relay``) appear in the round trips only, as rows of the first table and as vizgate's
-paired round-trip ratio to each, on one line under it.
+:func:`render` prints it all as Markdown tables. The reference relays (``ws-relay``,
+``python-relay``, ``c-relay``) appear in the round trips only, as rows of the first table and
+as vizgate's paired round-trip ratio to each, on one line under it.
 """
 
 from __future__ import annotations
@@ -52,12 +52,13 @@ TARGET_ORDER = (
     "client-ceiling",
     "c-relay",
     "python-relay",
+    "ws-relay",
     "websockify",
     "vizgate",
 )
 
-#: The plain TCP relays measured in the round trips only, as floors for vizgate's round trip.
-REFERENCE_RELAYS = ("python-relay", "c-relay")
+#: The relays measured in the round trips only, as floors for vizgate's round trip.
+REFERENCE_RELAYS = ("ws-relay", "python-relay", "c-relay")
 
 
 @dataclass
@@ -366,6 +367,7 @@ def render(report: Report) -> str:
         "client-ceiling": "load client straight to a WebSocket backend (its ceiling)",
         "c-relay": "reference: C epoll relay, plain TCP (no WebSocket)",
         "python-relay": "reference: Python uvloop relay, plain TCP (no WebSocket)",
+        "ws-relay": "reference: Python uvloop WebSocket relay, vizgate's frame code only",
         "websockify": "websockify",
         "vizgate": "vizgate tunnel (`vizgate serve`)",
     }
@@ -398,8 +400,12 @@ def render(report: Report) -> str:
             lines.append(f"| vizgate / {label} | {' | '.join(cells)} | |")
     versus = report.summary.get("vizgate_rtt_p50_vs_relays", {})
     if versus:
-        relays = {"python-relay": "the Python relay's", "c-relay": "the C relay's"}
-        shown = " and ".join(
+        relays = {
+            "ws-relay": "the WebSocket relay's",
+            "python-relay": "the Python TCP relay's",
+            "c-relay": "the C TCP relay's",
+        }
+        shown = ", ".join(
             f"{_times(v['median'])}{_range(v)} {relays.get(name, name)}"
             for name, v in versus.items()
         )

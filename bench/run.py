@@ -21,8 +21,9 @@ rotated order, so a slow spell of a noisy machine is spread over all of them):
 * ``client-ceiling``: the client straight to a WebSocket backend (what the client can do);
 * ``websockify``: the reference proxy;
 * ``vizgate``: the gateway's real tunnel (a fresh reservation per connection);
-* ``python-relay`` and ``c-relay``: the simplest TCP relays, in Python on uvloop and in C on
-  epoll, in the round trips only: the floor any relay on this machine pays a round trip.
+* ``ws-relay``, ``python-relay`` and ``c-relay``, in the round trips only: the simplest
+  WebSocket relay with vizgate's frame code on uvloop, and the simplest TCP relays in Python on
+  uvloop and in C on epoll: the floors a relay of each kind pays a round trip on this machine.
 
 Measurements: downstream and upstream throughput with the proxy's CPU seconds per GB
 (MB = 10^6 bytes, GB = 10^9 bytes); 100-byte round trips (p50/p99); many tunnels at once doing
@@ -141,9 +142,9 @@ SMOKE = Settings(
 # Measuring
 
 
-def _relay_target(name: str, process: Process) -> Target:
-    """A reference relay as a target: plain TCP, its process's CPU measured."""
-    return Target(name, "tcp", "127.0.0.1", int(str(process.info["port"])), cpu=process.cpu_seconds)
+def _relay_target(name: str, process: Process, kind: str = "tcp") -> Target:
+    """A reference relay as a target, its process's CPU measured."""
+    return Target(name, kind, "127.0.0.1", int(str(process.info["port"])), cpu=process.cpu_seconds)
 
 
 def _rotated(items: Sequence[Target], by: int) -> list[Target]:
@@ -285,8 +286,12 @@ async def run(
             websockify_rfb = start_websockify("websockify-rfb", directory, command, ports["rfb"])
             running.append(websockify_rfb)
 
-        # The reference relays: plain TCP to the same backend, for the round trips only.
+        # The reference relays to the same backend, for the round trips only: WebSocket with
+        # vizgate's frame code and nothing else, then plain TCP in Python and in C.
         references: list[Target] = []
+        ws_relay = start_python_relay(directory, ports["mux"], websocket=True)
+        running.append(ws_relay)
+        references.append(_relay_target("ws-relay", ws_relay, "ws"))
         python_relay = start_python_relay(directory, ports["mux"])
         running.append(python_relay)
         references.append(_relay_target("python-relay", python_relay))

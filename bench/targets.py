@@ -7,8 +7,10 @@ by its PID by the harness (:mod:`bench.run`):
 * ``vizgate serve`` (:class:`Gateway`), with a catalog (:func:`write_catalog`) whose script
   (:mod:`bench.bench_session`) points each session at the backend;
 * ``websockify 127.0.0.1:P 127.0.0.1:BACKEND`` (from PyPI), the reference proxy;
-* two reference relays of plain TCP, no WebSocket: ``python -m bench.relay BACKEND`` (the
-  simplest uvloop relay, :mod:`bench.relay`) and ``bench/relay.c`` (epoll, one thread),
+* three reference relays: ``python -m bench.relay --websocket BACKEND`` (WebSocket to plain TCP
+  with vizgate's frame code and nothing else), and two of plain TCP, no WebSocket:
+  ``python -m bench.relay BACKEND`` (the simplest uvloop relay, :mod:`bench.relay`) and
+  ``bench/relay.c`` (epoll, one thread),
   compiled with ``cc -O2`` into the run's directory when a C compiler is installed. They show
   what a relay costs a round trip on this machine before any WebSocket work.
 """
@@ -281,13 +283,15 @@ def _start_relay(
     return process
 
 
-def start_python_relay(directory: Path, backend: int) -> Process:
-    """``python -m bench.relay BACKEND``: the simplest TCP relay on uvloop (:mod:`bench.relay`).
+def start_python_relay(directory: Path, backend: int, *, websocket: bool = False) -> Process:
+    """``python -m bench.relay BACKEND``: the simplest TCP relay on uvloop (:mod:`bench.relay`);
+    with ``websocket``, the same whose clients speak WebSocket (``ws-relay``).
 
     Its port is in ``info["port"]``.
     """
-    command = [sys.executable, "-m", "bench.relay", str(backend)]
-    return _start_relay("python-relay", command, directory, env=_child_env())
+    command = [sys.executable, "-m", "bench.relay", *(["--websocket"] if websocket else [])]
+    name = "ws-relay" if websocket else "python-relay"
+    return _start_relay(name, [*command, str(backend)], directory, env=_child_env())
 
 
 def c_compiler() -> str | None:

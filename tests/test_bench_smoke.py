@@ -129,7 +129,7 @@ def test_round_trips_echo_what_was_sent(smoke_report: dict[str, Any], target: st
         assert 0 < series["p50_ms"] <= series["p99_ms"]
 
 
-@pytest.mark.parametrize("relay", ["python-relay", "c-relay"])
+@pytest.mark.parametrize("relay", ["ws-relay", "python-relay", "c-relay"])
 def test_reference_relays_echo_round_trips_only(smoke_report: dict[str, Any], relay: str) -> None:
     if relay == "c-relay" and _c_compiler() is None:
         pytest.skip("no C compiler: the harness leaves the C relay out")
