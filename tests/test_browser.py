@@ -583,3 +583,19 @@ def test_a_share_link_lets_another_user_watch_the_desktop_until_it_is_withdrawn(
         assert_no_script_problems(page)
     watcher.context.close()
     owner.context.close()
+
+
+def test_the_admin_pages_work_under_the_content_security_policy(
+    browser: Any, desktop: Desktop
+) -> None:
+    gateway = desktop.gateway
+    page = log_in(browser, gateway.url, ROOT)
+    for path in ("admin/", "admin/auth/user/", "admin/auth/group/", "admin/auth/user/add/"):
+        page.goto(gateway.url + path)
+        playwright_api.expect(page.locator("#site-name")).to_contain_text("vizgate")
+    # The user list's "select all" checkbox is the admin's own script at work.
+    page.goto(gateway.url + "admin/auth/user/")
+    page.locator("#action-toggle").check()
+    playwright_api.expect(page.locator("tr.selected").first).to_be_visible()
+    assert_no_script_problems(page)
+    page.context.close()

@@ -120,6 +120,23 @@ def test_pages_need_a_login(gateway: GatewayProcess) -> None:
     assert page.json()["reason"] == "unauthorized"
 
 
+def test_every_page_has_a_content_security_policy(gateway: GatewayProcess) -> None:
+    anonymous = Browser(gateway.port)
+    root = logged_in(gateway, ROOT)
+    pages = {
+        "/login/": anonymous.get("/login/"),
+        "/": root.get("/"),
+        "a missing page": root.get("/no/such/page/"),
+        "/admin/login/": anonymous.get("/admin/login/"),
+        "/admin/auth/user/": root.get("/admin/auth/user/"),
+    }
+    for name, page in pages.items():
+        policy = page.headers.get("Content-Security-Policy", "")
+        assert "frame-ancestors 'none'" in policy, name
+        assert "script-src 'self';" in policy, name
+        assert "style-src 'self';" in policy, name
+
+
 def test_the_login_form_refuses_a_wrong_password(gateway: GatewayProcess) -> None:
     browser = Browser(gateway.port)
     page = browser.login(Account(ALICE.name, "not-her-password"))

@@ -103,6 +103,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "vizgate.web.csp.ContentSecurityPolicyMiddleware",
 ]
 
 ROOT_URLCONF = "vizgate.web.urls"

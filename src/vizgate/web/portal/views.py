@@ -37,6 +37,7 @@ from vizgate.broker import Broker
 from vizgate.exceptions import ReservationError
 from vizgate.sessions import ServiceInfo, SessionInfo
 from vizgate.web import runtime
+from vizgate.web.csp import CONTENT_SECURITY_POLICY
 from vizgate.web.portal.assets import find_static
 from vizgate.web.portal.forms import LaunchForm
 from vizgate.web.portal.shares import (
@@ -51,7 +52,6 @@ from vizgate.web.portal.shares import (
 )
 
 __all__ = [
-    "CONTENT_SECURITY_POLICY",
     "NOVNC_MODULE",
     "STATE_LABELS",
     "Card",
@@ -75,13 +75,6 @@ __all__ = [
 #: The noVNC module the viewer imports (fetched by ``scripts/install``).
 NOVNC_MODULE = "novnc/core/rfb.js"
 
-#: The portal's pages load scripts, styles and images from the gateway only, and open
-#: WebSockets to it only (in CSP Level 3, 'self' also matches ws: and wss: of the page's host);
-#: no page may frame them.
-CONTENT_SECURITY_POLICY = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
-    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
-)
 
 #: What a user sees of the lifecycle's states.
 STATE_LABELS = {
