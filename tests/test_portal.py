@@ -492,7 +492,20 @@ def test_the_status_page_is_for_administrators_who_may_terminate(
     )
     assert ended["end_reason"] == "terminated"
     assert ended["message"] == "session ended by administrator"
-    assert "session ended by administrator" in root.get("/status/").text
+    status_page = root.get("/status/").text
+    assert "session ended by administrator" in status_page
+    # Each session's page keeps its audit trail after it ended.
+    assert f'href="/status/{session_id}/"' in status_page
+    assert alice.get(f"/status/{session_id}/").status == 403
+    assert root.get("/status/0123456789abcdef/").status == 404
+
+    def trail() -> list[str] | None:
+        kinds = re.findall(r'<tr data-kind="([^"]+)">', root.get(f"/status/{session_id}/").text)
+        return kinds if "stopped" in kinds else None
+
+    kinds = wait_until(trail, scaled(10), message="the session's trail did not end")
+    assert kinds[0] == "reserved"
+    assert {"terminated", "stopped"} <= set(kinds)
 
 
 def test_the_django_admin_manages_users_and_groups_for_administrators(

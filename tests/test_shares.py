@@ -31,6 +31,7 @@ OWNER = Account("olga", "olga-owns-the-desktop-7")
 WATCHER = Account("wanda", "wanda-watches-only-8")
 LATECOMER = Account("lars", "lars-logs-in-later-9")
 STRANGER = Account("sven", "sven-has-no-link-10")
+ADMIN = Account("ada", "ada-administers-it-11", admin=True)
 
 SCRIPT = """
 from nexus_remote_service import RemoteServiceScript
@@ -167,7 +168,7 @@ def gateway(data_dir: Path, vnc_server: RecordingVncServer) -> Iterator[GatewayP
         directory / "config",
         {SERVICE: {"script": str(script), "count": 4, "options": {"port": vnc_server.port}}},
     )
-    create_accounts(data_dir, [OWNER, WATCHER, LATECOMER, STRANGER])
+    create_accounts(data_dir, [OWNER, WATCHER, LATECOMER, STRANGER, ADMIN])
     started = start_gateway(directory / "run", config, "--linger", "0.5")
     yield started
     started.stop()
@@ -295,6 +296,34 @@ def test_a_share_link_lets_another_user_watch_but_not_control(
         watching.ws.send(EVERYTHING[start : start + 7])
     client_init, received = recorded_after(vnc_server, before + 1, WATCHABLE)
     assert (client_init, received) == (bytes([1]), WATCHABLE)
+
+    # The administrator's page of the session tells who did what, with which access.
+    admin = logged_in(gateway, ADMIN)
+
+    def audit() -> list[tuple[str, str, str]] | None:
+        page = admin.get(f"/status/{session_id}/")
+        assert page.status == 200, page.status
+        rows = re.findall(
+            r'<tr data-kind="([^"]+)">\s*<td>[^<]*</td>\s*<td>[^<]*</td>\s*<td>([^<]*)</td>'
+            r"\s*<td>[^<]*</td>\s*<td>([^<]*)</td>",
+            page.text,
+        )
+        found = [(kind, html.unescape(who), html.unescape(detail)) for kind, who, detail in rows]
+        return (
+            found
+            if ("connected", WATCHER.name, "view only (share")
+            in [(kind, who, detail[:16]) for kind, who, detail in found]
+            else None
+        )
+
+    trail = wait_until(audit, scaled(10), message="the watcher's connection is not in the trail")
+    kinds = [kind for kind, _, _ in trail]
+    assert kinds[0] == "reserved"
+    assert ("connected", OWNER.name, "") in trail
+    [shared] = [entry for entry in trail if entry[0] == "shared"]
+    assert shared[1] == OWNER.name
+    assert shared[2].startswith("share ")
+    assert logged_in(gateway, WATCHER).get(f"/status/{session_id}/").status == 403
 
     # A user without the link, and one who did not log in, are still refused.
     assert refused(gateway, logged_in(gateway, STRANGER), session_id) == (1008, OWNER_REFUSAL)

@@ -269,12 +269,13 @@ class Broker:
         self._wakeup.set()
         return Reservation(token=token, session_id=session.id, service=service.name, index=index)
 
-    async def attach(self, token: str, *, client: str = "") -> Attachment:
+    async def attach(self, token: str, *, client: str = "", user: str = "") -> Attachment:
         """Attach a viewer to a session; the first attach starts it. Waits until it runs.
 
         Args:
             token: the reservation's token.
             client: the viewer's address, for the audit trail.
+            user: the viewer's account when known (a logged-in user), for the audit trail.
 
         Raises:
             ReservationError: the token is unknown, expired or released (``unknown_token``).
@@ -283,10 +284,10 @@ class Broker:
         session = self._sessions.get(token_hash(token))
         if session is not None and session.token is None:
             session.token = token
-        return await self._attach(session, client)
+        return await self._attach(session, client, user)
 
     async def attach_session(
-        self, session_id: str, *, client: str = "", grant: str = ""
+        self, session_id: str, *, client: str = "", user: str = "", grant: str = ""
     ) -> Attachment:
         """Attach a viewer to a session by its public id, for callers that authenticated the
         viewer another way (a logged-in owner); see :meth:`attach`.
@@ -295,14 +296,14 @@ class Broker:
             grant: what let a viewer in who is not the owner (a share link), so that
                 :meth:`revoke_grant` can close its connections later; "" for the owner.
         """
-        return await self._attach(self._by_id.get(session_id), client, grant)
+        return await self._attach(self._by_id.get(session_id), client, user, grant)
 
     async def _attach(
-        self, session: LiveSession | None, client: str, grant: str = ""
+        self, session: LiveSession | None, client: str, user: str, grant: str = ""
     ) -> Attachment:
         if session is None or not session.lifecycle.accepts_connections:
             raise ReservationError("unknown, expired or released token", reason="unknown_token")
-        attachment = Attachment(self, session, next(self._connection_ids), client, grant)
+        attachment = Attachment(self, session, next(self._connection_ids), client, grant, user)
         session.attachments[attachment.connection_id] = attachment
         session.lifecycle.connected(attachment.connection_id, self.now())
         logger.info(
@@ -311,7 +312,7 @@ class Broker:
             attachment.connection_id,
             len(session.attachments),
         )
-        self._event(session, "connected", client=client)
+        self._event(session, "connected", user=user, client=client, detail=attachment.access)
         self._drive(session)
         try:
             host, port = await asyncio.shield(session.ready)
@@ -337,7 +338,13 @@ class Broker:
             attachment.connection_id,
             len(session.attachments),
         )
-        self._event(session, "disconnected", client=attachment.client)
+        self._event(
+            session,
+            "disconnected",
+            user=attachment.user,
+            client=attachment.client,
+            detail=attachment.access,
+        )
         self._drive(session)
 
     def release(
@@ -487,16 +494,30 @@ class Broker:
         if self._store is not None:
             self._store.save(session.record(self._wall))
 
+    def record_event(self, session_id: str, kind: str, *, user: str, detail: str = "") -> None:
+        """Add a line to a live session's audit trail (what the portal did to it, e.g. a share
+        link made or withdrawn); nothing happens when no live session has that id."""
+        session = self._by_id.get(session_id)
+        if session is not None:
+            self._event(session, kind, user=user, detail=detail)
+
     def _event(
-        self, session: LiveSession, kind: str, *, user: str = "", client: str = "", detail: str = ""
+        self,
+        session: LiveSession,
+        kind: str,
+        *,
+        user: str | None = None,
+        client: str = "",
+        detail: str = "",
     ) -> None:
+        """``user``: who did it; None for the session's own user, "" when nobody knows."""
         if self._store is not None:
             self._store.add_event(
                 SessionEventRecord(
                     session_id=session.id,
                     kind=kind,
                     at=time.time(),
-                    user=user or session.user,
+                    user=session.user if user is None else user,
                     client=client,
                     detail=detail[:500],
                 )

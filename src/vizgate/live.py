@@ -154,6 +154,7 @@ class Attachment:
         connection_id: int,
         client: str,
         grant: str = "",
+        user: str = "",
     ) -> None:
         self._broker = broker
         self._session = session
@@ -161,6 +162,8 @@ class Attachment:
         self.client = client
         #: What let this viewer in if not its owner (a share link); see Broker.revoke_grant.
         self.grant = grant
+        #: The viewer's account when known, for the audit trail.
+        self.user = user
         #: Set to a reason a person reads when the viewer's access ends before the session does.
         self.revoked: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self.host = ""
@@ -175,6 +178,11 @@ class Attachment:
     @property
     def session_id(self) -> str:
         return self._session.id
+
+    @property
+    def access(self) -> str:
+        """How the audit trail describes this viewer's access: "" for full control."""
+        return f"view only ({self.grant})" if self.grant else ""
 
     @property
     def password(self) -> bytes | None:

@@ -67,12 +67,14 @@ class Access:
         until: when the access ends (seconds since the epoch); the connection closes then.
         grant: what let the viewer in when it is not the session's owner, e.g. ``share 12``;
             :meth:`Broker.revoke_grant` closes such connections.
+        user: the viewer's account when the authorizer knows it, for the audit trail.
     """
 
     refusal: str | None = None
     view_only: bool = False
     until: float | None = None
     grant: str = ""
+    user: str = ""
 
 
 FULL_ACCESS = Access()
@@ -291,10 +293,14 @@ class _Connection:
         client = self.scope.get("client")
         address = f"{client[0]}:{client[1]}" if client else ""
         if token:
-            attachment = await self.attach(lambda: self.broker.attach(token, client=address))
+            attachment = await self.attach(
+                lambda: self.broker.attach(token, client=address, user=access.user)
+            )
         else:
             attachment = await self.attach(
-                lambda: self.broker.attach_session(session.id, client=address, grant=access.grant)
+                lambda: self.broker.attach_session(
+                    session.id, client=address, user=access.user, grant=access.grant
+                )
             )
         if attachment is None:
             return

@@ -176,7 +176,7 @@ def make_authorizer(broker: Broker) -> Authorizer:
         viewer = await viewer_of_scope(scope)
         reason = refusal(viewer, session, group)
         if reason is None:
-            return FULL_ACCESS
+            return Access(user=viewer.username)
         if reason == OWNER_REFUSAL and session.id in viewer.shares:
             share = await live_share(viewer.shares[session.id], session.id)
             if share is not None:
@@ -184,7 +184,10 @@ def make_authorizer(broker: Broker) -> Authorizer:
                 reason = refusal(viewer, replace(session, user=viewer.username), group)
                 if reason is None:
                     return Access(
-                        view_only=True, until=share.expires.timestamp(), grant=share.grant
+                        view_only=True,
+                        until=share.expires.timestamp(),
+                        grant=share.grant,
+                        user=viewer.username,
                     )
             else:
                 reason = SHARE_ENDED_REFUSAL

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from vizgate.web.portal import views
+from vizgate.web.portal import share_views, views
 from vizgate.web.portal.forms import LoginForm
 
 __all__ = ["app_name", "urlpatterns"]
@@ -30,14 +30,15 @@ urlpatterns = [
     path("sessions/<str:session_id>/", views.viewer, name="viewer"),
     path("sessions/<str:session_id>/status", views.session_status, name="session_status"),
     path("sessions/<str:session_id>/end", views.end_session, name="end"),
-    path("sessions/<str:session_id>/share", views.share, name="share"),
+    path("sessions/<str:session_id>/share", share_views.share, name="share"),
     path(
         "sessions/<str:session_id>/share/<int:link_id>/withdraw",
-        views.revoke_share_link,
+        share_views.revoke_share_link,
         name="revoke_share",
     ),
-    path("share/", views.open_pending_share, name="open_pending_share"),
-    path("share/<str:secret>/", views.open_share, name="open_share"),
+    path("share/", share_views.open_pending_share, name="open_pending_share"),
+    path("share/<str:secret>/", share_views.open_share, name="open_share"),
     path("status/", views.status, name="status"),
+    path("status/<str:session_id>/", views.session_detail, name="session_detail"),
     path("status/<str:session_id>/terminate", views.terminate, name="terminate"),
 ]

@@ -40,32 +40,29 @@ from vizgate.web import runtime
 from vizgate.web.csp import CONTENT_SECURITY_POLICY
 from vizgate.web.portal.assets import find_static
 from vizgate.web.portal.forms import LaunchForm
+from vizgate.web.portal.models import SessionEvent
 from vizgate.web.portal.shares import (
-    LIFETIMES,
     SHARES_KEY,
     ActiveShare,
     active_shares,
-    create_share,
     live_share,
-    revoke_share,
-    share_of_secret,
 )
 
 __all__ = [
     "NOVNC_MODULE",
     "STATE_LABELS",
     "Card",
+    "PortalUser",
     "SessionRow",
     "catalogue",
     "end_session",
     "launch",
+    "message_page",
     "my_sessions",
-    "open_pending_share",
-    "open_share",
+    "owned_by",
     "portal_view",
-    "revoke_share_link",
+    "session_detail",
     "session_status",
-    "share",
     "status",
     "status_json",
     "terminate",
@@ -89,18 +86,20 @@ STATE_LABELS = {
 
 logger = logging.getLogger(__name__)
 
-_User = AbstractBaseUser | AnonymousUser
+#: Who a portal view is called for (logged in, except on the login page).
+PortalUser = AbstractBaseUser | AnonymousUser
 _PageView = Callable[..., Coroutine[Any, Any, HttpResponseBase]]
 
 
 # --- plumbing -----------------------------------------------------------------------------------
 
 
-def _is_staff(user: _User) -> bool:
+def _is_staff(user: PortalUser) -> bool:
     return bool(user.is_authenticated and getattr(user, "is_staff", False))
 
 
-def _message_page(request: HttpRequest, status: int, title: str, text: str) -> HttpResponse:
+def message_page(request: HttpRequest, status: int, title: str, text: str) -> HttpResponse:
+    """A page that only says something: a title, a sentence and a way back."""
     return render(request, "portal/message.html", {"title": title, "text": text}, status=status)
 
 
@@ -139,14 +138,14 @@ def portal_view(
                         request.get_full_path(), reverse(settings.LOGIN_URL)
                     )
             elif staff and not _is_staff(user):
-                response = _message_page(
+                response = message_page(
                     request, 403, "Administrators only", "This page is for administrators."
                 )
             else:
                 try:
                     response = await view(request, user, *args, **kwargs)
                 except runtime.BrokerUnavailable:
-                    response = _message_page(
+                    response = message_page(
                         request,
                         503,
                         "Not ready",
@@ -195,7 +194,7 @@ class Card:
     mine: tuple[SessionInfo, ...]
 
 
-async def _usable_services(broker: Broker, user: _User) -> list[ServiceInfo]:
+async def _usable_services(broker: Broker, user: PortalUser) -> list[ServiceInfo]:
     groups = await agroup_names(user)
     staff = _is_staff(user)
     return [
@@ -207,7 +206,8 @@ async def _usable_services(broker: Broker, user: _User) -> list[ServiceInfo]:
     ]
 
 
-def _owned(info: SessionInfo, user: _User) -> bool:
+def owned_by(info: SessionInfo, user: PortalUser) -> bool:
+    """May ``user`` control ``info``: its owner, or an administrator."""
     return info.user == user.get_username() or _is_staff(user)
 
 
@@ -246,7 +246,7 @@ def status_json(info: SessionInfo) -> dict[str, Any]:
     }
 
 
-def _end(broker: Broker, info: SessionInfo, user: _User) -> None:
+def _end(broker: Broker, info: SessionInfo, user: PortalUser) -> None:
     """End a session for its owner or an administrator."""
     if info.user == user.get_username():
         broker.release_session(info.id, "session ended by its user")
@@ -258,7 +258,7 @@ def _end(broker: Broker, info: SessionInfo, user: _User) -> None:
 
 
 async def _render_catalogue(
-    request: HttpRequest, user: _User, *, error: str = "", status: int = 200
+    request: HttpRequest, user: PortalUser, *, error: str = "", status: int = 200
 ) -> HttpResponse:
     broker = runtime.get_broker()
     mine: dict[str, list[SessionInfo]] = {}
@@ -278,13 +278,13 @@ async def _render_catalogue(
 
 
 @portal_view()
-async def catalogue(request: HttpRequest, user: _User) -> HttpResponseBase:
+async def catalogue(request: HttpRequest, user: PortalUser) -> HttpResponseBase:
     """``/``: one card per session type the user may use, with sizes and free instances."""
     return await _render_catalogue(request, user)
 
 
 @portal_view(methods=("POST",))
-async def launch(request: HttpRequest, user: _User) -> HttpResponseBase:
+async def launch(request: HttpRequest, user: PortalUser) -> HttpResponseBase:
     """``POST /launch``: reserve a session bound to the user, then open its viewer."""
     broker = runtime.get_broker()
     form = LaunchForm(request.POST, services=await _usable_services(broker, user))
@@ -307,7 +307,7 @@ async def launch(request: HttpRequest, user: _User) -> HttpResponseBase:
 
 
 @portal_view()
-async def my_sessions(request: HttpRequest, user: _User) -> HttpResponseBase:
+async def my_sessions(request: HttpRequest, user: PortalUser) -> HttpResponseBase:
     """``/sessions/``: the user's live sessions, to open again or end."""
     broker = runtime.get_broker()
     name = user.get_username()
@@ -317,17 +317,17 @@ async def my_sessions(request: HttpRequest, user: _User) -> HttpResponseBase:
 
 
 @portal_view()
-async def viewer(request: HttpRequest, user: _User, session_id: str) -> HttpResponseBase:
+async def viewer(request: HttpRequest, user: PortalUser, session_id: str) -> HttpResponseBase:
     """``/sessions/<id>/``: the session in noVNC, filling the window."""
     broker = runtime.get_broker()
     info = _find_session(broker, session_id)
     share = None
-    if info is not None and not _owned(info, user):
+    if info is not None and not owned_by(info, user):
         share = await _watched_share(request, info)
-    if info is None or (share is None and not _owned(info, user)):
-        return _message_page(request, 404, "No such session", "There is no such session.")
+    if info is None or (share is None and not owned_by(info, user)):
+        return message_page(request, 404, "No such session", "There is no such session.")
     if find_static(NOVNC_MODULE) is None:
-        return _message_page(
+        return message_page(
             request,
             503,
             "The viewer is not installed",
@@ -357,21 +357,23 @@ async def viewer(request: HttpRequest, user: _User, session_id: str) -> HttpResp
 
 
 @portal_view(api=True)
-async def session_status(request: HttpRequest, user: _User, session_id: str) -> HttpResponseBase:
+async def session_status(
+    request: HttpRequest, user: PortalUser, session_id: str
+) -> HttpResponseBase:
     """``/sessions/<id>/status``: the session's state and start progress, as JSON."""
     info = _find_session(runtime.get_broker(), session_id)
-    if info is None or not (_owned(info, user) or await _watched_share(request, info)):
+    if info is None or not (owned_by(info, user) or await _watched_share(request, info)):
         return JsonResponse({"error": "no such session", "reason": "unknown_session"}, status=404)
     return JsonResponse(status_json(info))
 
 
 @portal_view(methods=("POST",))
-async def end_session(request: HttpRequest, user: _User, session_id: str) -> HttpResponseBase:
+async def end_session(request: HttpRequest, user: PortalUser, session_id: str) -> HttpResponseBase:
     """``POST /sessions/<id>/end``: the owner (or an administrator) ends a session."""
     broker = runtime.get_broker()
     info = _find_session(broker, session_id)
-    if info is None or not _owned(info, user):
-        return _message_page(request, 404, "No such session", "There is no such session.")
+    if info is None or not owned_by(info, user):
+        return message_page(request, 404, "No such session", "There is no such session.")
     if info.state != "ended":
         # An ended session needs nothing more: what was asked for has happened.
         with contextlib.suppress(ReservationError):
@@ -382,7 +384,7 @@ async def end_session(request: HttpRequest, user: _User, session_id: str) -> Htt
 
 
 @portal_view(staff=True)
-async def status(request: HttpRequest, user: _User) -> HttpResponseBase:
+async def status(request: HttpRequest, user: PortalUser) -> HttpResponseBase:
     """``/status/``: every live session and the last ended ones, for administrators."""
     broker = runtime.get_broker()
     return render(
@@ -396,153 +398,44 @@ async def status(request: HttpRequest, user: _User) -> HttpResponseBase:
     )
 
 
+#: The most audit-trail lines the session page shows (the first ones, then the last ones).
+AUDIT_LINES_SHOWN = 500
+
+
+@portal_view(staff=True)
+async def session_detail(
+    request: HttpRequest, user: PortalUser, session_id: str
+) -> HttpResponseBase:
+    """``/status/<id>/``: one session for administrators: its state, its share links and its
+    audit trail (who reserved it, who connected from where, with what access, how it ended)."""
+    broker = runtime.get_broker()
+    info = _find_session(broker, session_id)
+    events = [
+        event
+        async for event in SessionEvent.objects.filter(session_id=session_id).order_by("at", "id")[
+            :AUDIT_LINES_SHOWN
+        ]
+    ]
+    if info is None and not events:
+        return message_page(request, 404, "No such session", "There is no such session.")
+    return render(
+        request,
+        "portal/session.html",
+        {
+            "session_id": session_id,
+            "row": SessionRow.of(info) if info is not None else None,
+            "live": info is not None and info.state != "ended",
+            "events": events,
+            "shares": await active_shares(session_id),
+        },
+    )
+
+
 @portal_view(staff=True, methods=("POST",))
-async def terminate(request: HttpRequest, user: _User, session_id: str) -> HttpResponseBase:
+async def terminate(request: HttpRequest, user: PortalUser, session_id: str) -> HttpResponseBase:
     """``POST /status/<id>/terminate``: an administrator ends any session."""
     broker = runtime.get_broker()
     # Already over, it needs nothing more: the status page shows how it ended.
     with contextlib.suppress(ReservationError):
         broker.terminate(session_id)
     return redirect("portal:status")
-
-
-# --- share links --------------------------------------------------------------------------------
-
-#: Where a visitor who opened a share link before logging in is sent once logged in; the
-#: portal session holds which link it was (never its secret).
-_PENDING_SHARE_KEY = "vizgate.pending_share"
-_SHARE_ENDED = (
-    "This share link has expired or was withdrawn, or its session has ended. "
-    "Ask the session's owner for a new one."
-)
-
-
-def _shareable(broker: Broker, session_id: str, user: _User) -> SessionInfo | None:
-    """The live session the user may share: their own (or any, for an administrator),
-    launched from the portal (only such sessions let users in by their login)."""
-    info = broker.session_by_id(session_id)
-    if info is None or not info.bound or not _owned(info, user):
-        return None
-    return info
-
-
-async def _render_share(
-    request: HttpRequest, info: SessionInfo, *, link: str = "", status: int = 200
-) -> HttpResponse:
-    return render(
-        request,
-        "portal/share.html",
-        {
-            "info": info,
-            "shares": await active_shares(info.id),
-            "lifetimes": LIFETIMES.items(),
-            "link": link,
-        },
-        status=status,
-    )
-
-
-@portal_view(methods=("GET", "HEAD", "POST"))
-async def share(request: HttpRequest, user: _User, session_id: str) -> HttpResponseBase:
-    """``/sessions/<id>/share``: the session's share links; POST makes a new one.
-
-    The new link is shown once, on the page that answers the POST: only its hash is kept.
-    """
-    broker = runtime.get_broker()
-    info = _shareable(broker, session_id, user)
-    if info is None:
-        return _message_page(
-            request, 404, "No such session", "There is no live session of yours by that id."
-        )
-    if request.method != "POST":
-        return await _render_share(request, info)
-    try:
-        minutes = int(request.POST.get("minutes", ""))
-        created, secret = await create_share(info.id, user.get_username(), minutes)
-    except ValueError:
-        return await _render_share(request, info, status=400)
-    logger.info(
-        "%s made share %d of session %s, until %s",
-        user.get_username(),
-        created.id,
-        info.id,
-        f"{created.expires:%Y-%m-%d %H:%M:%S} UTC",
-    )
-    link = request.build_absolute_uri(reverse("portal:open_share", args=[secret]))
-    return await _render_share(request, info, link=link)
-
-
-@portal_view(methods=("POST",))
-async def revoke_share_link(
-    request: HttpRequest, user: _User, session_id: str, link_id: int
-) -> HttpResponseBase:
-    """``POST /sessions/<id>/share/<link>/withdraw``: the link opens nothing any more, and
-    whoever watches through it is disconnected."""
-    broker = runtime.get_broker()
-    info = _shareable(broker, session_id, user)
-    if info is None:
-        return _message_page(
-            request, 404, "No such session", "There is no live session of yours by that id."
-        )
-    withdrawn = await revoke_share(link_id, info.id)
-    if withdrawn is not None:
-        closed = broker.revoke_grant(info.id, withdrawn.grant, "the share link was withdrawn")
-        logger.info(
-            "%s withdrew share %d of session %s (%d viewer(s) disconnected)",
-            user.get_username(),
-            withdrawn.id,
-            info.id,
-            closed,
-        )
-    return redirect("portal:share", session_id=info.id)
-
-
-async def _grant(request: HttpRequest, granted: ActiveShare) -> HttpResponseBase:
-    """Remember in the portal session that its user opened ``granted``; open the viewer."""
-    shares = await request.session.aget(SHARES_KEY)
-    shares = dict(shares) if isinstance(shares, dict) else {}
-    shares[granted.session_id] = granted.id
-    await request.session.aset(SHARES_KEY, shares)
-    return redirect("portal:viewer", session_id=granted.session_id)
-
-
-def _no_store(response: HttpResponseBase) -> HttpResponseBase:
-    add_never_cache_headers(response)
-    response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
-    # The page's address holds the secret: no other site learns it from a Referer header.
-    response.headers["Referrer-Policy"] = "no-referrer"
-    return response
-
-
-async def open_share(request: HttpRequest, secret: str) -> HttpResponseBase:
-    """``/share/<secret>/``: open a share link (after logging in, if need be)."""
-    if request.method not in ("GET", "HEAD"):
-        response = HttpResponse(status=405)
-        response["Allow"] = "GET, HEAD"
-        return _no_store(response)
-    user = await request.auser()
-    request.user = user
-    granted = await share_of_secret(secret)
-    if granted is not None and runtime.get_broker().session_by_id(granted.session_id) is None:
-        granted = None
-    if granted is None:
-        return _no_store(_message_page(request, 404, "This link opens nothing", _SHARE_ENDED))
-    if not user.is_authenticated:
-        # The login page's "next" must not carry the secret: the session remembers the link.
-        await request.session.aset(_PENDING_SHARE_KEY, [granted.session_id, granted.id])
-        return _no_store(
-            redirect_to_login(reverse("portal:open_pending_share"), reverse(settings.LOGIN_URL))
-        )
-    return _no_store(await _grant(request, granted))
-
-
-@portal_view()
-async def open_pending_share(request: HttpRequest, user: _User) -> HttpResponseBase:
-    """``/share/``: the share link opened before logging in."""
-    pending = await request.session.apop(_PENDING_SHARE_KEY, None)
-    granted = None
-    if isinstance(pending, list) and len(pending) == 2:
-        granted = await live_share(pending[1], str(pending[0]))
-    if granted is None:
-        return _message_page(request, 404, "This link opens nothing", _SHARE_ENDED)
-    return await _grant(request, granted)
