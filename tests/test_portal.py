@@ -499,13 +499,17 @@ def test_the_status_page_is_for_administrators_who_may_terminate(
     assert alice.get(f"/status/{session_id}/").status == 403
     assert root.get("/status/0123456789abcdef/").status == 404
 
-    def trail() -> list[str] | None:
-        kinds = re.findall(r'<tr data-kind="([^"]+)">', root.get(f"/status/{session_id}/").text)
-        return kinds if "stopped" in kinds else None
+    def trail() -> list[tuple[str, str]] | None:
+        rows = re.findall(
+            r'<tr data-kind="([^"]+)">\s*<td>[^<]*</td>\s*<td>[^<]*</td>\s*<td>([^<]*)</td>',
+            root.get(f"/status/{session_id}/").text,
+        )
+        return rows if ("stopped", "bob") in rows else None
 
-    kinds = wait_until(trail, scaled(10), message="the session's trail did not end")
-    assert kinds[0] == "reserved"
-    assert {"terminated", "stopped"} <= set(kinds)
+    rows = wait_until(trail, scaled(10), message="the session's trail did not end")
+    assert rows[0] == ("reserved", "bob")
+    # The administrator who ended it, not its owner.
+    assert ("terminated", "root") in rows
 
 
 def test_the_django_admin_manages_users_and_groups_for_administrators(

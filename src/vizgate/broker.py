@@ -364,14 +364,17 @@ class Broker:
         self._event(session, "released", detail=reason.value)
         return self._release(session, reason, message)
 
-    def terminate(self, session_id: str, message: str = "") -> bool:
+    def terminate(self, session_id: str, message: str = "", *, by: str = "") -> bool:
         """An admin ends a session by its public id.
+
+        Args:
+            by: the administrator's account, for the audit trail ("" when not known).
 
         Raises:
             ReservationError: no live session has that id.
         """
         session = self._live_by_id(session_id)
-        self._event(session, "terminated", detail=message)
+        self._event(session, "terminated", user=by, detail=message)
         return self._release(session, EndReason.TERMINATED, message)
 
     def release_session(self, session_id: str, message: str = "") -> bool:

@@ -251,7 +251,7 @@ def _end(broker: Broker, info: SessionInfo, user: PortalUser) -> None:
     if info.user == user.get_username():
         broker.release_session(info.id, "session ended by its user")
     else:
-        broker.terminate(info.id)
+        broker.terminate(info.id, by=user.get_username())
 
 
 # --- pages ---------------------------------------------------------------------------------------
@@ -437,5 +437,5 @@ async def terminate(request: HttpRequest, user: PortalUser, session_id: str) -> 
     broker = runtime.get_broker()
     # Already over, it needs nothing more: the status page shows how it ended.
     with contextlib.suppress(ReservationError):
-        broker.terminate(session_id)
+        broker.terminate(session_id, by=user.get_username())
     return redirect("portal:status")
