@@ -19,21 +19,17 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from bench.connections import BenchError, Connection, Target
+from bench.exchanges import Download, Echo, FirstBytes, Snapshot, Upload
 from bench.protocol import (
     HEADER_SIZE,
-    HELLO,
     MODE_ECHO,
     MODE_SINK,
     MODE_SOURCE,
     PATTERN,
     PATTERN_PERIOD,
-    READY,
     RFB_BANNER,
-    PatternChecker,
-    header,
     parse_sink_verdict,
 )
 
@@ -57,9 +53,6 @@ __all__ = [
 UPLOAD_MESSAGE = PATTERN_PERIOD
 
 
-Snapshot = Callable[[], tuple[float, float | None, float]]
-
-
 def snapshot_of(target: Target) -> Snapshot:
     """Reads (wall time, the proxy's CPU seconds or None, this client's CPU seconds)."""
     proxy_cpu = target.cpu
@@ -76,165 +69,6 @@ def snapshot_of(target: Target) -> Snapshot:
 
 # ---------------------------------------------------------------------------------------------
 # Receivers
-
-
-class _Exchange:
-    """Takes the backend's HELLO and READY off the front of the stream, then hands on the
-    payload.
-
-    The client sends its header once :attr:`hello` is done: like a VNC server, the backend
-    speaks first, and a gateway may take a client that speaks before the session runs for one
-    that is leaving.
-    """
-
-    def __init__(self, snapshot: Snapshot | None = None) -> None:
-        loop = asyncio.get_running_loop()
-        self._snapshot = snapshot
-        self._prefix = bytearray()
-        self.hello: asyncio.Future[None] = loop.create_future()
-        self.ready: asyncio.Future[tuple[float, float | None, float]] = loop.create_future()
-        self.why_closed = ""
-
-    def received(self, data: memoryview) -> None:
-        if not self.ready.done():
-            need = 2 * HEADER_SIZE - len(self._prefix)
-            self._prefix += data[:need]
-            data = data[need:]
-            if not self.hello.done() and len(self._prefix) >= HEADER_SIZE:
-                if bytes(self._prefix[:HEADER_SIZE]) != HELLO:
-                    self.fail(f"expected HELLO from the backend, got {bytes(self._prefix)!r}")
-                    return
-                self.hello.set_result(None)
-            if len(self._prefix) < 2 * HEADER_SIZE:
-                return
-            if bytes(self._prefix[HEADER_SIZE:]) != READY:
-                self.fail(f"expected READY from the backend, got {bytes(self._prefix)!r}")
-                return
-            self.ready.set_result(
-                self._snapshot() if self._snapshot else (time.perf_counter(), None, 0.0)
-            )
-            if not data:
-                return
-        self.payload(data)
-
-    async def start(self, connection: Connection, mode: bytes, count: int = 0) -> None:
-        """Wait for the backend's HELLO, then send the header for ``mode``."""
-        await self.hello
-        connection.write(header(mode, count))
-
-    def payload(self, data: memoryview) -> None:
-        raise NotImplementedError
-
-    def closed(self, why: str) -> None:
-        if not self.why_closed:
-            self.why_closed = why
-        self.fail(why)
-
-    def fail(self, why: str) -> None:
-        for future in self.futures():
-            if not future.done():
-                future.set_exception(BenchError(why))
-                # Whoever awaits it sees the error; a future nobody awaits stays quiet.
-                future.exception()
-
-    def futures(self) -> list[asyncio.Future[Any]]:
-        return [self.hello, self.ready]
-
-
-class _Download(_Exchange):
-    def __init__(self, count: int, snapshot: Snapshot) -> None:
-        super().__init__(snapshot)
-        self.count = count
-        self.checker = PatternChecker()
-        self.done: asyncio.Future[tuple[float, float | None, float]] = (
-            asyncio.get_running_loop().create_future()
-        )
-
-    def payload(self, data: memoryview) -> None:
-        self.checker.feed(data)
-        if self.checker.offset >= self.count and not self.done.done():
-            assert self._snapshot is not None
-            self.done.set_result(self._snapshot())
-
-    def futures(self) -> list[asyncio.Future[Any]]:
-        return [self.hello, self.ready, self.done]
-
-
-class _Upload(_Exchange):
-    def __init__(self, snapshot: Snapshot) -> None:
-        super().__init__(snapshot)
-        self._reply = bytearray()
-        self.done: asyncio.Future[tuple[float, float | None, float]] = (
-            asyncio.get_running_loop().create_future()
-        )
-
-    def payload(self, data: memoryview) -> None:
-        self._reply += data
-        if len(self._reply) >= HEADER_SIZE and not self.done.done():
-            assert self._snapshot is not None
-            self.done.set_result(self._snapshot())
-
-    @property
-    def reply(self) -> bytes:
-        return bytes(self._reply)
-
-    def futures(self) -> list[asyncio.Future[Any]]:
-        return [self.hello, self.ready, self.done]
-
-
-class _Echo(_Exchange):
-    def __init__(self) -> None:
-        super().__init__()
-        self._buffer = bytearray()
-        self._want = 0
-        self._waiter: asyncio.Future[tuple[float, bytes]] | None = None
-
-    def expect(self, size: int) -> asyncio.Future[tuple[float, bytes]]:
-        """A future for the next ``size`` bytes: (the time they were complete, the bytes)."""
-        self._want = size
-        self._waiter = asyncio.get_running_loop().create_future()
-        self._complete()
-        return self._waiter
-
-    def payload(self, data: memoryview) -> None:
-        self._buffer += data
-        self._complete()
-
-    def _complete(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and len(self._buffer) >= self._want and not waiter.done():
-            answer = bytes(self._buffer[: self._want])
-            del self._buffer[: self._want]
-            waiter.set_result((time.perf_counter(), answer))
-
-    def futures(self) -> list[asyncio.Future[Any]]:
-        waiters: list[asyncio.Future[Any]] = [self.hello, self.ready]
-        if self._waiter is not None:
-            waiters.append(self._waiter)
-        return waiters
-
-
-class _FirstBytes:
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._buffer = bytearray()
-        self.first_at = 0.0
-        self.done: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-
-    def received(self, data: memoryview) -> None:
-        if not self._buffer:
-            self.first_at = time.perf_counter()
-        self._buffer += data
-        if len(self._buffer) >= self._size and not self.done.done():
-            self.done.set_result(bytes(self._buffer[: self._size]))
-
-    def closed(self, why: str) -> None:
-        if not self.done.done():
-            self.done.set_exception(BenchError(why))
-
-
-# ---------------------------------------------------------------------------------------------
-# Measurements
 
 
 @dataclass
@@ -285,7 +119,7 @@ def _window(
 
 async def download(target: Target, count: int, *, timeout: float = 300.0) -> Transfer:
     """Have the backend send ``count`` bytes through ``target``; check every byte."""
-    receiver = _Download(count, snapshot_of(target))
+    receiver = Download(count, snapshot_of(target))
     connection = await target.open(receiver)
     try:
         async with asyncio.timeout(timeout):
@@ -312,7 +146,7 @@ async def download(target: Target, count: int, *, timeout: float = 300.0) -> Tra
 
 async def upload(target: Target, count: int, *, timeout: float = 300.0) -> Transfer:
     """Send ``count`` bytes through ``target`` to the backend's sink; it checks every byte."""
-    receiver = _Upload(snapshot_of(target))
+    receiver = Upload(snapshot_of(target))
     connection = await target.open(receiver)
     sent = 0
     try:
@@ -369,7 +203,7 @@ async def round_trips(
     target: Target, count: int, *, size: int = 100, warmup: int = 50, timeout: float = 300.0
 ) -> RoundTrips:
     """``count`` echoes of a ``size``-byte message through ``target``, each awaited in turn."""
-    receiver = _Echo()
+    receiver = Echo()
     connection = await target.open(receiver)
     latencies: list[float] = []
     snapshot = snapshot_of(target)
@@ -418,7 +252,7 @@ async def first_byte(target: Target, sessions: int, *, timeout: float = 60.0) ->
     result = FirstByte([], [], [])
     for _ in range(sessions):
         target.prepare(1)
-        receiver = _FirstBytes(len(RFB_BANNER))
+        receiver = FirstBytes(len(RFB_BANNER))
         connection: Connection | None = None
         began = time.perf_counter()
         try:
@@ -497,11 +331,11 @@ async def echo_load(
     errors: Counter[str] = Counter()
     latencies: list[float] = []
     gate = asyncio.Semaphore(open_parallel)
-    opened: list[tuple[Connection, _Echo]] = []
+    opened: list[tuple[Connection, Echo]] = []
 
     async def open_one() -> None:
         async with gate:
-            receiver = _Echo()
+            receiver = Echo()
             try:
                 async with asyncio.timeout(60):
                     connection = await target.open(receiver)
@@ -524,7 +358,7 @@ async def echo_load(
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.2)
 
-    async def talk(index: int, connection: Connection, receiver: _Echo) -> None:
+    async def talk(index: int, connection: Connection, receiver: Echo) -> None:
         rng = random.Random(index)
         interval = 1.0 / rate
         deadline = loop.time() + seconds
