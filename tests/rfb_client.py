@@ -123,7 +123,7 @@ class RfbClient:
         if SECURITY_NONE in self.offered_security:
             await self.source.write(bytes([SECURITY_NONE]))
         elif SECURITY_VNC_AUTH in self.offered_security and password is not None:
-            from vizgate.rfb import vnc_auth_response
+            from vizgate.vnc_password import vnc_auth_response
 
             await self.source.write(bytes([SECURITY_VNC_AUTH]))
             challenge = await self.read_exactly(16)

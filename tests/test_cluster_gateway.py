@@ -51,8 +51,8 @@ from support import (
     wait_until,
 )
 from vizgate.catalog import load_catalog
-from vizgate.rfb import read_vnc_password_file
 from vizgate.scripts import realize_instances
+from vizgate.vnc_password import read_vnc_password_file
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 CLUSTER_EXAMPLE = EXAMPLES / "cluster" / "external_services.json"

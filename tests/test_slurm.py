@@ -1,4 +1,5 @@
-"""Tests of vizgate.launchers.slurm: sessions that are Slurm jobs running Xvnc.
+"""Tests of vizgate.launchers.slurm (and the Slurm commands under it,
+:mod:`vizgate.launchers.slurm_commands`): sessions that are Slurm jobs running Xvnc.
 
 The integration tests run a real single-node Slurm (``tests/slurm_cluster.py``) started once for
 the whole test run (the ``slurm_cluster`` fixture of ``conftest.py``), and drive the launcher
@@ -42,15 +43,10 @@ from support import (
 from vizgate.broker import Broker
 from vizgate.catalog import load_catalog
 from vizgate.exceptions import ReservationError, ScriptError, StartError
-from vizgate.launchers.slurm import (
-    JOB_SCRIPT,
-    JobStatus,
-    SlurmSession,
-    job_environment,
-    job_status,
-    realize_service,
-)
-from vizgate.rfb import RfbBridge, read_vnc_password_file, write_vnc_password_file
+from vizgate.launchers.slurm import JOB_SCRIPT, SlurmSession, realize_service
+from vizgate.launchers.slurm_commands import JobStatus, job_environment, job_status
+from vizgate.rfb import RfbBridge
+from vizgate.vnc_password import read_vnc_password_file, write_vnc_password_file
 
 TYPE = "Slurm Desktop"
 JOB_NAME_0 = "vizgate-Slurm_Desktop-0"

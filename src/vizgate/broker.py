@@ -18,7 +18,6 @@ import itertools
 import logging
 import secrets
 import time
-from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
@@ -42,6 +41,7 @@ from vizgate.lifecycle import (
 from vizgate.live import Attachment, LiveSession
 from vizgate.net import port_answers, server_greets
 from vizgate.readoption import adopted_session, left_the_catalog
+from vizgate.registry import SessionRegistry
 from vizgate.script_calls import ScriptCalls, call_start, call_stop
 from vizgate.scripts import RemoteServiceScript, realize_instances
 from vizgate.sessions import (
@@ -58,9 +58,6 @@ from vizgate.user_limits import check_user_limits
 __all__ = ["Attachment", "Broker"]
 
 logger = logging.getLogger(__name__)
-
-# How many ended sessions the broker remembers for status pages.
-HISTORY_LENGTH = 100
 
 
 class Broker:
@@ -92,18 +89,13 @@ class Broker:
         self.timeouts = timeouts or Timeouts()
         self.probe_interval = probe_interval
         self._instances: dict[str, list[RemoteServiceScript]] = {}
-        self._holders: dict[str, list[LiveSession | None]] = {}
         self._script_calls = ScriptCalls()
-        self._sessions: dict[str, LiveSession] = {}
-        self._by_id: dict[str, LiveSession] = {}
-        self._history: deque[SessionInfo] = deque(maxlen=HISTORY_LENGTH)
+        self._live = SessionRegistry()
         self._connection_ids = itertools.count(1)
         self._wakeup = asyncio.Event()
         self._timer_task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wall_offset = 0.0
-        self._all_ended = asyncio.Event()
-        self._all_ended.set()
 
     # -- opening and closing ------------------------------------------------------------------
 
@@ -128,7 +120,7 @@ class Broker:
                 service.options_dict(),
             )
             self._instances[service.name] = instances
-            self._holders[service.name] = [None] * service.count
+            self._live.add_type(service.name, service.count)
         if self._store is not None:
             for record in await asyncio.to_thread(self._store.load_live):
                 await self._adopt(record)
@@ -145,19 +137,19 @@ class Broker:
         """
         try:
             if stop_sessions:
-                for session in list(self._sessions.values()):
+                for session in self._live:
                     self._release(session, EndReason.SHUTDOWN, "")
                 wait = timeout if timeout is not None else self.timeouts.stop + 5
                 try:
                     async with asyncio.timeout(wait):
-                        await self._all_ended.wait()
+                        await self._live.all_ended.wait()
                 except TimeoutError:
-                    logger.warning("%d session(s) did not end before shutdown", len(self._sessions))
+                    logger.warning("%d session(s) did not end before shutdown", len(self._live))
         finally:
             timers, self._timer_task = self._timer_task, None
             if timers is not None:
                 timers.cancel()
-            for session in list(self._sessions.values()):
+            for session in self._live:
                 for task in list(session.tasks):
                     task.cancel()
             if timers is not None:
@@ -169,7 +161,7 @@ class Broker:
                     if current is not None and current.cancelling():
                         raise
             if self._store is not None:
-                for session in self._sessions.values():
+                for session in self._live:
                     self._save(session)
                 await asyncio.to_thread(self._store.close)
 
@@ -229,15 +221,13 @@ class Broker:
                 reason="bad_option",
             )
         if user and not unlimited:
-            check_user_limits(self._sessions.values(), service, user, self.max_sessions_per_user)
-        holders = self._holders[service.name]
-        try:
-            index = holders.index(None)
-        except ValueError:
+            check_user_limits(self._live, service, user, self.max_sessions_per_user)
+        index = self._live.free_index(service.name)
+        if index is None:
             raise ReservationError(
                 f"no free instance of {service.name!r} ({service.count} of {service.count} in use)",
                 reason="no_free_instance",
-            ) from None
+            )
         start_options["size"] = size
         start_options["username"] = user
         token = secrets.token_urlsafe(32)
@@ -260,7 +250,7 @@ class Broker:
             ready=self._new_ready_future(),
             bound=bound,
         )
-        self._register(session)
+        self._live.add(session)
         logger.info(
             "%s: reserved for %s at %s (session %s)", session.label, user or "-", size, session.id
         )
@@ -281,7 +271,7 @@ class Broker:
             ReservationError: the token is unknown, expired or released (``unknown_token``).
             StartError: the session failed to start (its user message says why).
         """
-        session = self._sessions.get(token_hash(token))
+        session = self._live.by_token_hash(token_hash(token))
         if session is not None and session.token is None:
             session.token = token
         return await self._attach(session, client, user)
@@ -296,7 +286,7 @@ class Broker:
             grant: what let a viewer in who is not the owner (a share link), so that
                 :meth:`revoke_grant` can close its connections later; "" for the owner.
         """
-        return await self._attach(self._by_id.get(session_id), client, user, grant)
+        return await self._attach(self._live.by_id(session_id), client, user, grant)
 
     async def _attach(
         self, session: LiveSession | None, client: str, user: str, grant: str = ""
@@ -358,7 +348,7 @@ class Broker:
         Raises:
             ReservationError: the token is unknown or the session already ended.
         """
-        session = self._sessions.get(token_hash(token))
+        session = self._live.by_token_hash(token_hash(token))
         if session is None:
             raise ReservationError("unknown, expired or released token", reason="unknown_token")
         self._event(session, "released", detail=reason.value)
@@ -393,7 +383,7 @@ class Broker:
 
         The session itself goes on. Nothing happens when it has ended or ``grant`` is "".
         """
-        session = self._by_id.get(session_id)
+        session = self._live.by_id(session_id)
         if session is None or not grant:
             return 0
         revoked = [a for a in session.attachments.values() if a.grant == grant]
@@ -410,7 +400,7 @@ class Broker:
         return len(revoked)
 
     def _live_by_id(self, session_id: str) -> LiveSession:
-        session = self._by_id.get(session_id)
+        session = self._live.by_id(session_id)
         if session is None:
             raise ReservationError(f"no live session {session_id!r}", reason="unknown_session")
         return session
@@ -422,21 +412,21 @@ class Broker:
 
     def session_of_token(self, token: str) -> SessionInfo | None:
         """The live session of a token, or None."""
-        session = self._sessions.get(token_hash(token))
+        session = self._live.by_token_hash(token_hash(token))
         return session.info(self._wall) if session is not None else None
 
     def session_by_id(self, session_id: str) -> SessionInfo | None:
         """The live session with this public id, or None."""
-        session = self._by_id.get(session_id)
+        session = self._live.by_id(session_id)
         return session.info(self._wall) if session is not None else None
 
     def sessions(self) -> list[SessionInfo]:
         """Every live session, oldest first."""
-        return [s.info(self._wall) for s in self._sessions.values()]
+        return [s.info(self._wall) for s in self._live]
 
     def history(self) -> list[SessionInfo]:
         """The last ended sessions, newest first."""
-        return list(reversed(self._history))
+        return self._live.history()
 
     def services(self) -> list[ServiceInfo]:
         """Every session type with how many of its instances are in use."""
@@ -444,7 +434,7 @@ class Broker:
             ServiceInfo(
                 name=service.name,
                 count=service.count,
-                in_use=sum(h is not None for h in self._holders.get(service.name, ())),
+                in_use=self._live.in_use(service.name),
                 sizes=service.sizes,
                 group=service.group,
             )
@@ -453,7 +443,7 @@ class Broker:
 
     async def wait_until_idle(self) -> None:
         """Wait until no session is live (tests and graceful shutdown)."""
-        await self._all_ended.wait()
+        await self._live.all_ended.wait()
 
     # -- internals -------------------------------------------------------------------------------
 
@@ -480,18 +470,12 @@ class Broker:
             now=self.now(),
             wall=time.time(),
         )
-        self._register(session)
+        self._live.add(session)
         state = session.lifecycle.state.value
         logger.info("%s: adopted after a restart (%s)", session.label, state)
         self._event(session, "adopted", detail=state)
         self._save(session)
         self._drive(session)
-
-    def _register(self, session: LiveSession) -> None:
-        self._holders[session.service.name][session.index] = session
-        self._sessions[session.token_hash] = session
-        self._by_id[session.id] = session
-        self._all_ended.clear()
 
     def _save(self, session: LiveSession) -> None:
         if self._store is not None:
@@ -500,7 +484,7 @@ class Broker:
     def record_event(self, session_id: str, kind: str, *, user: str, detail: str = "") -> None:
         """Add a line to a live session's audit trail (what the portal did to it, e.g. a share
         link made or withdrawn); nothing happens when no live session has that id."""
-        session = self._by_id.get(session_id)
+        session = self._live.by_id(session_id)
         if session is not None:
             self._event(session, kind, user=user, detail=detail)
 
@@ -587,17 +571,12 @@ class Broker:
             self._save(session)
 
     def _end(self, session: LiveSession, reason: EndReason) -> None:
-        holders = self._holders[session.service.name]
-        if holders[session.index] is session:
-            holders[session.index] = None
-        self._sessions.pop(session.token_hash, None)
-        self._by_id.pop(session.id, None)
         if not session.ready.done():
             session.ready.set_exception(
                 StartError(session.lifecycle.message or reason.value, reason=reason.value)
             )
         info = session.info(self._wall)
-        self._history.append(info)
+        self._live.remove(session, info)
         self._event(session, "stopped", detail=reason.value)
         logger.info(
             "%s: ended (%s)%s",
@@ -605,8 +584,6 @@ class Broker:
             reason.value,
             f": {info.message}" if info.message else "",
         )
-        if not self._sessions:
-            self._all_ended.set()
 
     async def _run_start(self, session: LiveSession) -> None:
         await call_start(session, self._script_calls, self.now)
@@ -629,9 +606,7 @@ class Broker:
     async def _run_timers(self) -> None:
         while True:
             self._wakeup.clear()
-            deadlines = [
-                d for s in self._sessions.values() if (d := s.lifecycle.next_deadline()) is not None
-            ]
+            deadlines = [d for s in self._live if (d := s.lifecycle.next_deadline()) is not None]
             timeout = max(0.0, min(deadlines) - self.now()) if deadlines else None
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
             # that arrives just as the event is set, and close() would wait forever.
@@ -639,7 +614,7 @@ class Broker:
                 async with asyncio.timeout(timeout):
                     await self._wakeup.wait()
             now = self.now()
-            for session in list(self._sessions.values()):
+            for session in self._live:
                 deadline = session.lifecycle.next_deadline()
                 if deadline is not None and deadline <= now:
                     session.lifecycle.tick(now)

@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 from vizgate.catalog import ServiceType
 from vizgate.lifecycle import SessionLifecycle, State
-from vizgate.rfb import read_vnc_password_file
 from vizgate.scripts import RemoteServiceScript
 from vizgate.sessions import CloseRequest, SessionInfo
 from vizgate.store import SessionRecord
+from vizgate.vnc_password import read_vnc_password_file
 
 if TYPE_CHECKING:
     from vizgate.broker import Broker

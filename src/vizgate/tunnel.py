@@ -31,9 +31,10 @@ from vizgate.broker import Attachment, Broker
 from vizgate.exceptions import ReservationError, StartError
 from vizgate.fastpath import CLIENT_GONE, TAKEOVER_EXTENSION, FastLink, Takeover
 from vizgate.lifecycle import EndReason
-from vizgate.rfb import RfbBridge, VncPasswordFileError
+from vizgate.rfb import RfbBridge
 from vizgate.sessions import CloseRequest, SessionInfo
 from vizgate.view_only import ViewOnlyFilter
+from vizgate.vnc_password import VncPasswordFileError
 
 __all__ = [
     "CLOSE_GOING_AWAY",

@@ -3,7 +3,8 @@
 A session type names one of them with ``"script": "builtin:NAME"`` instead of a file path:
 
 * ``builtin:slurm``: each session is a Slurm batch job running a password-protected Xvnc on a
-  compute node (:mod:`vizgate.launchers.slurm`).
+  compute node (:mod:`vizgate.launchers.slurm`; it runs ``sbatch``, ``squeue`` and ``scancel``
+  through :mod:`vizgate.launchers.slurm_commands`, a helper module, not a script).
 
 The catalog resolves the name to the launcher's file with :func:`builtin_script` and vizgate then
 loads it like any admin's script (``realize_service`` once per index).

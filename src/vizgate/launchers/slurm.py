@@ -37,12 +37,11 @@ Options (the session type's ``options``; all optional):
   (and cancels the job) a little before it, so that it can still say why.
 * ``sizes`` (list of ``WIDTHxHEIGHT``): the desktop sizes offered, read by vizgate itself.
 
-A job inherits only a few variables of the gateway's environment (:data:`JOB_ENVIRONMENT`, plus
-``SLURM_*`` and ``SBATCH_*``), so that nothing else of it (database URLs, secret keys) reaches
-jobs: ``sbatch`` runs in that reduced environment with ``--export=ALL``. (Naming the variables
-with ``--export=PATH,HOME,...`` instead would make Slurm build the rest from a login shell of the
-user on the node, ``su - USER``, which runs login scripts and can take seconds or hang.) Give a
-job more with ``"sbatch_args": ["--export=ALL,NAME=value"]``.
+Jobs are submitted with ``--export=ALL`` from a reduced environment, so a job inherits only a few
+variables of the gateway's (:data:`~vizgate.launchers.slurm_commands.JOB_ENVIRONMENT`, plus
+``SLURM_*`` and ``SBATCH_*``; :mod:`vizgate.launchers.slurm_commands` says why). Give a job more
+with ``"sbatch_args": ["--export=ALL,NAME=value"]``. That module also runs every Slurm command
+(``sbatch``, ``squeue``, ``scancel``) for this one; this one is the session script.
 
 For a restarted gateway, :meth:`SlurmSession.get_state` / :meth:`SlurmSession.load_state` hold
 what it takes to re-adopt a running job (job id, folder, host, port; never the password, which is
@@ -52,14 +51,12 @@ read back from the folder).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import os
 import re
 import secrets
 import shutil
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -69,21 +66,28 @@ from pathlib import Path
 from typing import Any
 
 from vizgate.catalog import DEFAULT_SIZES
-from vizgate.rfb import VncPasswordFileError, read_vnc_password_file, write_vnc_password_file
+from vizgate.launchers.slurm_commands import (
+    ENDED_STATES,
+    SlurmUnavailableError,
+    command_error,
+    first_line,
+    job_environment,
+    job_status,
+    run_command,
+)
 from vizgate.scripts import RemoteServiceScript
+from vizgate.vnc_password import (
+    VncPasswordFileError,
+    read_vnc_password_file,
+    write_vnc_password_file,
+)
 
 __all__ = [
     "DEFAULT_START_TIMEOUT",
     "DEFAULT_STATE_DIR",
-    "ENDED_STATES",
-    "JOB_ENVIRONMENT",
     "JOB_SCRIPT",
     "NEVER_RUNS_REASONS",
-    "JobStatus",
     "SlurmSession",
-    "SlurmUnavailableError",
-    "job_environment",
-    "job_status",
     "realize_service",
 ]
 
@@ -95,37 +99,6 @@ DEFAULT_STATE_DIR = "~/.local/state/vizgate/slurm"
 
 #: The broker's default start timeout, which ``start()`` stays within.
 DEFAULT_START_TIMEOUT = 120.0
-
-#: Variables of the gateway's environment that its jobs inherit, besides ``SLURM_*`` and
-#: ``SBATCH_*`` (which also configure sbatch itself).
-JOB_ENVIRONMENT: tuple[str, ...] = (
-    "PATH",
-    "HOME",
-    "USER",
-    "LOGNAME",
-    "LANG",
-    "LC_ALL",
-    "TZ",
-    "LD_LIBRARY_PATH",
-)
-_JOB_ENVIRONMENT_PREFIXES = ("SLURM_", "SBATCH_")
-
-#: Job states after which a job never runs again (squeue's long names).
-ENDED_STATES = frozenset(
-    {
-        "BOOT_FAIL",
-        "CANCELLED",
-        "COMPLETED",
-        "DEADLINE",
-        "FAILED",
-        "NODE_FAIL",
-        "OUT_OF_MEMORY",
-        "PREEMPTED",
-        "REVOKED",
-        "SPECIAL_EXIT",
-        "TIMEOUT",
-    }
-)
 
 #: Reasons of a pending job that mean it will not start without someone changing the cluster or
 #: the request: waiting for them would only make the user wait for the start timeout.
@@ -154,97 +127,14 @@ _POLL_INTERVAL = 0.5
 _START_MARGIN = 5.0
 # How long stop() waits for the job to end and its port to close.
 _STOP_TIMEOUT = 15.0
-# One Slurm command may take this long (Slurm's own MessageTimeout is 10 s).
-_COMMAND_TIMEOUT = 20.0
 # A TCP connection attempt to the session's port gives up after this.
 _CONNECT_TIMEOUT = 2.0
 _SIZE_RE = re.compile(r"[1-9][0-9]{0,4}x[1-9][0-9]{0,4}")
 _JOB_ID_RE = re.compile(r"[0-9]+")
 
 
-class SlurmUnavailableError(Exception):
-    """A Slurm command could not be run or could not reach the controller."""
-
-
-@dataclasses.dataclass(frozen=True)
-class JobStatus:
-    """What ``squeue`` says about a job.
-
-    Attributes:
-        state: the long state name, e.g. ``PENDING``, ``RUNNING``, ``CANCELLED``.
-        reason: why it is in that state, e.g. ``Resources``; ``None`` when there is no reason.
-        node: the node list, empty while pending.
-    """
-
-    state: str
-    reason: str
-    node: str
-
-    @property
-    def reason_code(self) -> str:
-        """The reason without details: ``ReqNodeNotAvail, UnavailableNodes:n1`` gives
-        ``ReqNodeNotAvail``."""
-        return self.reason.split(",", 1)[0].strip()
-
-    def describe(self) -> str:
-        """``PENDING (Resources)``, or the bare state when there is no reason."""
-        if self.reason and self.reason != "None":
-            return f"{self.state} ({self.reason})"
-        return self.state
-
-
-def job_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The part of ``environ`` (default: this process's) that ``sbatch`` and its jobs get."""
-    source = os.environ if environ is None else environ
-    return {
-        name: value
-        for name, value in source.items()
-        if name in JOB_ENVIRONMENT or name.startswith(_JOB_ENVIRONMENT_PREFIXES)
-    }
-
-
-def _run(argv: list[str], env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run a Slurm command (an argv list, never a shell string).
-
-    Raises:
-        SlurmUnavailableError: the program is missing or did not answer in time.
-    """
-    try:
-        return subprocess.run(
-            argv,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=_COMMAND_TIMEOUT,
-            check=False,
-            env=env,
-        )
-    except subprocess.TimeoutExpired:
-        raise SlurmUnavailableError(
-            f"{argv[0]} did not answer within {_COMMAND_TIMEOUT:g} s"
-        ) from None
-    except OSError as exc:
-        raise SlurmUnavailableError(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
-
-
-def _first_line(text: str) -> str:
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[0] if lines else ""
-
-
-def _command_error(program: str, stderr: str, returncode: int) -> str:
-    """A Slurm command's error lines, joined, without their ``sbatch: error:`` prefixes."""
-    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-    errors = [line for line in lines if "error:" in line or "fatal:" in line] or lines
-    prefix = re.compile(rf"^{re.escape(program)}:\s*((error|fatal):\s*)?")
-    cleaned = list(dict.fromkeys(prefix.sub("", line) for line in errors))
-    if not cleaned:
-        return f"{program} exited with status {returncode}"
-    text = "; ".join(cleaned)
-    return text if len(text) <= 300 else text[:297] + "..."
-
-
 def _last_line(path: Path) -> str:
+    """The last non-blank line of the file's last 4 KiB (a job log's error, if any), or ``""``."""
     with contextlib.suppress(OSError), path.open("rb") as stream:
         stream.seek(0, os.SEEK_END)
         stream.seek(max(0, stream.tell() - 4096))
@@ -255,32 +145,9 @@ def _last_line(path: Path) -> str:
     return ""
 
 
-def job_status(job_id: str) -> JobStatus | None:
-    """Ask ``squeue`` about a job, finished ones included.
-
-    Returns:
-        The job's status, or None when Slurm does not know the job (never submitted, or
-        finished longer ago than the cluster's ``MinJobAge``).
-
-    Raises:
-        SlurmUnavailableError: squeue is missing or cannot reach the controller.
-    """
-    result = _run(["squeue", "-h", "-t", "all", "-j", job_id, "-o", "%T|%r|%N"])
-    if result.returncode != 0:
-        if "Invalid job id" in result.stderr:
-            return None
-        raise SlurmUnavailableError(
-            _first_line(result.stderr) or f"squeue exited with {result.returncode}"
-        )
-    line = _first_line(result.stdout)
-    if not line:
-        return None
-    state, _, rest = line.partition("|")
-    reason, _, node = rest.partition("|")
-    return JobStatus(state=state.strip(), reason=reason.strip(), node=node.strip())
-
-
 def _port_accepts(host: str, port: int) -> bool:
+    """Whether a TCP connection to the session's port succeeds (a job's state alone does not
+    say whether its Xvnc still listens)."""
     try:
         with socket.create_connection((host, port), timeout=_CONNECT_TIMEOUT):
             return True
@@ -392,7 +259,8 @@ class SlurmSession(RemoteServiceScript):
 
         The admin's ``sbatch_args`` come after vizgate's defaults (so they may override the job
         name, ``--export``, ...) but before ``--output`` and ``--chdir``, which the session
-        depends on. Run it with :func:`job_environment` as its environment.
+        depends on. Run it with
+        :func:`~vizgate.launchers.slurm_commands.job_environment` as its environment.
         """
         options = self._common_options
         argv = [
@@ -464,18 +332,18 @@ class SlurmSession(RemoteServiceScript):
 
         self.report_progress("submitting the Slurm job")
         try:
-            result = _run(self.sbatch_command(folder, size), env=job_environment())
+            result = run_command(self.sbatch_command(folder, size), env=job_environment())
         except SlurmUnavailableError as exc:
             self._cleanup()
             return self._fail(f"cannot submit the job: {exc}")
         if result.returncode != 0:
             self._cleanup()
-            error = _command_error("sbatch", result.stderr, result.returncode)
+            error = command_error("sbatch", result.stderr, result.returncode)
             return self._fail(f"sbatch refused the job: {error}")
-        job_id = _first_line(result.stdout).split(";", 1)[0]
+        job_id = first_line(result.stdout).split(";", 1)[0]
         if not _JOB_ID_RE.fullmatch(job_id):
             self._cleanup()
-            return self._fail(f"sbatch printed no job id: {_first_line(result.stdout)!r}")
+            return self._fail(f"sbatch printed no job id: {first_line(result.stdout)!r}")
         with self._job_lock:
             self._job_id = job_id
         self.report_progress(f"Slurm job {job_id}: submitted")
@@ -650,14 +518,14 @@ class SlurmSession(RemoteServiceScript):
     def _cancel(self, job_id: str, host_port: tuple[str, int] | None) -> None:
         where = f"vizgate slurm [{self._name}#{self._index}]"
         try:
-            result = _run(["scancel", job_id])
+            result = run_command(["scancel", job_id])
         except SlurmUnavailableError as exc:
             print(f"{where}: cannot cancel Slurm job {job_id}: {exc}", file=sys.stderr)
             return
         # A job that already ended is not worth a word.
         ended = ("Invalid job id", "already completing or completed")
         if result.returncode != 0 and not any(text in result.stderr for text in ended):
-            error = _command_error("scancel", result.stderr, result.returncode)
+            error = command_error("scancel", result.stderr, result.returncode)
             print(f"{where}: scancel {job_id} failed: {error}", file=sys.stderr)
         # The job's state alone is not enough: a server that escaped the job's process tree
         # keeps its port open after the job is CANCELLED.

@@ -12,9 +12,9 @@ process it started, by PID. Each session holds ``handshake`` (RFC 6143 §7.1-7.2
 who sent the chunk (server or client) and its bytes.
 
 The password file is made by the real ``vncpasswd -f``. The VNC Authentication responses are
-computed with ``vizgate.rfb.vnc_auth_response`` and recorded together with the server's verdict
-on them, so a recording that ends its handshake with SecurityResult 0 is evidence that a real
-server accepted that response.
+computed with ``vizgate.vnc_password.vnc_auth_response`` and recorded together with the server's
+verdict on them, so a recording that ends its handshake with SecurityResult 0 is evidence that a
+real server accepted that response.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from vizgate.rfb import vnc_auth_response
+from vizgate.vnc_password import vnc_auth_response
 
 PASSWORD = b"vizgate1"
 WRONG_PASSWORD = b"wrong-pw"

@@ -1,0 +1,80 @@
+"""Where the broker keeps its sessions: the live ones, by token hash, public id and instance,
+and the last ones that ended."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Iterator
+
+from vizgate.live import LiveSession
+from vizgate.sessions import SessionInfo
+
+__all__ = ["HISTORY_LENGTH", "SessionRegistry"]
+
+#: How many ended sessions are remembered for status pages.
+HISTORY_LENGTH = 100
+
+
+class SessionRegistry:
+    """The live sessions of a broker and the instances they hold.
+
+    An instance index is held from :meth:`add` until :meth:`remove`, so no two live sessions
+    share one. :attr:`all_ended` is set whenever no session is live.
+    """
+
+    def __init__(self, history_length: int = HISTORY_LENGTH) -> None:
+        self._holders: dict[str, list[LiveSession | None]] = {}
+        self._by_hash: dict[str, LiveSession] = {}
+        self._by_id: dict[str, LiveSession] = {}
+        self._history: deque[SessionInfo] = deque(maxlen=history_length)
+        self.all_ended = asyncio.Event()
+        self.all_ended.set()
+
+    def add_type(self, name: str, count: int) -> None:
+        """Make room for the ``count`` instances of session type ``name``."""
+        self._holders[name] = [None] * count
+
+    def free_index(self, name: str) -> int | None:
+        """The lowest index of type ``name`` no live session holds, or None."""
+        holders = self._holders[name]
+        return holders.index(None) if None in holders else None
+
+    def in_use(self, name: str) -> int:
+        """How many instances of type ``name`` live sessions hold."""
+        return sum(holder is not None for holder in self._holders.get(name, ()))
+
+    def add(self, session: LiveSession) -> None:
+        """A new live session, holding its instance."""
+        self._holders[session.service.name][session.index] = session
+        self._by_hash[session.token_hash] = session
+        self._by_id[session.id] = session
+        self.all_ended.clear()
+
+    def remove(self, session: LiveSession, ended: SessionInfo) -> None:
+        """``session`` has ended (``ended`` is how it looked then): its instance is free."""
+        holders = self._holders[session.service.name]
+        if holders[session.index] is session:
+            holders[session.index] = None
+        self._by_hash.pop(session.token_hash, None)
+        self._by_id.pop(session.id, None)
+        self._history.append(ended)
+        if not self._by_hash:
+            self.all_ended.set()
+
+    def by_token_hash(self, token_hash: str) -> LiveSession | None:
+        return self._by_hash.get(token_hash)
+
+    def by_id(self, session_id: str) -> LiveSession | None:
+        return self._by_id.get(session_id)
+
+    def __iter__(self) -> Iterator[LiveSession]:
+        """The live sessions, oldest first (a copy: the caller may end them meanwhile)."""
+        return iter(list(self._by_hash.values()))
+
+    def __len__(self) -> int:
+        return len(self._by_hash)
+
+    def history(self) -> list[SessionInfo]:
+        """The last ended sessions, newest first."""
+        return list(reversed(self._history))
