@@ -268,6 +268,30 @@ def test_after_establishment_input_passes_through() -> None:
     assert bridge.failure is None
 
 
+def test_a_watchers_bridge_asks_to_share_and_filters_both_ways() -> None:
+    rec = recording("xvnc-vncauth-3.8-ok")
+    bridge = RfbBridge(
+        PASSWORD,
+        force_shared=True,
+        client_filter=lambda data: b"<" + data + b">",
+        server_filter=lambda data: b"[" + data + b"]",
+    )
+    bridge.receive_from_client(BROWSER_HANDSHAKE[(3, 8)])
+    bridge.receive_from_server(rec.server_handshake + rec.server_after)
+    assert bridge.data_to_server() == rec.client_handshake
+    assert bridge.data_to_client() == GATEWAY_TO_BROWSER[(3, 8)]
+    # The browser asks not to share, and sends a first request with its ClientInit.
+    bridge.receive_from_client(b"\x00" + rec.client_after)
+    assert bridge.established
+    assert bridge.data_to_server() == b"\x01<" + rec.client_after + b">"
+    # What the server sent from its ServerInit on, and everything after, is filtered.
+    assert bridge.data_to_client() == b"[" + rec.server_after + b"]"
+    bridge.receive_from_server(b"later")
+    bridge.receive_from_client(b"more")
+    assert bridge.data_to_client() == b"[later]"
+    assert bridge.data_to_server() == b"<more>"
+
+
 # --------------------------------------------------------------------------------------------
 # The bridge: failures replayed from real servers
 

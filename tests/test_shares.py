@@ -75,9 +75,17 @@ SERVER_INIT = (
 )
 
 
+# What the VNC server sends each client after its ServerInit: a bell, the session's clipboard
+# (RFC 6143 §7.6.4) and another bell.
+BELL = bytes([2])
+CLIPBOARD = b"the owner copied a password"
+SERVER_CUT_TEXT = struct.pack(">BxxxI", 3, len(CLIPBOARD)) + CLIPBOARD
+AFTER_INIT = BELL + SERVER_CUT_TEXT + BELL
+
+
 class RecordingVncServer:
     """RFB 3.8 with security None on 127.0.0.1; records each client's ClientInit and what it
-    sends afterwards."""
+    sends afterwards, and sends it :data:`AFTER_INIT` after its ServerInit."""
 
     def __init__(self) -> None:
         self.listener = socket.create_server(("127.0.0.1", 0))
@@ -123,7 +131,7 @@ class RecordingVncServer:
             received = bytearray()
             with self.lock:
                 self.clients.append((client_init, received))
-            client.sendall(SERVER_INIT)
+            client.sendall(SERVER_INIT + AFTER_INIT)
             while True:
                 try:
                     data = client.recv(65536)
@@ -280,10 +288,12 @@ def test_a_share_link_lets_another_user_watch_but_not_control(
     assert '"viewOnly": true' in page.text
     assert "End session" not in page.text
 
-    # The owner controls: everything reaches the VNC server, as sent.
+    # The owner controls: everything reaches the VNC server, as sent, and the owner gets the
+    # session's clipboard.
     before = len(vnc_server.clients)
     full = Viewer(gateway, owner, session_id)
     full.handshake()
+    assert full.read(len(AFTER_INIT)) == AFTER_INIT
     full.ws.send(EVERYTHING)
     client_init, received = recorded_after(vnc_server, before, EVERYTHING)
     assert (client_init, received) == (bytes([0]), EVERYTHING)
@@ -292,6 +302,8 @@ def test_a_share_link_lets_another_user_watch_but_not_control(
     # pictures reaches the server, and its ClientInit asks to share the desktop.
     watching = Viewer(gateway, watcher, session_id)
     watching.handshake()
+    # The watcher sees the bells, not the clipboard.
+    assert watching.read(2) == BELL + BELL
     for start in range(0, len(EVERYTHING), 7):
         watching.ws.send(EVERYTHING[start : start + 7])
     client_init, received = recorded_after(vnc_server, before + 1, WATCHABLE)

@@ -1,5 +1,7 @@
 """Tests for vizgate.view_only: the filter that keeps a view-only viewer's input from the server.
 
+(The filter over what the server sends such a viewer is tested in test_view_only_server.py.)
+
 The messages are built the way noVNC 1.7 (the copy the gateway serves, under
 src/vizgate/web/portal/static/novnc) builds them in ``RFB.messages``. The realistic stream is fed
 in every chunking that can matter: whole, byte by byte, cut once at every offset, in chunks of
@@ -12,21 +14,22 @@ import itertools
 import struct
 import tracemalloc
 from collections.abc import Iterable, Sequence
+from typing import NamedTuple
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vizgate.view_only import MAX_CUT_TEXT_LENGTH, ViewOnlyFilter
+from vizgate.view_only import MAX_CUT_TEXT_LENGTH, WATCHER_ENCODINGS, ViewOnlyFilter
 
 # --------------------------------------------------------------------------------------------
 # Messages (RFC 6143 §7.5 and rfbproto's extensions), as noVNC sends them
 
 
-def set_pixel_format(depth: int = 24) -> bytes:
+def set_pixel_format(depth: int = 24, bits_per_pixel: int = 32) -> bytes:
     bits = depth // 3
     return (
-        bytes([0, 0, 0, 0, 32, depth, 0, 1])
+        bytes([0, 0, 0, 0, bits_per_pixel, depth, 0, 1])
         + struct.pack("!HHH", (1 << bits) - 1, (1 << bits) - 1, (1 << bits) - 1)
         + bytes([0, bits, 2 * bits, 0, 0, 0])
     )
@@ -109,7 +112,8 @@ NOVNC_ENCODINGS = [
     VMWARE_CURSOR,
     -239,  # Cursor
 ]
-NOVNC_ENCODINGS_FORWARDED = [e for e in NOVNC_ENCODINGS if e != EXTENDED_MOUSE_BUTTONS]
+# The same list as a watcher's SetEncodings reaches the server: what can be measured, in order.
+NOVNC_ENCODINGS_FORWARDED = [1, 16, 0, -26, -254, -223, -224, -308, -312, -313, -307, -239]
 
 # One message of each kind the filter forwards unchanged, and of each kind it withholds.
 PASSED = {
@@ -117,6 +121,7 @@ PASSED = {
     "SetEncodings": set_encodings(NOVNC_ENCODINGS_FORWARDED),
     "FramebufferUpdateRequest": framebuffer_update_request(),
     "EnableContinuousUpdates": enable_continuous_updates(),
+    "EnableContinuousUpdates (disable)": enable_continuous_updates(enable=False),
     "ClientFence": client_fence(b"\x01\x02\x03"),
     "ClientFence (empty payload)": client_fence(),
     "ClientFence (64-byte payload)": client_fence(bytes(range(64))),
@@ -136,7 +141,7 @@ WITHHELD = {
 }
 
 # A session's opening as noVNC sends it, then a few seconds of a person using the desktop:
-# (message, whether the filter forwards it). SetEncodings loses ExtendedMouseButtons on the way.
+# (message, whether the filter forwards it). SetEncodings loses what a watcher may not ask for.
 NOVNC_SESSION: list[tuple[bytes, bool]] = [
     (set_pixel_format(), True),
     (set_encodings(NOVNC_ENCODINGS), True),
@@ -164,19 +169,36 @@ NOVNC_SESSION: list[tuple[bytes, bool]] = [
 SESSION = b"".join(message for message, _ in NOVNC_SESSION)
 
 
-def expected_output(session: Iterable[tuple[bytes, bool]]) -> list[bytes]:
-    """What the server must receive for ``session``: the forwarded messages, -316 taken out."""
+class Verdict(NamedTuple):
+    """What the filter must make of a session (a model of it, written independently)."""
+
+    forwarded: list[bytes]  # the messages the server receives, in order
+    dropped: int
+    refused: bool  # a SetPixelFormat came after the viewer asked for pictures
+
+
+def expected_output(session: Iterable[tuple[bytes, bool]]) -> Verdict:
+    """What the server must receive for ``session``: the forwarded messages, noVNC's SetEncodings
+    restricted, up to a SetPixelFormat sent after a FramebufferUpdateRequest or an enabling
+    EnableContinuousUpdates."""
     out = []
+    dropped = 0
+    asked_for_pictures = False
     for message, forwarded in session:
         if not forwarded:
+            dropped += 1
             continue
+        if message[0] == 0 and asked_for_pictures:
+            return Verdict(out, dropped, refused=True)
+        if message[0] == 3 or (message[0] == 150 and message[1]):
+            asked_for_pictures = True
         if message == set_encodings(NOVNC_ENCODINGS):
             message = set_encodings(NOVNC_ENCODINGS_FORWARDED)
         out.append(message)
-    return out
+    return Verdict(out, dropped, refused=False)
 
 
-EXPECTED = expected_output(NOVNC_SESSION)
+EXPECTED = expected_output(NOVNC_SESSION).forwarded
 EXPECTED_DROPPED = sum(not forwarded for _, forwarded in NOVNC_SESSION)
 # Every prefix of the expected output that ends between two messages.
 BOUNDARIES = {b"".join(EXPECTED[:n]) for n in range(len(EXPECTED) + 1)}
@@ -268,10 +290,35 @@ def test_feeding_nothing_returns_nothing() -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# SetEncodings and ExtendedMouseButtons
+# SetEncodings: only what the server filter can measure
+
+TIGHT, TIGHT_PNG, JPEG, HEXTILE, RRE, ZLIB, H264 = 7, -260, 21, 5, 2, 6, 50
+QEMU_EXTENDED_KEY, QEMU_LED, XVP, CURSOR_WITH_ALPHA = -258, -261, -309, -314
+# Everything a client might ask for that a watcher may not.
+REMOVED = [
+    TIGHT,
+    TIGHT_PNG,
+    JPEG,
+    HEXTILE,
+    RRE,
+    ZLIB,
+    H264,
+    EXTENDED_CLIPBOARD,
+    QEMU_EXTENDED_KEY,
+    QEMU_LED,
+    XVP,
+    EXTENDED_MOUSE_BUTTONS,
+    VMWARE_CURSOR,
+    CURSOR_WITH_ALPHA,
+]
 
 
-def test_set_encodings_loses_extended_mouse_buttons() -> None:
+def test_watcher_encodings_are_the_measurable_ones() -> None:
+    assert frozenset({0, 1, 16, -223, -224, -239, -307, -308, -312, -313}) == WATCHER_ENCODINGS
+    assert WATCHER_ENCODINGS.isdisjoint(REMOVED)
+
+
+def test_novnc_set_encodings_is_restricted() -> None:
     view_only = ViewOnlyFilter()
     assert view_only.feed(set_encodings(NOVNC_ENCODINGS)) == set_encodings(
         NOVNC_ENCODINGS_FORWARDED
@@ -279,19 +326,63 @@ def test_set_encodings_loses_extended_mouse_buttons() -> None:
     assert view_only.dropped == 0
 
 
+def test_novnc_set_encodings_with_h264_is_restricted() -> None:
+    # noVNC puts H.264 right after CopyRect when the browser decodes it.
+    view_only = ViewOnlyFilter()
+    sent = [1, H264, *NOVNC_ENCODINGS[1:]]
+    assert view_only.feed(set_encodings(sent)) == set_encodings(NOVNC_ENCODINGS_FORWARDED)
+
+
+@pytest.mark.parametrize("level", range(10))
+def test_quality_and_compression_hints_are_kept(level: int) -> None:
+    sent = [16, -32 + level, -256 + level]
+    view_only = ViewOnlyFilter()
+    assert view_only.feed(set_encodings(sent)) == set_encodings(sent)
+
+
 @pytest.mark.parametrize(
     ("sent", "forwarded"),
     [
-        ([], []),
-        ([EXTENDED_MOUSE_BUTTONS], []),
+        ([0], [0]),
+        ([16, 1, 0, -239], [16, 1, 0, -239]),
         ([EXTENDED_MOUSE_BUTTONS, 0, EXTENDED_MOUSE_BUTTONS], [0]),
-        ([7, -316, 16], [7, 16]),
-        ([-315, -317, 316], [-315, -317, 316]),
+        ([TIGHT, -316, 16], [16]),
+        ([-313, -312, -308, -307, -239, -224, -223, 16, 1, 0], None),  # all kept, in this order
+        # Just outside the hint ranges: -33, -22, -257, -246.
+        ([0, -33, -32, -23, -22, -257, -256, -247, -246], [0, -32, -23, -256, -247]),
+        # Nothing left that paints pixels: Raw is added, last.
+        ([TIGHT, HEXTILE, -26, -223], [-26, -223, 0]),
+        ([TIGHT], [0]),  # one taken out, one added: as long as before, but not the same
+        ([-223, TIGHT], [-223, 0]),
+        ([1], [1, 0]),
+        (REMOVED, [0]),
+        ([], [0]),
+        # ZRLE alone paints pixels: no Raw added.
+        ([TIGHT, 16], [16]),
     ],
 )
-def test_set_encodings_rewritten(sent: list[int], forwarded: list[int]) -> None:
+def test_set_encodings_rewritten(sent: list[int], forwarded: list[int] | None) -> None:
     view_only = ViewOnlyFilter()
-    assert view_only.feed(set_encodings(sent)) == set_encodings(forwarded)
+    assert view_only.feed(set_encodings(sent)) == set_encodings(
+        sent if forwarded is None else forwarded
+    )
+
+
+def test_set_encodings_keeps_its_padding_byte() -> None:
+    # The rewritten message keeps the viewer's bytes where it can, as an unchanged one does.
+    message = bytearray(set_encodings([TIGHT, 0]))
+    message[1] = 0x5A
+    view_only = ViewOnlyFilter()
+    assert view_only.feed(bytes(message)) == bytes([2, 0x5A]) + struct.pack("!Hi", 1, 0)
+
+
+def test_set_encodings_of_the_largest_count() -> None:
+    sent = [TIGHT, 0] * 32767 + [16]
+    message = set_encodings(sent)
+    view_only = ViewOnlyFilter()
+    out = b"".join(view_only.feed(message[i : i + 1000]) for i in range(0, len(message), 1000))
+    assert out == set_encodings([0] * 32767 + [16])
+    assert view_only.refusal is None
 
 
 def test_pointer_event_with_top_bit_stays_six_bytes() -> None:
@@ -300,6 +391,87 @@ def test_pointer_event_with_top_bit_stays_six_bytes() -> None:
     view_only = ViewOnlyFilter()
     view_only.feed(set_encodings(NOVNC_ENCODINGS))
     assert view_only.feed(pointer_event(3, 4, 0xFF) + request) == request
+
+
+# --------------------------------------------------------------------------------------------
+# SetPixelFormat: told to the server filter, and only before pictures were asked for
+
+
+@pytest.mark.parametrize(("depth", "bits_per_pixel"), [(24, 32), (16, 16), (8, 8), (24, 24)])
+def test_pixel_format_is_reported(depth: int, bits_per_pixel: int) -> None:
+    # Whatever the value: judging it is the server filter's business.
+    reported: list[int] = []
+    view_only = ViewOnlyFilter(on_pixel_format=reported.append)
+    message = set_pixel_format(depth, bits_per_pixel)
+    assert view_only.feed(message) == message
+    assert reported == [bits_per_pixel]
+
+
+def test_pixel_format_is_reported_once_whole() -> None:
+    reported: list[int] = []
+    view_only = ViewOnlyFilter(on_pixel_format=reported.append)
+    message = set_pixel_format(16, 16)
+    for i in range(len(message) - 1):
+        assert view_only.feed(message[i : i + 1]) == b""
+    assert reported == []
+    assert view_only.feed(message[-1:]) == message
+    assert reported == [16]
+
+
+def test_pixel_format_is_reported_for_each_before_pictures() -> None:
+    reported: list[int] = []
+    view_only = ViewOnlyFilter(on_pixel_format=reported.append)
+    stream = (
+        set_pixel_format(8, 8)
+        + set_encodings([0])
+        + enable_continuous_updates(enable=False)
+        + set_pixel_format(24, 32)
+        + framebuffer_update_request()
+    )
+    assert view_only.feed(stream) == stream
+    assert reported == [8, 32]
+    assert view_only.refusal is None
+
+
+def test_no_callback_no_problem() -> None:
+    view_only = ViewOnlyFilter()
+    assert view_only.feed(set_pixel_format()) == set_pixel_format()
+
+
+@pytest.mark.parametrize(
+    "asking",
+    [
+        framebuffer_update_request(incremental=False),
+        framebuffer_update_request(incremental=True),
+        enable_continuous_updates(enable=True),
+    ],
+    ids=["full request", "incremental request", "continuous updates"],
+)
+def test_pixel_format_after_asking_for_pictures_is_refused(asking: bytes) -> None:
+    reported: list[int] = []
+    view_only = ViewOnlyFilter(on_pixel_format=reported.append)
+    before = set_pixel_format() + set_encodings([0]) + asking + key_event(0x61, True)
+    stream = before + set_pixel_format(16, 16) + framebuffer_update_request()
+    # The messages before it still go (the key event withheld); the new format never does.
+    assert view_only.feed(stream) == set_pixel_format() + set_encodings([0]) + asking
+    assert view_only.refusal == (
+        "a view-only viewer changed its pixel format after asking for pictures"
+    )
+    assert reported == [32]
+    assert view_only.dropped == 1
+    assert view_only.feed(framebuffer_update_request()) == b""
+
+
+def test_late_pixel_format_refused_in_any_chunking() -> None:
+    request = framebuffer_update_request()
+    stream = set_pixel_format() + request + set_pixel_format(16, 16) + request
+    for offset in range(1, len(stream)):
+        reported: list[int] = []
+        view_only = ViewOnlyFilter(on_pixel_format=reported.append)
+        out = b"".join(view_only.feed(chunk) for chunk in cut(stream, [offset]))
+        assert out == set_pixel_format() + request
+        assert view_only.refusal is not None
+        assert reported == [32]
 
 
 # --------------------------------------------------------------------------------------------
@@ -350,13 +522,16 @@ def sessions(draw: st.DrawFn) -> list[tuple[bytes, bool]]:
 def test_random_sessions_in_random_chunks(
     session: list[tuple[bytes, bool]], data: st.DataObject
 ) -> None:
+    # Random sessions often send a SetPixelFormat after a FramebufferUpdateRequest: the model
+    # tells where the filter must stop.
     stream = b"".join(message for message, _ in session)
     offsets = data.draw(st.sets(st.integers(min_value=1, max_value=max(1, len(stream) - 1))))
     view_only = ViewOnlyFilter()
     out = b"".join(view_only.feed(chunk) for chunk in cut(stream, sorted(offsets)) if chunk)
-    assert out == b"".join(expected_output(session))
-    assert view_only.dropped == sum(not forwarded for _, forwarded in session)
-    assert view_only.refusal is None
+    verdict = expected_output(session)
+    assert out == b"".join(verdict.forwarded)
+    assert view_only.dropped == verdict.dropped
+    assert (view_only.refusal is not None) == verdict.refused
 
 
 # --------------------------------------------------------------------------------------------

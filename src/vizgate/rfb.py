@@ -151,6 +151,8 @@ class RfbBridge:
         force_shared: send the server a ClientInit asking to share the desktop, whatever the
             browser asked: a viewer who may only watch must not disconnect the others
             (RFC 6143 §7.3.1).
+        server_filter: what the server sends from its ServerInit on passes through before it
+            reaches :meth:`data_to_client` (see :mod:`vizgate.view_only`).
         client_filter: what the browser's messages after its ClientInit pass through before
             they reach :meth:`data_to_server` (see :mod:`vizgate.view_only`).
     """
@@ -161,10 +163,12 @@ class RfbBridge:
         *,
         force_shared: bool = False,
         client_filter: Callable[[bytes], bytes] | None = None,
+        server_filter: Callable[[bytes], bytes] | None = None,
     ) -> None:
         self._password = bytes(password)
         self._force_shared = force_shared
         self._client_filter = client_filter
+        self._server_filter = server_filter
         self._state = BridgeState.HANDSHAKING
         self._failure: str | None = None
         self._to_server = bytearray()
@@ -221,7 +225,7 @@ class RfbBridge:
         if self._state is BridgeState.FAILED or not data:
             return
         if self._state is BridgeState.ESTABLISHED:
-            self._to_client += data
+            self._to_client += self._filtered_server(data)
             return
         self._server_reader.buffer += data
         self._advance_server()
@@ -273,6 +277,9 @@ class RfbBridge:
 
     def _filtered(self, data: bytes) -> bytes:
         return self._client_filter(data) if self._client_filter is not None and data else data
+
+    def _filtered_server(self, data: bytes) -> bytes:
+        return self._server_filter(data) if self._server_filter is not None and data else data
 
     def _set_state(self, state: BridgeState) -> None:
         logger.debug("RFB bridge: %s -> %s", self._state.value, state.value)
@@ -326,7 +333,7 @@ class RfbBridge:
         # messages) follows it unchanged.
         self._to_server += _SHARED if self._force_shared else self._client_init
         self._to_server += self._filtered(self._client_reader.take_all())
-        self._to_client += self._server_reader.take_all()
+        self._to_client += self._filtered_server(self._server_reader.take_all())
         self._client_init = None
         self._set_state(BridgeState.ESTABLISHED)
 

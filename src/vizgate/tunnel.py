@@ -33,7 +33,7 @@ from vizgate.fastpath import CLIENT_GONE, TAKEOVER_EXTENSION, FastLink, Takeover
 from vizgate.lifecycle import EndReason
 from vizgate.rfb import RfbBridge
 from vizgate.sessions import CloseRequest, SessionInfo
-from vizgate.view_only import ViewOnlyFilter
+from vizgate.view_only import ViewOnlyFilter, ViewOnlyServerFilter
 from vizgate.vnc_password import VncPasswordFileError
 
 __all__ = [
@@ -209,8 +209,9 @@ class _ServerConnection(asyncio.Protocol):
         return self._transport, chunks, not self._writable.is_set()
 
 
-class _InputRefused(Exception):
-    """A view-only viewer sent what the gateway cannot let through; the reason is for people."""
+class _ViewOnlyRefused(Exception):
+    """A view-only viewer sent, or its VNC server sent it, what the gateway cannot let through
+    or cannot measure; the reason is for people."""
 
 
 class _ClientGone(Exception):
@@ -271,6 +272,8 @@ class _Connection:
         self._link: FastLink | None = None
         # What a view-only viewer sends passes through this (None: everything passes).
         self._input_filter: ViewOnlyFilter | None = None
+        # ... and what its VNC server sends it, through this.
+        self._output_filter: ViewOnlyServerFilter | None = None
         self._until_timer: asyncio.TimerHandle | None = None
 
     async def run(self) -> None:
@@ -290,7 +293,10 @@ class _Connection:
             await self.close(CLOSE_POLICY_VIOLATION, access.refusal)
             return
         if access.view_only:
-            self._input_filter = ViewOnlyFilter()
+            self._output_filter = ViewOnlyServerFilter()
+            self._input_filter = ViewOnlyFilter(
+                on_pixel_format=self._output_filter.set_bits_per_pixel
+            )
         client = self.scope.get("client")
         address = f"{client[0]}:{client[1]}" if client else ""
         if token:
@@ -464,10 +470,16 @@ class _Connection:
             await self.close(close_code_for(request.reason), request.message)
         elif attachment.revoked in done:
             await self.close(CLOSE_POLICY_VIOLATION, attachment.revoked.result())
-        elif to_server in done and isinstance(to_server.exception(), _InputRefused):
-            reason = str(to_server.exception())
-            logger.warning("viewer %d: %s", attachment.connection_id, reason)
-            await self.close(CLOSE_POLICY_VIOLATION, reason)
+        elif refused := next(
+            (
+                task.exception()
+                for task in (to_server, to_client)
+                if task in done and isinstance(task.exception(), _ViewOnlyRefused)
+            ),
+            None,
+        ):
+            logger.warning("viewer %d: %s", attachment.connection_id, refused)
+            await self.close(CLOSE_POLICY_VIOLATION, str(refused))
         elif to_client in done and to_client.exception() is None:
             attachment.server_closed()
             await self.close(CLOSE_INTERNAL_ERROR, "VNC server closed the connection")
@@ -521,10 +533,12 @@ class _Connection:
         Returns None when the relay may start, else why it may not.
         """
         view_only = self._input_filter
+        shown = self._output_filter
         bridge = RfbBridge(
             password,
             force_shared=view_only is not None,
             client_filter=view_only.feed if view_only is not None else None,
+            server_filter=shown.feed if shown is not None else None,
         )
         for data in self._held:
             bridge.receive_from_client(data)
@@ -574,6 +588,8 @@ class _Connection:
             self._early_message = from_client
         if view_only is not None and view_only.refusal is not None:
             return view_only.refusal
+        if shown is not None and shown.refusal is not None:
+            return shown.refusal
         return bridge.failure
 
     async def _browser_to_server(self, attachment: Attachment, server: _ServerConnection) -> None:
@@ -597,7 +613,7 @@ class _Connection:
                     # A viewer who only watches does not keep the session from idling.
                     data = view_only.feed(data)
                     if view_only.refusal is not None:
-                        raise _InputRefused(view_only.refusal)
+                        raise _ViewOnlyRefused(view_only.refusal)
                     await self._to_server(attachment, server, data)
             message = await self.receive()
 
@@ -609,9 +625,17 @@ class _Connection:
 
     async def _server_to_browser(self, attachment: Attachment, server: _ServerConnection) -> None:
         send = self.send
+        shown = self._output_filter
         while True:
             data = await server.read()
             if not data:
                 return
+            if shown is not None:
+                # A watcher is not sent what the session puts on its clipboard.
+                data = shown.feed(data)
+                if shown.refusal is not None:
+                    raise _ViewOnlyRefused(shown.refusal)
+                if not data:
+                    continue
             attachment.bytes_to_client += len(data)
             await send({"type": "websocket.send", "bytes": data})
