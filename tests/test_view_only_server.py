@@ -1,5 +1,5 @@
-"""Tests for vizgate.view_only.ViewOnlyServerFilter: what the VNC server sends a watcher, less
-the session's clipboard.
+"""Tests for vizgate.view_only_server.ViewOnlyServerFilter: what the VNC server sends a watcher,
+less the session's clipboard.
 
 The messages are built from RFC 6143 §7.3.2 and §7.6 and rfbproto's extensions, the rectangles
 in the encodings a watcher's SetEncodings is restricted to. Pixel data is random bytes, so that
@@ -21,7 +21,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vizgate.view_only import ViewOnlyFilter, ViewOnlyServerFilter
+from vizgate.view_only import ViewOnlyFilter
+from vizgate.view_only_server import ViewOnlyServerFilter
 
 _random = random.Random(6143)
 

@@ -152,7 +152,7 @@ class RfbBridge:
             browser asked: a viewer who may only watch must not disconnect the others
             (RFC 6143 §7.3.1).
         server_filter: what the server sends from its ServerInit on passes through before it
-            reaches :meth:`data_to_client` (see :mod:`vizgate.view_only`).
+            reaches :meth:`data_to_client` (see :mod:`vizgate.view_only_server`).
         client_filter: what the browser's messages after its ClientInit pass through before
             they reach :meth:`data_to_server` (see :mod:`vizgate.view_only`).
     """

@@ -21,10 +21,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 from urllib.parse import parse_qs
 
 from vizgate.broker import Attachment, Broker
@@ -33,7 +32,9 @@ from vizgate.fastpath import CLIENT_GONE, TAKEOVER_EXTENSION, FastLink, Takeover
 from vizgate.lifecycle import EndReason
 from vizgate.rfb import RfbBridge
 from vizgate.sessions import CloseRequest, SessionInfo
-from vizgate.view_only import ViewOnlyFilter, ViewOnlyServerFilter
+from vizgate.view_only import ViewOnlyFilter
+from vizgate.view_only_server import ViewOnlyServerFilter
+from vizgate.vnc_connection import VncConnection
 from vizgate.vnc_password import VncPasswordFileError
 
 __all__ = [
@@ -63,8 +64,9 @@ class Access:
         refusal: why the request may not use the session (a close reason a person reads, never
             a secret); None when it may.
         view_only: the viewer may watch but not control: the gateway withholds its keyboard,
-            pointer, clipboard and resize messages (:mod:`vizgate.view_only`), asks the VNC
-            server to share the desktop, and its messages do not keep the session from idling.
+            pointer, clipboard and resize messages (:mod:`vizgate.view_only`) and the session's
+            clipboard from it (:mod:`vizgate.view_only_server`), asks the VNC server to share
+            the desktop, and its messages do not keep the session from idling.
         until: when the access ends (seconds since the epoch); the connection closes then.
         grant: what let the viewer in when it is not the session's owner, e.g. ``share 12``;
             :meth:`Broker.revoke_grant` closes such connections.
@@ -90,14 +92,6 @@ CLOSE_INTERNAL_ERROR = 1011
 
 # RFC 6455 §5.5: a control frame's payload is at most 125 bytes, 2 of them the close code.
 MAX_CLOSE_REASON_BYTES = 123
-
-# Bytes from the VNC server waiting for the browser: reading from the server pauses above the
-# high mark and resumes below the low one, so a slow browser holds the gateway's memory down.
-READ_HIGH_WATER = 512 * 1024
-READ_LOW_WATER = 128 * 1024
-
-# The VNC server's socket buffers at most this much before writes from the browser wait.
-SERVER_WRITE_HIGH_WATER = 256 * 1024
 
 # Both RFB handshakes, when the gateway answers the VNC server's authentication, end within this.
 HANDSHAKE_TIMEOUT = 15.0
@@ -126,87 +120,6 @@ def _message_bytes(message: Message) -> bytes:
     if data is None:
         data = (message.get("text") or "").encode()
     return bytes(data)
-
-
-class _ServerConnection(asyncio.Protocol):
-    """The TCP connection to a VNC server, with flow control both ways.
-
-    Unlike asyncio's StreamReader it hands each received chunk on as it came, without copying
-    it into and out of a buffer: the framebuffer direction is where the bytes are.
-    """
-
-    def __init__(self) -> None:
-        self._transport: asyncio.Transport | None = None
-        self._chunks: deque[bytes] = deque()
-        self._queued = 0
-        self._reading_paused = False
-        self._closed = False
-        self._readable = asyncio.Event()
-        self._writable = asyncio.Event()
-        self._writable.set()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports implement asyncio.Transport without inheriting from it.
-        self._transport = cast(asyncio.Transport, transport)
-        self._transport.set_write_buffer_limits(high=SERVER_WRITE_HIGH_WATER)
-
-    def data_received(self, data: bytes) -> None:
-        self._chunks.append(data)
-        self._queued += len(data)
-        self._readable.set()
-        if self._queued >= READ_HIGH_WATER and not self._reading_paused and self._transport:
-            self._reading_paused = True
-            self._transport.pause_reading()
-
-    def eof_received(self) -> bool:
-        self._closed = True
-        self._readable.set()
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._closed = True
-        self._readable.set()
-        self._writable.set()
-
-    def pause_writing(self) -> None:
-        self._writable.clear()
-
-    def resume_writing(self) -> None:
-        self._writable.set()
-
-    async def read(self) -> bytes:
-        """The next chunk from the server; ``b""`` once it has closed."""
-        while not self._chunks:
-            if self._closed:
-                return b""
-            self._readable.clear()
-            await self._readable.wait()
-        data = self._chunks.popleft()
-        self._queued -= len(data)
-        if self._reading_paused and self._queued <= READ_LOW_WATER and self._transport:
-            self._reading_paused = False
-            self._transport.resume_reading()
-        return data
-
-    async def write(self, data: bytes) -> None:
-        """Send to the server; waits while its socket buffer is full."""
-        if self._transport is None or self._transport.is_closing():
-            raise ConnectionResetError("the VNC server's connection is closed")
-        self._transport.write(data)
-        await self._writable.wait()
-
-    def close(self) -> None:
-        if self._transport is not None:
-            self._transport.close()
-
-    def hand_over(self) -> tuple[asyncio.Transport, list[bytes], bool]:
-        """Give up the connection to a fast-path link: its transport, the chunks received and
-        not yet read, and whether the server's socket buffer is full."""
-        assert self._transport is not None
-        chunks = list(self._chunks)
-        self._chunks.clear()
-        self._queued = 0
-        return self._transport, chunks, not self._writable.is_set()
 
 
 class _ViewOnlyRefused(Exception):
@@ -408,7 +321,7 @@ class _Connection:
         loop = asyncio.get_running_loop()
         try:
             _, server = await loop.create_connection(
-                _ServerConnection, attachment.host, attachment.port
+                VncConnection, attachment.host, attachment.port
             )
         except OSError as error:
             if self._early_message is not None:
@@ -489,7 +402,7 @@ class _Connection:
             await self.close(CLOSE_INTERNAL_ERROR, "connection to the VNC server failed")
 
     async def _relay_taken_over(
-        self, takeover: Takeover, attachment: Attachment, server: _ServerConnection
+        self, takeover: Takeover, attachment: Attachment, server: VncConnection
     ) -> None:
         """Relay with the connection taken over from the ASGI server (vizgate.fastpath)."""
         transport, downstream, write_paused = server.hand_over()
@@ -524,9 +437,7 @@ class _Connection:
             attachment.server_closed()
             await self.close(CLOSE_INTERNAL_ERROR, "VNC server closed the connection")
 
-    async def _answer_authentication(
-        self, server: _ServerConnection, password: bytes
-    ) -> str | None:
+    async def _answer_authentication(self, server: VncConnection, password: bytes) -> str | None:
         """Run both RFB handshakes, answering the VNC server's challenge with ``password``.
 
         The browser is offered security type None and never sees the password (RFC 6143 §7.2).
@@ -592,7 +503,7 @@ class _Connection:
             return shown.refusal
         return bridge.failure
 
-    async def _browser_to_server(self, attachment: Attachment, server: _ServerConnection) -> None:
+    async def _browser_to_server(self, attachment: Attachment, server: VncConnection) -> None:
         view_only = self._input_filter
         for data in self._held:
             await self._to_server(attachment, server, data)
@@ -618,12 +529,12 @@ class _Connection:
             message = await self.receive()
 
     @staticmethod
-    async def _to_server(attachment: Attachment, server: _ServerConnection, data: bytes) -> None:
+    async def _to_server(attachment: Attachment, server: VncConnection, data: bytes) -> None:
         if data:
             attachment.bytes_to_server += len(data)
             await server.write(data)
 
-    async def _server_to_browser(self, attachment: Attachment, server: _ServerConnection) -> None:
+    async def _server_to_browser(self, attachment: Attachment, server: VncConnection) -> None:
         send = self.send
         shown = self._output_filter
         while True:

@@ -7,7 +7,7 @@ cookie) and sends them to the session's viewer, so the secret is in one URL only
 a WebSocket URL. The tunnel's authorizer turns the grant into view-only access
 (:class:`vizgate.tunnel.Access`): the gateway withholds the viewer's keyboard, pointer,
 clipboard and resize messages, whatever the page does, and the session's clipboard from the
-viewer (:mod:`vizgate.view_only`).
+viewer (:mod:`vizgate.view_only`, :mod:`vizgate.view_only_server`).
 
 A link ends at its expiry, when it is withdrawn, or with its session. When it ends, the
 connections it let in are closed (the tunnel's timer at expiry; :meth:`Broker.revoke_grant`
