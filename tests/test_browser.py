@@ -562,7 +562,12 @@ def test_a_share_link_lets_another_user_watch_the_desktop_until_it_is_withdrawn(
     wait_for_colour(watcher, (0, 0xC0, 0))
     [watched] = status(gateway)["sessions"]
     assert (watched["id"], watched["connections"]) == (session_id, 2)
+    # The owner's toolbar says someone watches.
+    playwright_api.expect(owner.locator("#watchers")).to_have_text(
+        "1 watching", timeout=scaled(15) * 1000
+    )
     screenshot(watcher, "watching")
+    screenshot(owner, "watched")
 
     share.goto(share.url)  # a GET: reloading would post the form again
     share.get_by_role("button", name="Withdraw").click()
@@ -574,6 +579,7 @@ def test_a_share_link_lets_another_user_watch_the_desktop_until_it_is_withdrawn(
     )
     # The owner watches on, alone.
     playwright_api.expect(owner.locator("body")).to_have_attribute("data-viewer", "connected")
+    playwright_api.expect(owner.locator("#watchers")).to_be_hidden(timeout=scaled(15) * 1000)
     wait_until(
         lambda: [s["connections"] for s in status(gateway)["sessions"]] == [1],
         scaled(10),

@@ -308,6 +308,10 @@ def test_a_share_link_lets_another_user_watch_but_not_control(
         watching.ws.send(EVERYTHING[start : start + 7])
     client_init, received = recorded_after(vnc_server, before + 1, WATCHABLE)
     assert (client_init, received) == (bytes([1]), WATCHABLE)
+    # The owner sees who watches.
+    owners_view = owner.get(f"/sessions/{session_id}/status").json()
+    assert (owners_view["connections"], owners_view["watchers"]) == (2, 1)
+    assert f'data-watcher="{WATCHER.name}"' in owner.get(f"/sessions/{session_id}/share").text
 
     # The administrator's page of the session tells who did what, with which access.
     admin = logged_in(gateway, ADMIN)
@@ -384,6 +388,11 @@ def test_withdrawing_a_link_disconnects_whoever_watches_through_it(
     )
     assert withdrawn.status == 302
     assert watching.closed() == (1008, "the share link was withdrawn")
+    wait_until(
+        lambda: owner.get(f"/sessions/{session_id}/status").json()["watchers"] == 0,
+        scaled(10),
+        message="the withdrawn watcher is still counted",
+    )
     assert refused(gateway, watcher, session_id) == (1008, SHARE_ENDED_REFUSAL)
     assert watcher.get(link).status == 404
     assert 'data-share="' not in owner.get(f"/sessions/{session_id}/share").text

@@ -49,6 +49,7 @@ from vizgate.sessions import (
     Reservation,
     ServiceInfo,
     SessionInfo,
+    ViewerInfo,
     session_id_of,
     token_hash,
 )
@@ -419,6 +420,16 @@ class Broker:
         """The live session with this public id, or None."""
         session = self._live.by_id(session_id)
         return session.info(self._wall) if session is not None else None
+
+    def viewers(self, session_id: str) -> list[ViewerInfo]:
+        """Who is connected to a live session now, first come first; [] if it is not live."""
+        session = self._live.by_id(session_id)
+        if session is None:
+            return []
+        return [
+            ViewerInfo(user=viewer.user, access=viewer.access, since=viewer.since)
+            for viewer in session.attachments.values()
+        ]
 
     def sessions(self) -> list[SessionInfo]:
         """Every live session, oldest first."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,6 +109,7 @@ class LiveSession:
             bound=self.bound,
             ends_at=wall(deadline[0]) if deadline else None,
             ends_because=deadline[1].value if deadline else None,
+            watchers=sum(1 for viewer in self.attachments.values() if viewer.grant),
         )
 
     def record(self, wall: Callable[[float | None], float | None]) -> SessionRecord:
@@ -164,6 +166,7 @@ class Attachment:
         self.grant = grant
         #: The viewer's account when known, for the audit trail.
         self.user = user
+        self.since = time.time()
         #: Set to a reason a person reads when the viewer's access ends before the session does.
         self.revoked: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self.host = ""

@@ -16,6 +16,7 @@ __all__ = [
     "Reservation",
     "ServiceInfo",
     "SessionInfo",
+    "ViewerInfo",
     "session_id_of",
     "token_hash",
 ]
@@ -75,6 +76,22 @@ class SessionInfo:
     bound: bool = False
     ends_at: float | None = None
     ends_because: str | None = None
+    watchers: int = 0
+
+
+@dataclass(frozen=True)
+class ViewerInfo:
+    """One viewer connected to a session, for its owner and administrators.
+
+    Attributes:
+        user: the viewer's account when known, else "".
+        access: "" for full control, else how it was let in, e.g. ``view only (share 3)``.
+        since: when it connected (seconds since the epoch).
+    """
+
+    user: str
+    access: str
+    since: float
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ See :mod:`vizgate.web.portal.shares` for what a link is and how the gateway enfo
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 
 from django.conf import settings
 from django.contrib.auth.views import redirect_to_login
@@ -61,6 +62,11 @@ async def _render_share(
         {
             "info": info,
             "shares": await active_shares(info.id),
+            "watching": [
+                (viewer, datetime.fromtimestamp(viewer.since, UTC))
+                for viewer in runtime.get_broker().viewers(info.id)
+                if viewer.access
+            ],
             "lifetimes": LIFETIMES.items(),
             "link": link,
         },

@@ -237,6 +237,8 @@ def status_json(info: SessionInfo) -> dict[str, Any]:
         "state_label": STATE_LABELS.get(info.state, info.state),
         "progress": info.progress,
         "connections": info.connections,
+        # How many of them watch through a share link (the owner's page shows it).
+        "watchers": info.watchers,
         "end_reason": info.end_reason,
         "message": info.message,
         # Seconds left before the idle timeout or the maximum lifetime ends the session,

@@ -376,7 +376,7 @@ window.addEventListener('pageshow', (event) => {
 // lifetime; the person gets a minute's warning. Input resets the idle timeout, so the warning
 // goes away again when they type or move the mouse.
 const WARN_SECONDS = 60;
-const LIMIT_CHECK_MS = 10000;
+const LIMIT_CHECK_MS = 5000;
 const warning = document.getElementById('warning');
 let limitTimer = null;
 
@@ -389,6 +389,18 @@ function describeLimit(because, seconds) {
     return `This session ends ${left}: it reaches its maximum lifetime. Save your work.`;
 }
 
+// The owner sees how many people watch the session through share links.
+const watchersBadge = document.getElementById('watchers');
+
+function showWatchers(status) {
+    if (!watchersBadge || !status) {
+        return;
+    }
+    const count = status.state === 'running' ? status.watchers || 0 : 0;
+    watchersBadge.textContent = count === 1 ? '1 watching' : `${count} watching`;
+    watchersBadge.hidden = count === 0;
+}
+
 async function watchLimits() {
     limitTimer = null;
     if (finished) {
@@ -396,6 +408,7 @@ async function watchLimits() {
         return;
     }
     const status = await fetchStatus();
+    showWatchers(status);
     let next = LIMIT_CHECK_MS;
     if (status && status.ends_in !== null && status.ends_in !== undefined
             && status.ends_in <= WARN_SECONDS && status.state === 'running') {
