@@ -483,7 +483,11 @@ async def test_two_instances_are_two_concurrent_jobs_and_a_third_is_refused(
         ),
         pytest.param(
             {"xvnc": "/nonexistent/Xvnc"},
-            "ended before its VNC server was ready: FAILED (NonZeroExitCode)",
+            # squeue may show the job still COMPLETING when the launcher looks.
+            (
+                "ended before its VNC server was ready: FAILED (NonZeroExitCode)",
+                "ended before its VNC server was ready: COMPLETING (NonZeroExitCode)",
+            ),
             id="no-xvnc",
         ),
     ],
