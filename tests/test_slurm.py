@@ -43,7 +43,7 @@ from support import (
 from vizgate.broker import Broker
 from vizgate.catalog import load_catalog
 from vizgate.exceptions import ReservationError, ScriptError, StartError
-from vizgate.launchers.slurm import JOB_SCRIPT, SlurmSession, realize_service
+from vizgate.launchers.slurm import JOB_SCRIPT, SlurmSession, job_script_said, realize_service
 from vizgate.launchers.slurm_commands import JobStatus, job_environment, job_status
 from vizgate.rfb import RfbBridge
 from vizgate.vnc_password import read_vnc_password_file, write_vnc_password_file
@@ -159,6 +159,15 @@ async def handshake_through_bridge(host: str, port: int, password: bytes) -> Rfb
 
 # ---------------------------------------------------------------------------------------
 # Unit tests: no cluster needed
+
+
+def test_only_the_job_scripts_own_last_words_reach_the_user() -> None:
+    said = "2026-11-29 06:36:23 vizgate-slurm-job: Xvnc program not found: /opt/tigervnc/Xvnc"
+    assert job_script_said(said) == "Xvnc program not found: /opt/tigervnc/Xvnc"
+    # Whatever else ends the log (Xvnc's own output, a module system's) is for the admin.
+    assert job_script_said("Fatal server error: Couldn't add screen") == ""
+    assert job_script_said("vizgate-slurm-job: no time stamp") == ""
+    assert job_script_said("") == ""
 
 
 def test_job_script_is_valid_bash_and_shipped_beside_the_launcher() -> None:
@@ -483,10 +492,12 @@ async def test_two_instances_are_two_concurrent_jobs_and_a_third_is_refused(
         ),
         pytest.param(
             {"xvnc": "/nonexistent/Xvnc"},
-            # squeue may show the job still COMPLETING when the launcher looks.
-            (
-                "ended before its VNC server was ready: FAILED (NonZeroExitCode)",
-                "ended before its VNC server was ready: COMPLETING (NonZeroExitCode)",
+            # squeue may show the job still COMPLETING when the launcher looks; either way the
+            # user reads why, in the job script's words.
+            tuple(
+                f"ended before its VNC server was ready: {state} (NonZeroExitCode): "
+                "Xvnc program not found: /nonexistent/Xvnc"
+                for state in ("FAILED", "COMPLETING")
             ),
             id="no-xvnc",
         ),

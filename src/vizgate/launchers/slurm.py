@@ -88,6 +88,7 @@ __all__ = [
     "JOB_SCRIPT",
     "NEVER_RUNS_REASONS",
     "SlurmSession",
+    "job_script_said",
     "realize_service",
 ]
 
@@ -143,6 +144,19 @@ def _last_line(path: Path) -> str:
         if lines:
             return lines[-1][:300]
     return ""
+
+
+# A line the job script itself writes to job.log (its log() function): a time, then what it says.
+_JOB_SCRIPT_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d vizgate-slurm-job: (.+)")
+
+
+def job_script_said(log_line: str) -> str:
+    """What the job script said last, when the job log ends with one of its own lines.
+
+    Only those reach the user: other programs' output in the log is for the administrator.
+    """
+    match = _JOB_SCRIPT_LINE.fullmatch(log_line)
+    return match.group(1) if match else ""
 
 
 def _port_accepts(host: str, port: int) -> bool:
@@ -464,6 +478,10 @@ class SlurmSession(RemoteServiceScript):
                 if status.state in ENDED_STATES or status.state == "COMPLETING":
                     log_line = _last_line(folder / "job.log")
                     message = f"Slurm job {job_id} ended before its VNC server was ready: {last}"
+                    said = job_script_said(log_line)
+                    if said:
+                        # Why, in the job script's words: "Xvnc program not found: ...".
+                        message += f": {said}"
                     self.report_progress(message)
                     print(
                         f"vizgate slurm [{self._name}#{self._index}]: {message}"
