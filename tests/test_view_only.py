@@ -20,6 +20,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from chunking import chunks_of, cut, cut_twice_near
 from vizgate.view_only import MAX_CUT_TEXT_LENGTH, WATCHER_ENCODINGS, ViewOnlyFilter
 
 # --------------------------------------------------------------------------------------------
@@ -217,11 +218,6 @@ def feed_all(view_only: ViewOnlyFilter, chunks: Iterable[bytes]) -> bytes:
     return out
 
 
-def cut(data: bytes, offsets: Iterable[int]) -> list[bytes]:
-    bounds = [0, *offsets, len(data)]
-    return [data[a:b] for a, b in itertools.pairwise(bounds)]
-
-
 def check_session(chunks: Sequence[bytes]) -> None:
     assert b"".join(chunks) == SESSION
     view_only = ViewOnlyFilter()
@@ -380,7 +376,7 @@ def test_set_encodings_of_the_largest_count() -> None:
     sent = [TIGHT, 0] * 32767 + [16]
     message = set_encodings(sent)
     view_only = ViewOnlyFilter()
-    out = b"".join(view_only.feed(message[i : i + 1000]) for i in range(0, len(message), 1000))
+    out = b"".join(view_only.feed(chunk) for chunk in chunks_of(message, 1000))
     assert out == set_encodings([0] * 32767 + [16])
     assert view_only.refusal is None
 
@@ -483,7 +479,7 @@ def test_session_at_once() -> None:
 
 
 def test_session_byte_by_byte() -> None:
-    check_session([SESSION[i : i + 1] for i in range(len(SESSION))])
+    check_session(chunks_of(SESSION, 1))
 
 
 def test_session_cut_once_at_every_offset() -> None:
@@ -493,17 +489,13 @@ def test_session_cut_once_at_every_offset() -> None:
 
 def test_session_in_fixed_size_chunks() -> None:
     for size in range(1, len(SESSION) + 1):
-        check_session([SESSION[i : i + size] for i in range(0, len(SESSION), size)])
+        check_session(chunks_of(SESSION, size))
 
 
 def test_session_cut_twice_around_every_message_boundary() -> None:
-    # Both cuts near the same boundary: a message's last bytes, or the next one's type and
-    # header bytes, alone in a call of their own.
     boundaries = list(itertools.accumulate(len(message) for message, _ in NOVNC_SESSION))
-    for boundary in boundaries[:-1]:
-        near = range(max(1, boundary - 9), min(len(SESSION), boundary + 10))
-        for first, second in itertools.combinations(near, 2):
-            check_session(cut(SESSION, [first, second]))
+    for chunks in cut_twice_near(SESSION, boundaries[:-1], 9):
+        check_session(chunks)
 
 
 @given(st.sets(st.integers(min_value=1, max_value=len(SESSION) - 1)))
@@ -577,7 +569,7 @@ def test_cut_text_ending_inside_a_chunk() -> None:
     request = framebuffer_update_request()
     stream = client_cut_text(text) + request + key_event(0x62, True) + request
     view_only = ViewOnlyFilter()
-    out = b"".join(view_only.feed(stream[i : i + 4096]) for i in range(0, len(stream), 4096))
+    out = b"".join(view_only.feed(chunk) for chunk in chunks_of(stream, 4096))
     assert out == request * 2
     assert view_only.dropped == 2
 
@@ -621,7 +613,7 @@ def test_refusal_does_not_depend_on_chunking() -> None:
     request = framebuffer_update_request()
     stream = request + key_event(0x61, True) + b"\x7f" + request
     view_only = ViewOnlyFilter()
-    out = b"".join(view_only.feed(stream[i : i + 1]) for i in range(len(stream)))
+    out = b"".join(view_only.feed(chunk) for chunk in chunks_of(stream, 1))
     assert out == request
     assert view_only.refusal is not None
     assert "127" in view_only.refusal

@@ -21,6 +21,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from chunking import chunks_of, cut, cut_twice_near
 from vizgate.view_only import ViewOnlyFilter
 from vizgate.view_only_server import ViewOnlyServerFilter
 
@@ -196,11 +197,6 @@ def feed_all(
     return out
 
 
-def cut(data: bytes, offsets: Iterable[int]) -> list[bytes]:
-    bounds = [0, *offsets, len(data)]
-    return [data[a:b] for a, b in itertools.pairwise(bounds)]
-
-
 def check_session(chunks: Sequence[bytes]) -> None:
     assert b"".join(chunks) == SESSION
     shown = ViewOnlyServerFilter()
@@ -227,7 +223,7 @@ def test_session_at_once() -> None:
 
 
 def test_session_byte_by_byte() -> None:
-    check_session([SESSION[i : i + 1] for i in range(len(SESSION))])
+    check_session(chunks_of(SESSION, 1))
 
 
 def test_session_cut_once_at_every_offset() -> None:
@@ -237,15 +233,13 @@ def test_session_cut_once_at_every_offset() -> None:
 
 def test_session_in_fixed_size_chunks() -> None:
     for size in range(1, len(SESSION) + 1):
-        check_session([SESSION[i : i + size] for i in range(0, len(SESSION), size)])
+        check_session(chunks_of(SESSION, size))
 
 
 def test_session_cut_twice_around_every_message_boundary() -> None:
     boundaries = list(itertools.accumulate(len(message) for message, _ in SESSION_MESSAGES))
-    for boundary in boundaries[:-1]:
-        near = range(max(1, boundary - 13), min(len(SESSION), boundary + 14))
-        for first, second in itertools.combinations(near, 2):
-            check_session(cut(SESSION, [first, second]))
+    for chunks in cut_twice_near(SESSION, boundaries[:-1], 13):
+        check_session(chunks)
 
 
 @given(st.sets(st.integers(min_value=1, max_value=len(SESSION) - 1)))
@@ -338,7 +332,7 @@ def test_extended_clipboard_negative_length() -> None:
     assert message[4:8] == struct.pack("!i", -len(payload))
     shown = ViewOnlyServerFilter()
     shown.feed(server_init())
-    out = b"".join(shown.feed(message[i : i + 3]) for i in range(0, len(message), 3))
+    out = b"".join(shown.feed(chunk) for chunk in chunks_of(message, 3))
     assert out == b""
     assert shown.feed(bell()) == bell()
     assert shown.dropped == 1
@@ -376,7 +370,7 @@ def test_update_of_65535_rectangles() -> None:
     update = framebuffer_update([copy_rect(1, 1)] * 65535)
     shown = ViewOnlyServerFilter()
     shown.feed(server_init())
-    out = b"".join(shown.feed(update[i : i + 4096]) for i in range(0, len(update), 4096))
+    out = b"".join(shown.feed(chunk) for chunk in chunks_of(update, 4096))
     assert out == update
     assert shown.feed(server_cut_text(SECRET) + bell()) == bell()
 
@@ -511,7 +505,7 @@ def test_large_raw_rectangle_arrives_whole_in_uneven_chunks() -> None:
     update = framebuffer_update([rectangle(0, 1024, 1280) + pixels])
     stream = server_init() + update + server_cut_text(SECRET) + bell()
     shown = ViewOnlyServerFilter()
-    out = [shown.feed(stream[i : i + CHUNK + 7]) for i in range(0, len(stream), CHUNK + 7)]
+    out = [shown.feed(chunk) for chunk in chunks_of(stream, CHUNK + 7)]
     assert b"".join(out) == server_init() + update + bell()
     # Every call handed on what it got: nothing was saved up for later.
     assert all(len(piece) >= CHUNK + 7 - LONGEST_HEADER for piece in out[:-2])
@@ -557,7 +551,7 @@ def test_large_cut_text_ending_inside_a_chunk() -> None:
     update = framebuffer_update([raw(8, 8)])
     stream = server_init() + server_cut_text(text) + update + server_cut_text(text) + bell()
     shown = ViewOnlyServerFilter()
-    out = b"".join(shown.feed(stream[i : i + CHUNK]) for i in range(0, len(stream), CHUNK))
+    out = b"".join(shown.feed(chunk) for chunk in chunks_of(stream, CHUNK))
     assert out == server_init() + update + bell()
     assert shown.dropped == 2
 
@@ -606,7 +600,7 @@ def test_rectangle_in_unmeasurable_encoding_is_refused(encoding: int) -> None:
     update = framebuffer_update([copy_rect(), rectangle(encoding, 16, 16) + noise(600), raw(1, 1)])
     stream = server_init() + update + server_cut_text(SECRET) + bell()
     shown = ViewOnlyServerFilter()
-    out = b"".join(shown.feed(stream[i : i + 1]) for i in range(len(stream)))
+    out = b"".join(shown.feed(chunk) for chunk in chunks_of(stream, 1))
     # The update's header and the rectangle before come out; nothing from the unknown one on.
     assert out == server_init() + update[:4] + copy_rect()
     assert shown.refusal == (
