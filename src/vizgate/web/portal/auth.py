@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from importlib import import_module
 from typing import Any
 from urllib.parse import urlsplit
@@ -84,6 +84,11 @@ def refusal(viewer: Viewer, session: SessionInfo, group: str | None) -> str | No
             return viewer.cookie_refused or LOGIN_REFUSAL
         if viewer.username != session.user:
             return OWNER_REFUSAL
+    return _group_refusal(viewer, session, group)
+
+
+def _group_refusal(viewer: Viewer, session: SessionInfo, group: str | None) -> str | None:
+    """Why a logged-in ``viewer`` outside ``group`` may not open ``session``; None if it may."""
     if group is not None and viewer.username and group not in viewer.groups:
         return forbidden_message(session.service, group)
     return None
@@ -180,8 +185,8 @@ def make_authorizer(broker: Broker) -> Authorizer:
         if reason == OWNER_REFUSAL and session.id in viewer.shares:
             share = await live_share(viewer.shares[session.id], session.id)
             if share is not None:
-                # Watching does not lift the type's group gate: it still applies below.
-                reason = refusal(viewer, replace(session, user=viewer.username), group)
+                # Watching does not lift the type's group gate.
+                reason = _group_refusal(viewer, session, group)
                 if reason is None:
                     return Access(
                         view_only=True,
