@@ -18,7 +18,6 @@ from django.utils.cache import add_never_cache_headers
 from vizgate.broker import Broker
 from vizgate.sessions import SessionInfo
 from vizgate.web import runtime
-from vizgate.web.csp import CONTENT_SECURITY_POLICY
 from vizgate.web.portal.shares import (
     LIFETIMES,
     SHARES_KEY,
@@ -145,7 +144,6 @@ async def _grant(request: HttpRequest, granted: ActiveShare) -> HttpResponseBase
 
 def _no_store(response: HttpResponseBase) -> HttpResponseBase:
     add_never_cache_headers(response)
-    response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
     # The page's address holds the secret: no other site learns it from a Referer header.
     response.headers["Referrer-Policy"] = "no-referrer"
     return response

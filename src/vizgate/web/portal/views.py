@@ -37,7 +37,6 @@ from vizgate.broker import Broker
 from vizgate.exceptions import ReservationError
 from vizgate.sessions import ServiceInfo, SessionInfo
 from vizgate.web import runtime
-from vizgate.web.csp import CONTENT_SECURITY_POLICY
 from vizgate.web.portal.assets import find_static
 from vizgate.web.portal.forms import LaunchForm
 from vizgate.web.portal.models import SessionEvent
@@ -115,8 +114,8 @@ def portal_view(
     The view is called as ``view(request, user, *args)`` with the logged-in user (also put on
     ``request.user``). Anonymous users are sent to the login page (``api``: 401 JSON); users
     who are not staff get 403 from ``staff`` views; other methods than ``methods`` get 405; a
-    gateway whose broker is not running answers 503. Answers are never cached and carry the
-    portal's Content-Security-Policy.
+    gateway whose broker is not running answers 503. Answers are never cached; their
+    Content-Security-Policy comes from :mod:`vizgate.web.csp`, as every page's does.
     """
 
     def decorate(view: _PageView) -> _PageView:
@@ -152,7 +151,6 @@ def portal_view(
                         "The gateway is starting or stopping; try again in a moment.",
                     )
             add_never_cache_headers(response)
-            response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
             return response
 
         return page
