@@ -24,7 +24,7 @@ import re
 import struct
 from collections.abc import Callable, Generator
 
-from vizgate.vnc_password import vnc_auth_response
+from vizgate.vnc_password import CHALLENGE_LENGTH, vnc_auth_response
 
 __all__ = [
     "BridgeState",
@@ -66,8 +66,6 @@ _MAX_REASON_LENGTH = 4096
 # A reason is shown to people and written to logs: keep it short.
 _MAX_REASON_SHOWN = 200
 
-# RFC 6143 §7.2.2: the VNC Authentication challenge read from the server is 16 bytes.
-_CHALLENGE_LENGTH = 16
 # RFC 6143 §7.3.1: a ClientInit whose shared-flag is set leaves the other clients connected.
 _SHARED = b"\x01"
 
@@ -408,7 +406,7 @@ class RfbBridge:
 
         if chosen == _SECURITY_VNC_AUTH:
             # RFC 6143 §7.2.2: a 16-byte challenge, answered by its DES encryption.
-            challenge = yield from reader.read_exact(_CHALLENGE_LENGTH)
+            challenge = yield from reader.read_exact(CHALLENGE_LENGTH)
             self._to_server += vnc_auth_response(challenge, self._password)
 
         # RFC 6143 §7.1.3: SecurityResult always follows in 3.8; in 3.3 and 3.7 (Appendix A) only

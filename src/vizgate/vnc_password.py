@@ -31,6 +31,7 @@ except ImportError:  # pragma: no cover - older cryptography
     from cryptography.hazmat.primitives.ciphers.algorithms import TripleDES
 
 __all__ = [
+    "CHALLENGE_LENGTH",
     "VncPasswordFileError",
     "obfuscate_vnc_password",
     "read_vnc_password_file",
@@ -38,8 +39,8 @@ __all__ = [
     "write_vnc_password_file",
 ]
 
-# RFC 6143 §7.2.2: the server's challenge, and so the response, is 16 bytes.
-_CHALLENGE_LENGTH = 16
+#: RFC 6143 §7.2.2: the server's challenge, and so the response, is 16 bytes.
+CHALLENGE_LENGTH = 16
 
 # TigerVNC's (and the original VNC's) fixed key for obfuscating stored passwords, as the bytes
 # appear in its source (vncauth.c / Password.cxx). Like every VNC key it is fed to a DES whose key
@@ -94,9 +95,9 @@ def vnc_auth_response(challenge: bytes, password: bytes) -> bytes:
     Raises:
         ValueError: the challenge is not 16 bytes long.
     """
-    if len(challenge) != _CHALLENGE_LENGTH:
+    if len(challenge) != CHALLENGE_LENGTH:
         raise ValueError(
-            f"a VNC Authentication challenge has {_CHALLENGE_LENGTH} bytes, got {len(challenge)}"
+            f"a VNC Authentication challenge has {CHALLENGE_LENGTH} bytes, got {len(challenge)}"
         )
     return _des_ecb_encrypt(_vnc_des_key(password), challenge)
 
