@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from django.db.models import Manager
+    from django.db.models import Manager, QuerySet
 
     from vizgate.web.portal.models import ShareLink
 
@@ -60,6 +60,11 @@ def _links() -> Manager[ShareLink]:
     from vizgate.web.portal.models import ShareLink
 
     return ShareLink.objects
+
+
+def _working_links() -> QuerySet[ShareLink]:
+    """The links that still let viewers in: neither withdrawn nor expired."""
+    return _links().filter(revoked__isnull=True, expires__gt=_now())
 
 
 def _hash(secret: str) -> str:
@@ -117,11 +122,7 @@ async def share_of_secret(secret: str) -> ActiveShare | None:
     """The link whose secret this is, if it still lets viewers in."""
     if not secret or len(secret) > 100:
         return None
-    link = (
-        await _links()
-        .filter(secret_hash=_hash(secret), revoked__isnull=True, expires__gt=_now())
-        .afirst()
-    )
+    link = await _working_links().filter(secret_hash=_hash(secret)).afirst()
     return _active(link) if link is not None else None
 
 
@@ -129,17 +130,13 @@ async def live_share(link_id: object, session_id: str) -> ActiveShare | None:
     """Link ``link_id`` if it is one to ``session_id`` that still lets viewers in."""
     if not isinstance(link_id, int):
         return None
-    link = (
-        await _links()
-        .filter(pk=link_id, session_id=session_id, revoked__isnull=True, expires__gt=_now())
-        .afirst()
-    )
+    link = await _working_links().filter(pk=link_id, session_id=session_id).afirst()
     return _active(link) if link is not None else None
 
 
 async def active_shares(session_id: str) -> list[ActiveShare]:
     """The links to ``session_id`` that still let viewers in, newest first."""
-    query = _links().filter(session_id=session_id, revoked__isnull=True, expires__gt=_now())
+    query = _working_links().filter(session_id=session_id)
     return [_active(link) async for link in query]
 
 
