@@ -1,5 +1,6 @@
 /*
- * The simplest TCP relay in C: a floor for what any user-space relay pays a round trip.
+ * The simplest TCP relay in C: a floor for what any user-space relay pays a round trip, and a
+ * measure of what one reaches downstream on the machine.
  *
  *     cc -O2 -o relay bench/relay.c && ./relay BACKEND_PORT
  *
@@ -9,7 +10,7 @@
  * to 127.0.0.1:BACKEND_PORT and relays bytes both ways: plain TCP, no WebSocket.
  *
  * One thread, one epoll set (level-triggered), non-blocking sockets with TCP_NODELAY. Each
- * direction has a 256 KiB buffer: a read fills it, a write empties it; what a write leaves is
+ * direction has a 1 MiB buffer (the tunnel's read size): a read fills it, a write empties it; what a write leaves is
  * sent when the socket reports EPOLLOUT, and until then the other socket is not read (that is
  * the backpressure). The client is not read before the backend connection is up (its bytes
  * wait in the kernel). A socket is read only when its buffer is empty, so by the time it ends
@@ -29,7 +30,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#define BUFFER_SIZE (256 * 1024)
+#define BUFFER_SIZE (1024 * 1024)
 #define MAX_EVENTS 256
 
 struct pair;

@@ -5,8 +5,9 @@ results into them) and where the run took place (:func:`machine_info`). :func:`s
 takes medians over the repetitions per target, the *paired* ratios (vizgate's figure over a
 baseline's, one ratio per repetition, both measured seconds apart) and the targets' verdicts;
 :func:`render` prints it all as Markdown tables. The reference relays (``ws-relay``,
-``python-relay``, ``c-relay``) appear in the round trips only, as rows of the first table and
-as vizgate's paired round-trip ratio to each, on one line under it.
+``python-relay``, ``c-relay``) are measured downstream and in the round trips: they are rows of
+the first table, and two lines under it give what share of raw TCP each reached downstream and
+vizgate's paired round-trip ratio to each.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ TARGET_ORDER = (
     "vizgate",
 )
 
-#: The relays measured in the round trips only, as floors for vizgate's round trip.
+#: The relays measured downstream and in the round trips: what any relay reaches here.
 REFERENCE_RELAYS = ("ws-relay", "python-relay", "c-relay")
 
 
@@ -192,7 +193,7 @@ def _median(values: Sequence[float | None]) -> float | None:
 def summarize(report: Report) -> dict[str, Any]:
     """Medians over the repetitions, per target, and the targets' verdicts."""
     per_target: dict[str, dict[str, Any]] = {}
-    # The reference relays have round trips and no transfers.
+    # The reference relays have no upstream transfers.
     names = [*report.transfers, *(n for n in report.round_trips if n not in report.transfers)]
     for name in names:
         entries = report.transfers.get(name, [])
@@ -216,6 +217,11 @@ def summarize(report: Report) -> dict[str, Any]:
     }
     for relay in REFERENCE_RELAYS:
         paired[f"rtt_p50_ms_vs_{relay}"] = _paired(report, "rtt_p50_ms", relay)
+    # What share of raw TCP a relay reaches downstream, vizgate's tunnel and the references.
+    down_of_raw = {
+        relay: _paired(report, "down_mb_per_s", "raw-tcp", subject=relay)
+        for relay in ("vizgate", *REFERENCE_RELAYS)
+    }
     summary: dict[str, Any] = {
         "targets": per_target,
         "paired_ratios": paired,
@@ -223,6 +229,9 @@ def summarize(report: Report) -> dict[str, Any]:
             relay: _spread(paired[f"rtt_p50_ms_vs_{relay}"])
             for relay in REFERENCE_RELAYS
             if paired[f"rtt_p50_ms_vs_{relay}"]
+        },
+        "relays_down_of_raw_tcp": {
+            relay: _spread(ratios) for relay, ratios in down_of_raw.items() if ratios
         },
         "checks": _checks(report, paired),
     }
@@ -247,8 +256,8 @@ PAIRED_FIGURES: dict[str, tuple[str, str]] = {
 }
 
 
-def _paired(report: Report, key: str, baseline: str) -> list[float]:
-    """vizgate's figure over ``baseline``'s, one ratio per repetition that measured both.
+def _paired(report: Report, key: str, baseline: str, subject: str = "vizgate") -> list[float]:
+    """``subject``'s figure over ``baseline``'s, one ratio per repetition that measured both.
 
     The two are measured seconds apart within a repetition, so a slow spell of a shared machine
     weighs on both sides of a ratio; the median of these ratios is what the targets are held to.
@@ -264,7 +273,7 @@ def _paired(report: Report, key: str, baseline: str) -> list[float]:
             e["repeat"]: e[field_name] for e in entries if e["ok"] and e.get(field_name) is not None
         }
 
-    ours, theirs = by_repeat("vizgate"), by_repeat(baseline)
+    ours, theirs = by_repeat(subject), by_repeat(baseline)
     return [ours[repeat] / theirs[repeat] for repeat in sorted(ours) if theirs.get(repeat)]
 
 
@@ -398,6 +407,24 @@ def render(report: Report) -> str:
                 )
             ]
             lines.append(f"| vizgate / {label} | {' | '.join(cells)} | |")
+    down_of_raw = report.summary.get("relays_down_of_raw_tcp", {})
+    if len(down_of_raw) > 1:
+        relays = {
+            "vizgate": "vizgate",
+            "ws-relay": "the WebSocket relay",
+            "python-relay": "the Python TCP relay",
+            "c-relay": "the C TCP relay",
+        }
+        shown = ", ".join(
+            f"{relays.get(name, name)} {_pct(v['median'])} ({_pct(v['lowest'])} to "
+            f"{_pct(v['highest'])})"
+            for name, v in down_of_raw.items()
+        )
+        lines.append("")
+        lines.append(
+            f"Downstream, share of raw TCP in the same repetitions: {shown} (medians of the "
+            "repetitions' own ratios)."
+        )
     versus = report.summary.get("vizgate_rtt_p50_vs_relays", {})
     if versus:
         relays = {

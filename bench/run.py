@@ -21,9 +21,9 @@ rotated order, so a slow spell of a noisy machine is spread over all of them):
 * ``client-ceiling``: the client straight to a WebSocket backend (what the client can do);
 * ``websockify``: the reference proxy;
 * ``vizgate``: the gateway's real tunnel (a fresh reservation per connection);
-* ``ws-relay``, ``python-relay`` and ``c-relay``, in the round trips only: the simplest
-  WebSocket relay with vizgate's frame code on uvloop, and the simplest TCP relays in Python on
-  uvloop and in C on epoll: the floors a relay of each kind pays a round trip on this machine.
+* ``ws-relay``, ``python-relay`` and ``c-relay``, downstream and in the round trips: the
+  simplest WebSocket relay with vizgate's frame code on uvloop, and the simplest TCP relays in
+  Python on uvloop and in C on epoll: what a relay of each kind reaches on this machine.
 
 Measurements: downstream and upstream throughput with the proxy's CPU seconds per GB
 (MB = 10^6 bytes, GB = 10^9 bytes); 100-byte round trips (p50/p99); many tunnels at once doing
@@ -164,8 +164,8 @@ async def measure_throughput(
 ) -> None:
     """Downstream, upstream and round trips, repeated, the targets interleaved.
 
-    ``references`` (the plain TCP relays) take part in the round trips only, rotated with the
-    targets in each repetition.
+    ``references`` (the reference relays) take part in the downstream transfers and the round
+    trips, rotated with the targets in each repetition: what any relay reaches on the machine.
     """
     for target in targets:
         # Unrecorded: lazy imports, first allocations, the gateway's first reservation.
@@ -173,26 +173,31 @@ async def measure_throughput(
         await upload(target, settings.warmup_bytes)
         await round_trips(target, 100, warmup=0)
     for target in references:
+        await download(target, settings.warmup_bytes)
         await round_trips(target, 100, warmup=0)
     for repeat in range(settings.repeats):
         order = _rotated(targets, repeat)
-        trips_order = _rotated([*targets, *references], repeat)
+        with_references = _rotated([*targets, *references], repeat)
         _note(
             f"repetition {repeat + 1}/{settings.repeats}: {', '.join(t.name for t in order)}"
-            + (f"; round trips: {', '.join(t.name for t in trips_order)}" if references else "")
+            + (
+                f"; down and round trips: {', '.join(t.name for t in with_references)}"
+                if references
+                else ""
+            )
         )
-        for direction, move, size in (
-            ("down", download, settings.down_bytes),
-            ("up", upload, settings.up_bytes),
+        for direction, move, size, movers in (
+            ("down", download, settings.down_bytes, with_references),
+            ("up", upload, settings.up_bytes, order),
         ):
-            for target in order:
+            for target in movers:
                 transfer = await move(target, size)
                 report.transfers.setdefault(target.name, []).append(
                     transfer_json(target.name, repeat, transfer)
                 )
                 if not transfer.ok:
                     report.failures.append(f"{target.name} {direction}: {transfer.error}")
-        for target in trips_order:
+        for target in with_references:
             trips = await round_trips(target, settings.round_trips)
             report.round_trips.setdefault(target.name, []).append(
                 trips_json(target.name, repeat, trips)
@@ -286,8 +291,8 @@ async def run(
             websockify_rfb = start_websockify("websockify-rfb", directory, command, ports["rfb"])
             running.append(websockify_rfb)
 
-        # The reference relays to the same backend, for the round trips only: WebSocket with
-        # vizgate's frame code and nothing else, then plain TCP in Python and in C.
+        # The reference relays to the same backend, downstream and in the round trips: WebSocket
+        # with vizgate's frame code and nothing else, then plain TCP in Python and in C.
         references: list[Target] = []
         ws_relay = start_python_relay(directory, ports["mux"], websocket=True)
         running.append(ws_relay)

@@ -130,7 +130,9 @@ def test_round_trips_echo_what_was_sent(smoke_report: dict[str, Any], target: st
 
 
 @pytest.mark.parametrize("relay", ["ws-relay", "python-relay", "c-relay"])
-def test_reference_relays_echo_round_trips_only(smoke_report: dict[str, Any], relay: str) -> None:
+def test_reference_relays_carry_downstream_and_round_trips(
+    smoke_report: dict[str, Any], relay: str
+) -> None:
     if relay == "c-relay" and _c_compiler() is None:
         pytest.skip("no C compiler: the harness leaves the C relay out")
     settings = smoke_report["settings"]
@@ -140,13 +142,19 @@ def test_reference_relays_echo_round_trips_only(smoke_report: dict[str, Any], re
         assert entry["ok"], entry
         assert entry["count"] == settings["round_trips"]
         assert 0 < entry["p50_ms"] <= entry["p99_ms"]
-    # Round trips only: the relays carry no transfers and have no checks of their own.
-    assert relay not in smoke_report["transfers"]
+    # Downstream only: every byte arrived and was checked; no upstream transfers.
+    transfers = smoke_report["transfers"][relay]
+    assert [t["direction"] for t in transfers] == ["down"] * settings["repeats"]
+    for transfer in transfers:
+        assert transfer["ok"], transfer
+        assert transfer["moved"] == transfer["expected"] == settings["down_bytes"]
     ratios = smoke_report["summary"]["paired_ratios"][f"rtt_p50_ms_vs_{relay}"]
     assert len(ratios) == settings["repeats"]
     assert all(ratio > 0 for ratio in ratios)
     spread = smoke_report["summary"]["vizgate_rtt_p50_vs_relays"][relay]
     assert spread["lowest"] <= spread["median"] <= spread["highest"]
+    share = smoke_report["summary"]["relays_down_of_raw_tcp"][relay]
+    assert 0 < share["lowest"] <= share["median"] <= share["highest"]
 
 
 def test_the_gateway_carries_concurrent_tunnels(smoke_report: dict[str, Any]) -> None:
