@@ -28,7 +28,8 @@ from urllib.parse import parse_qs
 
 from vizgate.broker import Attachment, Broker
 from vizgate.exceptions import ReservationError, StartError
-from vizgate.fastpath import CLIENT_GONE, TAKEOVER_EXTENSION, FastLink, Takeover
+from vizgate.fastlink import CLIENT_GONE, FastLink
+from vizgate.fastpath import TAKEOVER_EXTENSION, Takeover
 from vizgate.lifecycle import EndReason
 from vizgate.rfb import RfbBridge
 from vizgate.sessions import CloseRequest, SessionInfo
