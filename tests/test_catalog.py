@@ -12,15 +12,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from vizgate.catalog import (
-    DEFAULT_SIZES,
-    MAX_SANE_DIMENSION,
     Catalog,
     ServiceType,
     load_catalog,
     parse_catalog,
-    parse_size,
 )
 from vizgate.exceptions import ConfigError, ConfigProblem
+from vizgate.window_sizes import DEFAULT_SIZES, MAX_SANE_DIMENSION, parse_size
 
 # The example configuration of the seed ("Remote Session Configuration"), verbatim.
 SEED_CONFIG = """{

@@ -33,24 +33,16 @@ from typing import Any
 
 from vizgate.exceptions import ConfigError, ConfigProblem
 from vizgate.launchers import BUILTIN_PREFIX, BUILTIN_SCRIPTS, builtin_script
+from vizgate.window_sizes import DEFAULT_SIZES, MAX_SANE_DIMENSION, parse_size, typo_hint
 
 __all__ = [
-    "DEFAULT_SIZES",
     "MAX_PER_USER_OPTION",
-    "MAX_SANE_DIMENSION",
     "TIMEOUT_OPTIONS",
     "Catalog",
     "ServiceType",
     "load_catalog",
     "parse_catalog",
-    "parse_size",
 ]
-
-#: The seed: ``sizes`` "defaults to a list of common window sizes".
-DEFAULT_SIZES: tuple[str, ...] = ("1024x768", "1280x1024", "1600x1200", "1920x1080")
-
-#: Wider or taller windows than this are legal but almost always a typo; they get a warning.
-MAX_SANE_DIMENSION = 8192
 
 #: Options the broker reads as durations in seconds; the catalog only checks their type.
 TIMEOUT_OPTIONS: tuple[str, ...] = (
@@ -65,56 +57,6 @@ TIMEOUT_OPTIONS: tuple[str, ...] = (
 MAX_PER_USER_OPTION = "max_per_user"
 
 _REQUIRED_KEYS: tuple[str, ...] = ("script", "count", "options")
-
-_SIZE_RE = re.compile(r"([1-9][0-9]*)x([1-9][0-9]*)")
-
-# Screen sizes people actually use; a too-large size that is one stray digit away from one of
-# these is reported with the likely intended value.
-_COMMON_SIZES: tuple[tuple[int, int], ...] = (
-    (800, 600),
-    (1024, 768),
-    (1152, 864),
-    (1280, 720),
-    (1280, 800),
-    (1280, 1024),
-    (1366, 768),
-    (1440, 900),
-    (1600, 900),
-    (1600, 1200),
-    (1680, 1050),
-    (1920, 1080),
-    (1920, 1200),
-    (2048, 1536),
-    (2560, 1080),
-    (2560, 1440),
-    (2560, 1600),
-    (3440, 1440),
-    (3840, 2160),
-    (5120, 2880),
-    (7680, 4320),
-)
-
-
-def parse_size(size: str) -> tuple[int, int]:
-    """Split a window size written ``WIDTHxHEIGHT`` into two positive integers.
-
-    Args:
-        size: e.g. ``"1600x1200"``; lower-case ``x``, no spaces, no leading zeros.
-
-    Returns:
-        ``(width, height)``, e.g. ``(1600, 1200)``.
-
-    Raises:
-        ValueError: ``size`` is not a string of that form, or a dimension is zero.
-    """
-    match = _SIZE_RE.fullmatch(size) if isinstance(size, str) else None
-    if match is None:
-        raise ValueError(
-            f"{size!r} is not a window size; write WIDTHxHEIGHT with two positive whole "
-            'numbers, e.g. "1600x1200"'
-        )
-    return int(match.group(1)), int(match.group(2))
-
 
 # --- immutable views ------------------------------------------------------------------------
 
@@ -150,7 +92,7 @@ class ServiceType:
         options: the type's ``options``, read-only all the way down (nested objects are
             mapping proxies, lists are tuples). Scripts get :meth:`options_dict` instead.
         sizes: the window sizes offered to users: ``options["sizes"]`` or
-            :data:`DEFAULT_SIZES`.
+            :data:`~vizgate.window_sizes.DEFAULT_SIZES`.
         group: only members of this group may use the type; None means everyone.
         file_ext: file extensions this type opens (``options["file_ext"]``), or ``()``.
     """
@@ -318,22 +260,6 @@ def _describe(value: Any) -> str:
 def _is_int(value: Any) -> bool:
     # JSON true/false decode to bool, a subclass of int; "count": true is not a count.
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _typo_hint(width: int, height: int) -> str | None:
-    """The common size one stray digit away from ``width`` x ``height``, if there is one."""
-
-    def candidates(number: int) -> set[int]:
-        if number <= MAX_SANE_DIMENSION:
-            return {number}
-        digits = str(number)
-        return {int(digits[:i] + digits[i + 1 :]) for i in range(len(digits))}
-
-    widths, heights = candidates(width), candidates(height)
-    for common in _COMMON_SIZES:
-        if common[0] in widths and common[1] in heights:
-            return f"{common[0]}x{common[1]}"
-    return None
 
 
 class _Parser:
@@ -606,7 +532,7 @@ class _Parser:
             too_big.append(f"{height} pixels tall")
         if not too_big:
             return
-        hint = _typo_hint(width, height)
+        hint = typo_hint(width, height)
         self.warn(
             key_path,
             f"{_quote(item)} is {' and '.join(too_big)}; more than {MAX_SANE_DIMENSION} is "

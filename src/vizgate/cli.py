@@ -30,9 +30,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from vizgate import __version__
-from vizgate.catalog import DEFAULT_SIZES, TIMEOUT_OPTIONS, Catalog, ServiceType, load_catalog
+from vizgate.catalog import TIMEOUT_OPTIONS, Catalog, ServiceType, load_catalog
 from vizgate.exceptions import ConfigError, ConfigProblem, ScriptError
 from vizgate.scripts import realize_instances
+from vizgate.window_sizes import DEFAULT_SIZES
 
 __all__ = ["EXIT_FAILURE", "EXIT_OK", "EXIT_PROBLEMS", "build_parser", "main"]
 

@@ -65,7 +65,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from vizgate.catalog import DEFAULT_SIZES
 from vizgate.launchers.slurm_commands import (
     ENDED_STATES,
     SlurmUnavailableError,
@@ -81,6 +80,7 @@ from vizgate.vnc_password import (
     read_vnc_password_file,
     write_vnc_password_file,
 )
+from vizgate.window_sizes import DEFAULT_SIZES
 
 __all__ = [
     "DEFAULT_START_TIMEOUT",
