@@ -72,6 +72,11 @@ def running_sshd(folder: Path) -> Iterator[SshServer]:
         "StrictModes no\n"
         "UsePAM no\n"
         "PidFile none\n"
+        # bash reads ~/.bashrc for a command run over ssh only as a top-level shell (SHLVL<2).
+        # This user's ~/.bashrc is not what these tests are about, and what it runs can hang a
+        # login: a `pyenv rehash` killed half-way by a teardown leaves a lock that makes every
+        # later login wait in it.
+        "SetEnv SHLVL=1\n"
     )
     log = folder / "sshd.log"
     with log.open("wb") as log_file:
