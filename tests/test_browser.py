@@ -19,7 +19,7 @@ import struct
 import subprocess
 import threading
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -258,9 +258,19 @@ def screenshot(page: Any, name: str) -> None:
     page.screenshot(path=str(SCREENSHOTS / f"{name}.png"))
 
 
-def log_in(browser: Any, url: str, account: Account, *, screenshot_as: str = "") -> Any:
-    """A new browser context with ``account`` logged in at the gateway's ``url``."""
-    context = browser.new_context(viewport={"width": 1280, "height": 860})
+def log_in(
+    browser: Any,
+    url: str,
+    account: Account,
+    *,
+    screenshot_as: str = "",
+    permissions: Sequence[str] = (),
+) -> Any:
+    """A new browser context with ``account`` logged in at the gateway's ``url``; the page may
+    use what ``permissions`` names (e.g. ``clipboard-read``) without asking."""
+    context = browser.new_context(
+        viewport={"width": 1280, "height": 860}, permissions=list(permissions)
+    )
     page = context.new_page()
     problems: list[str] = []
     # Uncaught script errors, and anything the Content-Security-Policy blocked.
@@ -294,9 +304,29 @@ def launch(page: Any, service: str, size: str) -> str:
     return match.group(1)
 
 
+def display_env(desktop: Desktop, display: int) -> dict[str, str]:
+    return {**os.environ, "DISPLAY": f":{display}", "XAUTHORITY": str(desktop.home / ".Xauthority")}
+
+
 def paint(desktop: Desktop, display: int, colour: str) -> None:
-    env = {**os.environ, "DISPLAY": f":{display}", "XAUTHORITY": str(desktop.home / ".Xauthority")}
+    env = display_env(desktop, display)
     subprocess.run(["xsetroot", "-solid", colour], env=env, check=True, timeout=scaled(10))
+
+
+def x_clipboard(desktop: Desktop, display: int) -> str | None:
+    """The text of the desktop's CLIPBOARD selection; None while nobody owns it."""
+    result = subprocess.run(
+        ["xclip", "-selection", "clipboard", "-o"],
+        env=display_env(desktop, display),
+        capture_output=True,
+        timeout=scaled(10),
+    )
+    return result.stdout.decode() if result.returncode == 0 else None
+
+
+def browser_clipboard(page: Any) -> str:
+    text: str = page.evaluate("navigator.clipboard.readText()")
+    return text
 
 
 def pixel(page: Any) -> list[int] | None:
@@ -387,6 +417,88 @@ def test_a_user_sees_the_desktop_survives_a_drop_and_closing_the_page_ends_it(
 
     record = wait_until(over, LINGER + scaled(5), message="closing the page did not end it")
     assert record["end_reason"] == "disconnected"
+
+
+def test_the_clipboard_is_shared_with_the_session_both_ways_until_turned_off(
+    browser: Any, desktop: Desktop
+) -> None:
+    require_binaries("xclip")
+    gateway = desktop.gateway
+    page = log_in(browser, gateway.url, ALICE, permissions=["clipboard-read", "clipboard-write"])
+    page.evaluate("navigator.clipboard.writeText('copied before the session')")
+    launch(page, DESKTOP, "1024x768")
+    connected(page)
+    [session] = status(gateway)["sessions"]
+    display = desktop.display_of(session["index"])
+
+    # Connecting hands the session what this computer had copied.
+    wait_until(
+        lambda: x_clipboard(desktop, display) == "copied before the session",
+        scaled(10),
+        message="the browser's clipboard did not reach the session",
+    )
+
+    def copy_in_session(text: str) -> subprocess.Popen[bytes]:
+        # xclip owns the selection, and serves it, until another owner takes it.
+        owner = subprocess.Popen(
+            ["xclip", "-quiet", "-selection", "clipboard", "-i"],
+            env=display_env(desktop, display),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        assert owner.stdin is not None
+        owner.stdin.write(text.encode())
+        owner.stdin.close()
+        return owner
+
+    owners = [copy_in_session("copied in the session \u00e9")]
+    try:
+        # What the session copies lands in this computer's clipboard, and in the panel.
+        wait_until(
+            lambda: browser_clipboard(page) == "copied in the session \u00e9",
+            scaled(10),
+            message=f"the session's clipboard did not arrive ({browser_clipboard(page)!r})",
+        )
+        assert page.locator("#clipboard-text").input_value() == "copied in the session \u00e9"
+
+        # Something copied in another window reaches the session when the page has the focus
+        # back.
+        other = page.context.new_page()
+        other.goto(gateway.url)
+        other.evaluate("navigator.clipboard.writeText('copied in another window')")
+        other.close()
+        page.bring_to_front()
+        # Headless Chromium lets every page keep the focus, so the window gets no focus event
+        # of its own: it is sent as a desktop browser sends it when its window is activated.
+        page.evaluate("window.dispatchEvent(new FocusEvent('focus'))")
+        wait_until(
+            lambda: x_clipboard(desktop, display) == "copied in another window",
+            scaled(10),
+            message="this computer's clipboard did not reach the session",
+        )
+
+        # Turned off, the session's copies stay in the panel only.
+        page.get_by_role("button", name="Clipboard").click()
+        page.locator("#clipboard-auto").uncheck()
+        owners.append(copy_in_session("kept in the session"))
+        playwright_api.expect(page.locator("#clipboard-text")).to_have_value(
+            "kept in the session", timeout=scaled(10) * 1000
+        )
+        assert browser_clipboard(page) == "copied in another window"
+        # ... and the choice is remembered for the next viewer page.
+        page.reload()
+        connected(page)
+        page.get_by_role("button", name="Clipboard").click()
+        playwright_api.expect(page.locator("#clipboard-auto")).not_to_be_checked()
+        assert x_clipboard(desktop, display) == "kept in the session"
+        assert_no_script_problems(page)
+    finally:
+        for owner in owners:
+            if owner.poll() is None:
+                owner.kill()
+            owner.wait(timeout=10)
+        page.context.close()
 
 
 def test_a_user_outside_the_group_neither_sees_nor_reserves_nor_opens_others_sessions(

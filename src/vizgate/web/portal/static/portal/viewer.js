@@ -12,6 +12,13 @@
 // keeps a session for its linger time after the last viewer left, so the desktop is still
 // there.
 //
+// The clipboard is shared by itself where the browser allows it (the asynchronous Clipboard
+// API: HTTPS or localhost): what the session copies is written to this computer's clipboard
+// while the page has the focus, and when the page gets the focus back (after something was
+// copied in another window) this computer's clipboard is read and sent to the session. The
+// browser asks once for permission to read it. The person can turn this off in the clipboard
+// panel, which stays for copying by hand.
+//
 // A user who opened a share link watches only (config.viewOnly): noVNC sends no input, the
 // page offers no control, and the gateway withholds input whatever the page does.
 
@@ -34,10 +41,12 @@ const scalingSelect = byId('scaling');
 const clipboardPanel = byId('clipboard');
 const clipboardButton = byId('clipboard-button');
 const clipboardText = byId('clipboard-text');
+const clipboardAuto = byId('clipboard-auto');
 const fullscreenButton = byId('fullscreen');
 
 const POLL_MS = 700;
 const SCALING_KEY = 'vizgate.viewer.scaling';
+const CLIPBOARD_KEY = 'vizgate.viewer.clipboard';
 // States in which the gateway still accepts viewers of a session.
 const LIVE_STATES = new Set(['reserved', 'starting', 'waiting_ready', 'running']);
 // RFC 6455 §7.4.1: 1008 is the gateway refusing this viewer; no retry can change that.
@@ -57,6 +66,7 @@ let drop = null;      // while reconnecting: {first: the close that began it, de
 let pollTimer = null;
 let retryTimer = null;
 let connects = 0;     // how many times a connection was established (shown as data-connects)
+let sharedText = null; // the clipboard text both sides last had in common
 
 // --- what the person sees ---------------------------------------------------------------------
 
@@ -177,7 +187,7 @@ function connect() {
                 event.detail.reason || 'authentication failed', { over: false });
         }
     });
-    rfb.addEventListener('clipboard', (event) => { clipboardText.value = event.detail.text; });
+    rfb.addEventListener('clipboard', (event) => clipboardFromSession(event.detail.text));
     rfb.addEventListener('desktopname', (event) => {
         document.title = `${event.detail.name} – vizgate`;
     });
@@ -197,6 +207,7 @@ function onConnect(conn) {
     document.body.dataset.connects = String(connects);
     show('connected');
     conn.rfb.focus();
+    clipboardToSession();
 }
 
 function onDisconnect(conn) {
@@ -326,10 +337,57 @@ function toggleClipboard(open) {
         focusScreen();
     }
 }
+// Reading and writing the system clipboard need the asynchronous Clipboard API; a watcher's
+// clipboard never reaches the session, and the gateway withholds the session's from watchers.
+const clipboardShareable = Boolean(window.isSecureContext && navigator.clipboard
+    && navigator.clipboard.readText && navigator.clipboard.writeText && !config.viewOnly);
+if (clipboardShareable) {
+    byId('clipboard-auto-label').hidden = false;
+    clipboardAuto.checked = localStorage.getItem(CLIPBOARD_KEY) !== 'off';
+    clipboardAuto.addEventListener('change', () => {
+        localStorage.setItem(CLIPBOARD_KEY, clipboardAuto.checked ? 'on' : 'off');
+        if (clipboardAuto.checked) {
+            clipboardToSession();
+        }
+    });
+    window.addEventListener('focus', clipboardToSession);
+}
+
+function sharingClipboard() {
+    return clipboardShareable && clipboardAuto.checked;
+}
+
+function clipboardFromSession(text) {
+    clipboardText.value = text;
+    sharedText = text;
+    if (sharingClipboard() && document.hasFocus()) {
+        // Refused without the focus or the permission: the panel still has the text.
+        navigator.clipboard.writeText(text).catch(() => {});
+    }
+}
+
+async function clipboardToSession() {
+    if (!sharingClipboard() || !current || !current.connected || !document.hasFocus()) {
+        return;
+    }
+    let text;
+    try {
+        text = await navigator.clipboard.readText();
+    } catch {
+        return;  // Not allowed (the person said no), or the focus went away meanwhile.
+    }
+    if (text && text !== sharedText && current && current.connected) {
+        sharedText = text;
+        clipboardText.value = text;
+        current.rfb.clipboardPasteFrom(text);
+    }
+}
+
 clipboardButton?.addEventListener('click', () => toggleClipboard(clipboardPanel.hidden));
 byId('clipboard-close').addEventListener('click', () => toggleClipboard(false));
 byId('clipboard-send').addEventListener('click', () => {
     if (current && current.connected) {
+        sharedText = clipboardText.value;
         current.rfb.clipboardPasteFrom(clipboardText.value);
     }
 });
