@@ -114,7 +114,7 @@ NOVNC_ENCODINGS = [
     -239,  # Cursor
 ]
 # The same list as a watcher's SetEncodings reaches the server: what can be measured, in order.
-NOVNC_ENCODINGS_FORWARDED = [1, 16, 0, -26, -254, -223, -224, -308, -312, -313, -307, -239]
+NOVNC_ENCODINGS_FORWARDED = [1, 7, 16, 0, -26, -254, -223, -224, -308, -312, -313, -307, -239]
 
 # One message of each kind the filter forwards unchanged, and of each kind it withholds.
 PASSED = {
@@ -288,11 +288,10 @@ def test_feeding_nothing_returns_nothing() -> None:
 # --------------------------------------------------------------------------------------------
 # SetEncodings: only what the server filter can measure
 
-TIGHT, TIGHT_PNG, JPEG, HEXTILE, RRE, ZLIB, H264 = 7, -260, 21, 5, 2, 6, 50
+TIGHT_PNG, JPEG, HEXTILE, RRE, ZLIB, H264 = -260, 21, 5, 2, 6, 50
 QEMU_EXTENDED_KEY, QEMU_LED, XVP, CURSOR_WITH_ALPHA = -258, -261, -309, -314
 # Everything a client might ask for that a watcher may not.
 REMOVED = [
-    TIGHT,
     TIGHT_PNG,
     JPEG,
     HEXTILE,
@@ -310,7 +309,7 @@ REMOVED = [
 
 
 def test_watcher_encodings_are_the_measurable_ones() -> None:
-    assert frozenset({0, 1, 16, -223, -224, -239, -307, -308, -312, -313}) == WATCHER_ENCODINGS
+    assert frozenset({0, 1, 7, 16, -223, -224, -239, -307, -308, -312, -313}) == WATCHER_ENCODINGS
     assert WATCHER_ENCODINGS.isdisjoint(REMOVED)
 
 
@@ -342,19 +341,20 @@ def test_quality_and_compression_hints_are_kept(level: int) -> None:
         ([0], [0]),
         ([16, 1, 0, -239], [16, 1, 0, -239]),
         ([EXTENDED_MOUSE_BUTTONS, 0, EXTENDED_MOUSE_BUTTONS], [0]),
-        ([TIGHT, -316, 16], [16]),
+        ([HEXTILE, -316, 16], [16]),
         ([-313, -312, -308, -307, -239, -224, -223, 16, 1, 0], None),  # all kept, in this order
         # Just outside the hint ranges: -33, -22, -257, -246.
         ([0, -33, -32, -23, -22, -257, -256, -247, -246], [0, -32, -23, -256, -247]),
         # Nothing left that paints pixels: Raw is added, last.
-        ([TIGHT, HEXTILE, -26, -223], [-26, -223, 0]),
-        ([TIGHT], [0]),  # one taken out, one added: as long as before, but not the same
-        ([-223, TIGHT], [-223, 0]),
+        ([HEXTILE, RRE, -26, -223], [-26, -223, 0]),
+        ([HEXTILE], [0]),  # one taken out, one added: as long as before, but not the same
+        ([-223, HEXTILE], [-223, 0]),
         ([1], [1, 0]),
         (REMOVED, [0]),
         ([], [0]),
-        # ZRLE alone paints pixels: no Raw added.
-        ([TIGHT, 16], [16]),
+        # ZRLE or Tight alone paints pixels: no Raw added.
+        ([HEXTILE, 16], [16]),
+        ([HEXTILE, 7, -223], [7, -223]),
     ],
 )
 def test_set_encodings_rewritten(sent: list[int], forwarded: list[int] | None) -> None:
@@ -366,14 +366,14 @@ def test_set_encodings_rewritten(sent: list[int], forwarded: list[int] | None) -
 
 def test_set_encodings_keeps_its_padding_byte() -> None:
     # The rewritten message keeps the viewer's bytes where it can, as an unchanged one does.
-    message = bytearray(set_encodings([TIGHT, 0]))
+    message = bytearray(set_encodings([HEXTILE, 0]))
     message[1] = 0x5A
     view_only = ViewOnlyFilter()
     assert view_only.feed(bytes(message)) == bytes([2, 0x5A]) + struct.pack("!Hi", 1, 0)
 
 
 def test_set_encodings_of_the_largest_count() -> None:
-    sent = [TIGHT, 0] * 32767 + [16]
+    sent = [HEXTILE, 0] * 32767 + [16]
     message = set_encodings(sent)
     view_only = ViewOnlyFilter()
     out = b"".join(view_only.feed(chunk) for chunk in chunks_of(message, 1000))
@@ -396,26 +396,28 @@ def test_pointer_event_with_top_bit_stays_six_bytes() -> None:
 @pytest.mark.parametrize(("depth", "bits_per_pixel"), [(24, 32), (16, 16), (8, 8), (24, 24)])
 def test_pixel_format_is_reported(depth: int, bits_per_pixel: int) -> None:
     # Whatever the value: judging it is the server filter's business.
-    reported: list[int] = []
+    reported: list[bytes] = []
     view_only = ViewOnlyFilter(on_pixel_format=reported.append)
     message = set_pixel_format(depth, bits_per_pixel)
     assert view_only.feed(message) == message
-    assert reported == [bits_per_pixel]
+    assert reported == [message[4:]]
+    assert len(reported[0]) == 16
+    assert reported[0][0] == bits_per_pixel
 
 
 def test_pixel_format_is_reported_once_whole() -> None:
-    reported: list[int] = []
+    reported: list[bytes] = []
     view_only = ViewOnlyFilter(on_pixel_format=reported.append)
     message = set_pixel_format(16, 16)
     for i in range(len(message) - 1):
         assert view_only.feed(message[i : i + 1]) == b""
     assert reported == []
     assert view_only.feed(message[-1:]) == message
-    assert reported == [16]
+    assert reported == [message[4:]]
 
 
 def test_pixel_format_is_reported_for_each_before_pictures() -> None:
-    reported: list[int] = []
+    reported: list[bytes] = []
     view_only = ViewOnlyFilter(on_pixel_format=reported.append)
     stream = (
         set_pixel_format(8, 8)
@@ -425,7 +427,7 @@ def test_pixel_format_is_reported_for_each_before_pictures() -> None:
         + framebuffer_update_request()
     )
     assert view_only.feed(stream) == stream
-    assert reported == [8, 32]
+    assert reported == [set_pixel_format(8, 8)[4:], set_pixel_format(24, 32)[4:]]
     assert view_only.refusal is None
 
 
@@ -444,7 +446,7 @@ def test_no_callback_no_problem() -> None:
     ids=["full request", "incremental request", "continuous updates"],
 )
 def test_pixel_format_after_asking_for_pictures_is_refused(asking: bytes) -> None:
-    reported: list[int] = []
+    reported: list[bytes] = []
     view_only = ViewOnlyFilter(on_pixel_format=reported.append)
     before = set_pixel_format() + set_encodings([0]) + asking + key_event(0x61, True)
     stream = before + set_pixel_format(16, 16) + framebuffer_update_request()
@@ -453,7 +455,7 @@ def test_pixel_format_after_asking_for_pictures_is_refused(asking: bytes) -> Non
     assert view_only.refusal == (
         "a view-only viewer changed its pixel format after asking for pictures"
     )
-    assert reported == [32]
+    assert reported == [set_pixel_format()[4:]]
     assert view_only.dropped == 1
     assert view_only.feed(framebuffer_update_request()) == b""
 
@@ -462,12 +464,12 @@ def test_late_pixel_format_refused_in_any_chunking() -> None:
     request = framebuffer_update_request()
     stream = set_pixel_format() + request + set_pixel_format(16, 16) + request
     for offset in range(1, len(stream)):
-        reported: list[int] = []
+        reported: list[bytes] = []
         view_only = ViewOnlyFilter(on_pixel_format=reported.append)
         out = b"".join(view_only.feed(chunk) for chunk in cut(stream, [offset]))
         assert out == set_pixel_format() + request
         assert view_only.refusal is not None
-        assert reported == [32]
+        assert reported == [set_pixel_format()[4:]]
 
 
 # --------------------------------------------------------------------------------------------

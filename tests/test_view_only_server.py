@@ -73,6 +73,58 @@ def zrle(data_length: int, width: int = 64, height: int = 64) -> bytes:
     return rectangle(16, width, height, 64, 0) + struct.pack("!I", data_length) + noise(data_length)
 
 
+def compact_length(length: int) -> bytes:
+    """Tight's compact length: 7 bits a byte, least significant first, the third byte whole."""
+    if length < 0x80:
+        return bytes([length])
+    if length < 0x4000:
+        return bytes([length & 0x7F | 0x80, length >> 7])
+    return bytes([length & 0x7F | 0x80, length >> 7 & 0x7F | 0x80, length >> 14])
+
+
+def tight_fill(pixel: int = 3, width: int = 64, height: int = 64) -> bytes:
+    return rectangle(7, width, height, 8, 8) + bytes([0x80]) + noise(pixel)
+
+
+def tight_jpeg(data_length: int, width: int = 64, height: int = 64) -> bytes:
+    # 0x9_: JPEG, the low bits resetting zlib streams 0 and 2 (JPEG has none; allowed anyway).
+    return (
+        rectangle(7, width, height, 0, 0)
+        + bytes([0x95])
+        + compact_length(data_length)
+        + noise(data_length)
+    )
+
+
+def tight_basic(
+    width: int,
+    height: int,
+    *,
+    stream: int = 0,
+    kind: int | None = None,
+    colours: int = 0,
+    compressed: int = 20,
+    pixel: int = 3,
+) -> bytes:
+    """Basic compression: ``kind`` None (no filter byte, copy), 0 copy, 1 palette of
+    ``colours``, 2 gradient; data under 12 bytes as it is, else ``compressed`` bytes after
+    their compact length."""
+    control = stream << 4 | (0x40 if kind is not None else 0)
+    body = bytes([control])
+    if kind is not None:
+        body += bytes([kind])
+    if kind == 1:
+        body += bytes([colours - 1]) + noise(colours * pixel)
+        size = (width + 7) // 8 * height if colours == 2 else width * height
+    else:
+        size = width * height * pixel
+    if size < 12:
+        body += noise(size)
+    else:
+        body += compact_length(compressed) + noise(compressed)
+    return rectangle(7, width, height, 16, 16) + body
+
+
 def cursor(width: int, height: int, bits_per_pixel: int = 32) -> bytes:
     # The pixels, then a bitmask of ceil(width / 8) bytes per row.
     pixels = noise(width * height * bits_per_pixel // 8)
@@ -153,6 +205,28 @@ SESSION_MESSAGES: list[tuple[bytes, bool]] = [
         True,
     ),
     (bell(), True),
+    (
+        framebuffer_update(
+            [
+                tight_fill(),
+                tight_jpeg(0),
+                tight_jpeg(127),
+                tight_jpeg(128),
+                tight_jpeg(16384),
+                tight_basic(1, 1),  # 3 bytes, as they are
+                tight_basic(2, 2, stream=3),  # 12 bytes: compressed
+                tight_basic(2, 1, kind=0),
+                tight_basic(20, 10, kind=0, stream=1, compressed=300),
+                tight_basic(5, 3, kind=1, colours=2),  # a bit a pixel: 3 rows of 1 byte
+                tight_basic(16, 6, kind=1, colours=2, compressed=7),  # 2 bytes a row: 12
+                tight_basic(3, 3, kind=1, colours=3),  # a byte a pixel: 9, as they are
+                tight_basic(40, 30, kind=1, colours=256, stream=2, compressed=500),
+                tight_basic(4, 4, kind=2, compressed=12),
+                rectangle(7, 2, 2) + bytes([0x00]) + compact_length(len(DECOY)) + DECOY,
+            ]
+        ),
+        True,
+    ),
     (server_cut_text(SECRET), False),
     (framebuffer_update([raw(2, 2), zrle(300), copy_rect(), last_rect()], count=65535), True),
     (framebuffer_update([]), True),
@@ -174,8 +248,9 @@ SHOWN_BEFORE = list(
         initial=0,
     )
 )
-# The longest header the filter holds back: ServerInit's 24 bytes.
-LONGEST_HEADER = 24
+# The longest header the filter holds back in this session: the Tight rectangle with a palette
+# of 256 colours (12 + control, filter, palette size + 768 + a 3-byte compact length).
+LONGEST_HEADER = 12 + 3 + 256 * 3 + 3
 
 
 def feed_all(
@@ -255,6 +330,8 @@ CATALOGUE: list[tuple[bytes, bool]] = [
     (framebuffer_update([cursor(1, 1), last_rect()], count=65535), True),
     (framebuffer_update([copy_rect(), last_rect()], count=3), True),
     (framebuffer_update([]), True),
+    (framebuffer_update([tight_fill(), tight_jpeg(300), tight_basic(2, 2)]), True),
+    (framebuffer_update([tight_basic(9, 9, kind=1, colours=2), tight_basic(1, 3, kind=2)]), True),
     (set_colour_map_entries(2), True),
     (set_colour_map_entries(0), True),
     (bell(), True),
@@ -386,7 +463,7 @@ def test_feeding_nothing_returns_nothing() -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Bits per pixel
+# Pixel formats
 
 
 def test_bits_per_pixel_come_from_server_init() -> None:
@@ -398,22 +475,22 @@ def test_bits_per_pixel_come_from_server_init() -> None:
 
 
 @pytest.mark.parametrize("bits_per_pixel", [8, 16, 32])
-def test_set_bits_per_pixel_changes_raw_and_cursor_lengths(bits_per_pixel: int) -> None:
+def test_set_pixel_format_changes_raw_and_cursor_lengths(bits_per_pixel: int) -> None:
     update = framebuffer_update([raw(4, 3, bits_per_pixel), cursor(9, 4, bits_per_pixel)])
     stream = server_init(bits_per_pixel=32) + update + server_cut_text(SECRET) + bell()
     for offset in range(1, len(stream)):
         shown = ViewOnlyServerFilter()
-        shown.set_bits_per_pixel(bits_per_pixel)
+        shown.set_pixel_format(pixel_format(bits_per_pixel))
         out = b"".join(shown.feed(chunk) for chunk in cut(stream, [offset]))
         assert out == server_init() + update + bell()
         assert shown.dropped == 1
         assert shown.refusal is None
 
 
-def test_set_bits_per_pixel_after_server_init() -> None:
+def test_set_pixel_format_after_server_init() -> None:
     shown = ViewOnlyServerFilter()
     assert shown.feed(server_init()) == server_init()
-    shown.set_bits_per_pixel(16)
+    shown.set_pixel_format(pixel_format(16))
     update = framebuffer_update([raw(4, 3, 16), cursor(9, 4, 16)])
     assert shown.feed(update + server_cut_text(SECRET) + bell()) == update + bell()
 
@@ -429,7 +506,7 @@ def test_measured_with_the_wrong_bits_per_pixel_the_stream_goes_astray() -> None
 def test_watcher_and_server_filters_together() -> None:
     # The watcher's SetPixelFormat, passed by its filter, tells the server filter.
     shown = ViewOnlyServerFilter()
-    view_only = ViewOnlyFilter(on_pixel_format=shown.set_bits_per_pixel)
+    view_only = ViewOnlyFilter(on_pixel_format=shown.set_pixel_format)
     assert shown.feed(server_init(bits_per_pixel=32)) == server_init()
     set_pixel_format = b"\x00\x00\x00\x00" + pixel_format(16)
     assert view_only.feed(set_pixel_format) == set_pixel_format
@@ -440,7 +517,7 @@ def test_watcher_and_server_filters_together() -> None:
 @pytest.mark.parametrize("bits_per_pixel", [0, 1, 4, 12, 24, 64, 255])
 def test_unmeasurable_bits_per_pixel_are_refused_at_the_next_pixels(bits_per_pixel: int) -> None:
     shown = ViewOnlyServerFilter()
-    shown.set_bits_per_pixel(bits_per_pixel)
+    shown.set_pixel_format(pixel_format(bits_per_pixel))
     # What has no pixels of the watcher's format still passes.
     before = server_init() + framebuffer_update([copy_rect(), zrle(4), desktop_size()]) + bell()
     assert shown.feed(before) == before
@@ -579,7 +656,6 @@ def test_unknown_message_type_is_refused(kind: int) -> None:
         2,  # RRE
         5,  # Hextile
         6,  # Zlib
-        7,  # Tight
         21,  # JPEG
         50,  # H.264
         -260,  # TightPNG
@@ -643,3 +719,133 @@ def test_refusal_right_after_a_skipped_cut_text() -> None:
     assert shown.refusal is not None
     assert "unknown type 254" in shown.refusal
     assert shown.feed(bell()) == b""
+
+
+# --------------------------------------------------------------------------------------------
+# Tight
+
+
+def pixel_format_with(
+    bits_per_pixel: int = 32,
+    depth: int = 24,
+    true_colour: int = 1,
+    maximum: int = 255,
+    shifts: tuple[int, int, int] = (16, 8, 0),
+) -> bytes:
+    return struct.pack(
+        "!BBBBHHHBBBxxx", bits_per_pixel, depth, 0, true_colour, maximum, maximum, maximum, *shifts
+    )
+
+
+@pytest.mark.parametrize("length", [0, 1, 127, 128, 129, 16383, 16384, 16385, 4194303])
+def test_tight_compact_lengths_are_read_exactly(length: int) -> None:
+    update = framebuffer_update([tight_jpeg(length), tight_basic(10, 10, compressed=length)])
+    stream = server_init() + update + server_cut_text(SECRET) + bell()
+    shown = ViewOnlyServerFilter()
+    size = 1 if length < 20000 else 65536
+    out = b"".join(shown.feed(chunk) for chunk in chunks_of(stream, size))
+    assert out == server_init() + update + bell()
+    assert shown.dropped == 1
+    assert shown.refusal is None
+
+
+@pytest.mark.parametrize("bits_per_pixel", [8, 16])
+def test_tight_pixels_are_a_pixels_size_outside_the_24_bit_format(bits_per_pixel: int) -> None:
+    pixel = bits_per_pixel // 8
+    update = framebuffer_update(
+        [
+            tight_fill(pixel),
+            tight_basic(2, 1, pixel=pixel),  # under 12 bytes either way
+            tight_basic(3, 2, kind=1, colours=5, pixel=pixel),
+            tight_basic(8, 8, kind=1, colours=2, pixel=pixel),
+            tight_basic(5, 5, kind=2, pixel=pixel),
+        ]
+    )
+    stream = server_init() + update + server_cut_text(SECRET) + bell()
+    for offset in range(1, len(stream)):
+        shown = ViewOnlyServerFilter()
+        shown.set_pixel_format(pixel_format(bits_per_pixel))
+        out = b"".join(shown.feed(chunk) for chunk in cut(stream, [offset]))
+        assert out == server_init() + update + bell()
+        assert shown.refusal is None
+
+
+def test_tight_in_the_watchers_pixel_format_through_both_filters() -> None:
+    shown = ViewOnlyServerFilter()
+    view_only = ViewOnlyFilter(on_pixel_format=shown.set_pixel_format)
+    assert shown.feed(server_init()) == server_init()
+    set_pixel_format = b"\x00\x00\x00\x00" + pixel_format(16)
+    assert view_only.feed(set_pixel_format) == set_pixel_format
+    update = framebuffer_update([tight_fill(2), tight_basic(2, 2, kind=1, colours=3, pixel=2)])
+    assert shown.feed(update + server_cut_text(SECRET) + bell()) == update + bell()
+
+
+def test_a_palette_of_256_colours_is_held_whole_and_no_more() -> None:
+    rect = tight_basic(40, 30, kind=1, colours=256, compressed=500)
+    header_length = 12 + 3 + 256 * 3 + 2  # 500 takes two bytes of compact length
+    shown = ViewOnlyServerFilter()
+    shown.feed(server_init() + framebuffer_update([rect])[:4])
+    assert shown.feed(rect[: header_length - 1]) == b""
+    assert shown.feed(rect[header_length - 1 : header_length + 10]) == rect[: header_length + 10]
+    assert shown.feed(rect[header_length + 10 :] + bell()) == rect[header_length + 10 :] + bell()
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (
+            bytes([0xA0]) + compact_length(4) + noise(4),
+            "a Tight rectangle with compression control 0xa, which standard Tight does not have",
+        ),
+        (
+            bytes([0xF0]),
+            "a Tight rectangle with compression control 0xf, which standard Tight does not have",
+        ),
+        (bytes([0x40, 3]) + noise(20), "a Tight filter 3"),
+        (bytes([0x40, 255]) + noise(20), "a Tight filter 255"),
+        (
+            bytes([0x40, 1, 0]) + noise(3) + noise(8),
+            "a Tight palette of one colour, which the gateway cannot measure",
+        ),
+    ],
+    ids=["PNG", "0xF", "filter 3", "filter 255", "one colour"],
+)
+def test_unmeasurable_tight_rectangles_are_refused(body: bytes, reason: str) -> None:
+    before = framebuffer_update([tight_fill()])
+    update = framebuffer_update([copy_rect(), rectangle(7, 4, 4) + body, raw(1, 1)])
+    stream = server_init() + before + update + server_cut_text(SECRET) + bell()
+    shown = ViewOnlyServerFilter()
+    out = b"".join(shown.feed(chunk) for chunk in chunks_of(stream, 1))
+    assert out == server_init() + before + update[:4] + copy_rect()
+    assert shown.refusal == f"the VNC server sent a watcher {reason}"
+    assert shown.feed(bell()) == b""
+
+
+@pytest.mark.parametrize(
+    "watcher_format",
+    [
+        pixel_format_with(true_colour=0),  # a colour map: libvncserver 3 bytes, TigerVNC 4
+        pixel_format_with(shifts=(12, 4, 0)),  # odd shifts: likewise
+        pixel_format_with(bits_per_pixel=24),  # no such pixel size
+    ],
+    ids=["colour map", "odd shifts", "24 bits"],
+)
+def test_tight_in_a_format_servers_disagree_on_is_refused(watcher_format: bytes) -> None:
+    shown = ViewOnlyServerFilter()
+    shown.set_pixel_format(watcher_format)
+    before = server_init() + framebuffer_update([copy_rect(), zrle(10)])
+    assert shown.feed(before) == before
+    update = framebuffer_update([tight_fill()])
+    assert shown.feed(update + bell()) == update[:4]
+    assert shown.refusal == (
+        "a watcher's pixel format leaves the size of Tight's pixels open "
+        "(the gateway measures Tight in 8, 16 and 32 bits per pixel)"
+    )
+
+
+def test_tight_in_a_24_bit_server_format_is_measured_with_3_byte_pixels() -> None:
+    # No SetPixelFormat: the server's own format from ServerInit counts.
+    update = framebuffer_update([tight_fill(3), tight_basic(3, 3, kind=2, compressed=40)])
+    shown = ViewOnlyServerFilter()
+    stream = server_init() + update + server_cut_text(SECRET) + bell()
+    assert shown.feed(stream) == server_init() + update + bell()

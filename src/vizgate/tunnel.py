@@ -209,7 +209,7 @@ class _Connection:
         if access.view_only:
             self._output_filter = ViewOnlyServerFilter()
             self._input_filter = ViewOnlyFilter(
-                on_pixel_format=self._output_filter.set_bits_per_pixel
+                on_pixel_format=self._output_filter.set_pixel_format
             )
         client = self.scope.get("client")
         address = f"{client[0]}:{client[1]}" if client else ""

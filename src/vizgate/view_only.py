@@ -32,16 +32,17 @@ CompressLevel hints, for two reasons:
 
 * the server-to-client stream has to be walked (:mod:`vizgate.view_only_server`), which needs the
   length of every rectangle of every FramebufferUpdate; the encodings kept are those whose length
-  the rectangle header, or a length field right after it, tells. Tight, Hextile, RRE and the like
-  could only be measured by decoding them.
+  the rectangle header, or a length field right after it, tells, and Tight, whose length its own
+  short sub-header tells (compression control, filter, palette, a compact length). Hextile, RRE
+  and the like could only be measured by decoding them.
 * a pseudo-encoding can change the length of a client message after the fact: once a server
   confirms ExtendedMouseButtons (-316), a PointerEvent with the top bit of its button mask set
   carries a seventh byte. Without -316 every PointerEvent stays six bytes. Extended Clipboard
   (0xC0A1E5CE), the QEMU and xvp pseudo-encodings go too: they only serve input or clipboard.
 
-The bits per pixel of a SetPixelFormat that passes are handed to the server filter (the
-``on_pixel_format`` callback of :class:`ViewOnlyFilter`), which measures Raw and Cursor
-rectangles with them; a SetPixelFormat after asking for pictures is refused because an update
+The pixel format of a SetPixelFormat that passes is handed to the server filter (the
+``on_pixel_format`` callback of :class:`ViewOnlyFilter`), which measures Raw, Cursor and Tight
+rectangles with it; a SetPixelFormat after asking for pictures is refused because an update
 already on its way would be in the old format.
 
 :class:`ViewOnlyFilter` does no I/O, in the style of :class:`vizgate.rfb.RfbBridge`; its output
@@ -81,6 +82,7 @@ class Encoding(enum.IntEnum):
 
     RAW = 0
     COPY_RECT = 1
+    TIGHT = 7
     ZRLE = 16
     DESKTOP_SIZE = -223
     LAST_RECT = -224
@@ -93,16 +95,18 @@ class Encoding(enum.IntEnum):
 
 #: The encodings and pseudo-encodings a watcher's SetEncodings may ask for: those whose
 #: rectangles :class:`vizgate.view_only_server.ViewOnlyServerFilter` can measure from their
-#: header (Raw, CopyRect, DesktopSize, LastRect, Cursor) or from a length right after it (ZRLE,
-#: DesktopName, ExtendedDesktopSize), and Fence and ContinuousUpdates, whose messages have a
-#: length field or none to read. The QualityLevel (-32 to -23) and CompressLevel (-256 to -247)
-#: hints, which bring no rectangle at all, are kept as well. Anything else is taken out of the
-#: list. The set holds plain ints, so that looking an encoding up hashes and compares only ints.
+#: header (Raw, CopyRect, DesktopSize, LastRect, Cursor), from a length right after it (ZRLE,
+#: DesktopName, ExtendedDesktopSize) or from a short sub-header (Tight), and Fence and
+#: ContinuousUpdates, whose messages have a length field or none to read. The QualityLevel
+#: (-32 to -23) and CompressLevel (-256 to -247) hints, which bring no rectangle at all, are kept
+#: as well. Anything else is taken out of the list. The set holds plain ints, so that looking an
+#: encoding up hashes and compares only ints.
 WATCHER_ENCODINGS = frozenset(
     int(encoding)
     for encoding in (
         Encoding.RAW,
         Encoding.COPY_RECT,
+        Encoding.TIGHT,
         Encoding.ZRLE,
         Encoding.DESKTOP_SIZE,
         Encoding.LAST_RECT,
@@ -134,7 +138,7 @@ _QUALITY_LEVELS = range(-32, -23 + 1)
 _COMPRESS_LEVELS = range(-256, -247 + 1)
 # Encodings that paint pixels of their own: CopyRect only moves those already shown. A
 # SetEncodings left without one of them gets Raw, which RFC 6143 §7.7.1 makes every client accept.
-_PAINTING = frozenset({int(Encoding.RAW), int(Encoding.ZRLE)})
+_PAINTING = frozenset({int(Encoding.RAW), int(Encoding.TIGHT), int(Encoding.ZRLE)})
 
 # Client-to-server message types (RFC 6143 §7.5; rfbproto "Client to Server Messages").
 _SET_PIXEL_FORMAT = 0
@@ -159,8 +163,9 @@ _FIXED: dict[int, tuple[bool, int]] = {
     _XVP: (False, 4),  # type, padding, xvp-extension-version, xvp-message-code
 }
 
-# SetPixelFormat: the PIXEL_FORMAT starts at offset 4 with its bits-per-pixel.
-_SET_PIXEL_FORMAT_BITS = 4
+# SetPixelFormat: type, 3 padding, then the 16-byte PIXEL_FORMAT.
+_PIXEL_FORMAT_START = 4
+_PIXEL_FORMAT_END = 20
 # SetEncodings: type, padding, u16 number-of-encodings, then an s32 per encoding.
 _SET_ENCODINGS_HEADER = 4
 # ClientFence: type, 3 padding, u32 flags, u8 length, then the payload; rfbproto caps it at 64.
@@ -281,13 +286,13 @@ class ViewOnlyFilter:
     call returns ``b""``.
 
     Args:
-        on_pixel_format: called with the bits-per-pixel of each SetPixelFormat that passes (byte
-            4 of the message), during the :meth:`feed` call that returns it: give it
-            :meth:`vizgate.view_only_server.ViewOnlyServerFilter.set_bits_per_pixel` of the same
+        on_pixel_format: called with the 16-byte PIXEL_FORMAT of each SetPixelFormat that passes
+            (bytes 4 to 19 of the message), during the :meth:`feed` call that returns it: give
+            it :meth:`vizgate.view_only_server.ViewOnlyServerFilter.set_pixel_format` of the same
             watcher's server filter.
     """
 
-    def __init__(self, on_pixel_format: Callable[[int], None] | None = None) -> None:
+    def __init__(self, on_pixel_format: Callable[[bytes], None] | None = None) -> None:
         self._on_pixel_format = on_pixel_format
         # The incomplete head of the next message, when the last feed ended inside it.
         self._pending = bytearray()
@@ -381,7 +386,7 @@ class ViewOnlyFilter:
                     "a view-only viewer changed its pixel format after asking for pictures"
                 )
             if self._on_pixel_format is not None:
-                self._on_pixel_format(int(message[_SET_PIXEL_FORMAT_BITS]))
+                self._on_pixel_format(bytes(message[_PIXEL_FORMAT_START:_PIXEL_FORMAT_END]))
         elif kind == _FRAMEBUFFER_UPDATE_REQUEST or (
             kind == _ENABLE_CONTINUOUS_UPDATES and message[1]
         ):
