@@ -22,7 +22,7 @@ import websockets.exceptions
 import websockets.sync.client
 
 from gateway import GatewayProcess, start_gateway, write_catalog
-from portal_client import Account, Browser, create_accounts, logged_in
+from portal_client import Account, Browser, Page, create_accounts, logged_in
 from support import scaled, wait_until
 from vizgate.web.portal.auth import OWNER_REFUSAL, SHARE_ENDED_REFUSAL
 
@@ -191,14 +191,18 @@ def launch(gateway: GatewayProcess) -> tuple[Browser, str]:
     return owner, match.group(1)
 
 
+def share_form(page: Page) -> dict[str, str]:
+    """The fields a share page's form sends, but the lifetime."""
+    match = re.search(r'name="form" value="([^"]+)"', page.text)
+    assert match, "no share form in the page"
+    return {"form": match.group(1), "csrfmiddlewaretoken": page.csrf_token()}
+
+
 def make_link(owner: Browser, session_id: str, minutes: str = "60") -> str:
     """A new share link's path (``/share/SECRET/``)."""
     form = owner.get(f"/sessions/{session_id}/share")
     assert form.status == 200, form.text
-    page = owner.post(
-        f"/sessions/{session_id}/share",
-        {"minutes": minutes, "csrfmiddlewaretoken": form.csrf_token()},
-    )
+    page = owner.post(f"/sessions/{session_id}/share", {"minutes": minutes, **share_form(form)})
     assert page.status == 200, page.text
     match = re.search(r'id="share-link" type="text" readonly value="([^"]+)"', page.text)
     assert match, "the new link is not on the page"
@@ -448,3 +452,26 @@ def test_only_the_owner_may_share_a_session(gateway: GatewayProcess) -> None:
         {"minutes": "60", "csrfmiddlewaretoken": form.csrf_token()},
     )
     assert answer.status == 404
+
+
+def test_a_share_form_makes_one_link_however_often_it_is_sent(gateway: GatewayProcess) -> None:
+    _, session_id = launch(gateway)
+    owner = logged_in(gateway, OWNER)
+    page = owner.get(f"/sessions/{session_id}/share")
+    fields = {"minutes": "60", **share_form(page)}
+    first = owner.post(f"/sessions/{session_id}/share", fields)
+    assert first.status == 200
+    assert 'id="share-link"' in first.text
+    # Reloading the answer sends the same form again: no second link, and the page says why.
+    again = owner.post(f"/sessions/{session_id}/share", fields)
+    assert again.status == 409
+    assert 'id="share-link"' not in again.text
+    assert "This form was sent before" in again.text
+    assert again.text.count("data-share=") == 1
+    # A form never given, or given for another session, makes nothing either.
+    forged = owner.post(f"/sessions/{session_id}/share", {**fields, "form": "made-up"})
+    assert forged.status == 409
+    # The page that answered gives a fresh form, which makes a second link.
+    second = owner.post(f"/sessions/{session_id}/share", {"minutes": "15", **share_form(again)})
+    assert second.status == 200
+    assert second.text.count("data-share=") == 2

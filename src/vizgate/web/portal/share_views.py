@@ -6,6 +6,7 @@ See :mod:`vizgate.web.portal.shares` for what a link is and how the gateway enfo
 from __future__ import annotations
 
 import logging
+import secrets
 from datetime import UTC, datetime
 
 from django.conf import settings
@@ -37,6 +38,15 @@ logger = logging.getLogger(__name__)
 #: Where a visitor who opened a share link before logging in is sent once logged in; the
 #: portal session holds which link it was (never its secret).
 _PENDING_SHARE_KEY = "vizgate.pending_share"
+#: The share forms a portal session was given and has not sent yet: a form makes one link, so
+#: that reloading the page that answered it (which sends it again) does not make a second.
+_SHARE_FORMS_KEY = "vizgate.share_forms"
+#: How many unsent share forms a portal session keeps (one per share page opened).
+_MAX_SHARE_FORMS = 20
+_ALREADY_SENT = (
+    "This form was sent before, and made its link then; that link is in the list below (its "
+    "address was shown once). Make a new link if you need one."
+)
 _SHARE_ENDED = (
     "This share link has expired or was withdrawn, or its session has ended. "
     "Ask the session's owner for a new one."
@@ -52,14 +62,42 @@ def _shareable(broker: Broker, session_id: str, user: PortalUser) -> SessionInfo
     return info
 
 
+async def _new_share_form(request: HttpRequest, session_id: str) -> str:
+    """A token for one share form of ``session_id``; sending the form spends it."""
+    token = secrets.token_urlsafe(16)
+    forms: dict[str, str] = await request.session.aget(_SHARE_FORMS_KEY, {})
+    forms[token] = session_id
+    # Dicts keep their order: the oldest forms go first.
+    await request.session.aset(_SHARE_FORMS_KEY, dict(list(forms.items())[-_MAX_SHARE_FORMS:]))
+    return token
+
+
+async def _spend_share_form(request: HttpRequest, session_id: str) -> bool:
+    """Whether the sent form is one this portal session was given for ``session_id`` and has
+    not sent before; it cannot be sent again."""
+    token = request.POST.get("form", "")
+    forms: dict[str, str] = await request.session.aget(_SHARE_FORMS_KEY, {})
+    if forms.pop(token, None) != session_id:
+        return False
+    await request.session.aset(_SHARE_FORMS_KEY, forms)
+    return True
+
+
 async def _render_share(
-    request: HttpRequest, info: SessionInfo, *, link: str = "", status: int = 200
+    request: HttpRequest,
+    info: SessionInfo,
+    *,
+    link: str = "",
+    problem: str = "",
+    status: int = 200,
 ) -> HttpResponse:
     return render(
         request,
         "portal/share.html",
         {
             "info": info,
+            "form": await _new_share_form(request, info.id),
+            "problem": problem,
             "shares": await active_shares(info.id),
             "watching": [
                 (viewer, datetime.fromtimestamp(viewer.since, UTC))
@@ -87,6 +125,8 @@ async def share(request: HttpRequest, user: PortalUser, session_id: str) -> Http
         )
     if request.method != "POST":
         return await _render_share(request, info)
+    if not await _spend_share_form(request, info.id):
+        return await _render_share(request, info, problem=_ALREADY_SENT, status=409)
     try:
         minutes = int(request.POST.get("minutes", ""))
         created, secret = await create_share(info.id, user.get_username(), minutes)
