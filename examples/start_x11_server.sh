@@ -20,7 +20,7 @@
 # script. bash reads a script from a pipe one byte at a time, so that line is still unread
 # when `main` runs, provided `main` is called on the script's last line.
 #
-# State (PIDs, logs) lives in /tmp/vizgate-x11-UID-DISPLAY, mode 0700; stop_x11_server.sh
+# State (PIDs, logs, the password) lives in /tmp/vizgate-x11-UID-DISPLAY, mode 0700; stop_x11_server.sh
 # DISPLAY stops everything recorded there. Not $XDG_RUNTIME_DIR: over ssh it is the login
 # session's /run/user/UID, which logind removes when the user's last session ends, taking
 # the PID files with it while the desktop keeps running.
@@ -194,12 +194,14 @@ main() {
         echo "$XTERM_PID" >"$state/xterm.pid"
     fi
 
-    # x11vnc reads the password file once and removes it ("rm:"), so the password does not
-    # stay on disk for the life of the session.
+    # x11vnc reads its password file once and removes it ("rm:"). A second copy stays in the
+    # state folder (mode 0700, this account's alone) for the life of the desktop: a restarted
+    # gateway reads it back with x11_server_password.sh to take the session over again.
     # printf is a shell builtin: the password is in no process's argv.
     (
         umask 077
         printf '%s\n' "$password" >"$state/passwd"
+        printf '%s\n' "$password" >"$state/vnc-password"
     )
     local vnc_args=(-display ":$DISPLAY_NUMBER" ${auth_args[@]+"${auth_args[@]}"} -rfbport "$port"
         -forever -shared -passwdfile "rm:$state/passwd" -o "$state/x11vnc.log")

@@ -22,9 +22,14 @@ Options (the ``options`` object of the session type in ``external_services.json`
 * ``ssh_connect_timeout`` (default 10 s), ``start_timeout`` (default 30 s),
   ``stop_timeout`` (default 30 s).
 
-The VNC password travels on the scripts' standard input only: never in argv (``ps`` shows
-it), the environment (``/proc/PID/environ``) or a log line. vizgate answers the VNC server's
-challenge with it (``set_password``), so the browser never sees it.
+The VNC password travels on the scripts' standard input and output only: never in argv (``ps``
+shows it), the environment (``/proc/PID/environ``) or a log line. vizgate answers the VNC
+server's challenge with it (``set_password``), so the browser never sees it.
+
+A restarted gateway takes a running desktop back (``get_state``/``load_state``): the desktop's
+folder on the node keeps its password, private to the account the desktop runs as, and
+``x11_server_password.sh`` reads it back while the desktop's x11vnc runs. Neither the gateway's
+database nor its logs ever hold it.
 """
 
 from __future__ import annotations
@@ -47,6 +52,9 @@ from nexus_remote_service import RemoteServiceScript
 HERE = Path(__file__).resolve().parent
 START_SCRIPT = HERE / "start_x11_server.sh"
 STOP_SCRIPT = HERE / "stop_x11_server.sh"
+PASSWORD_SCRIPT = HERE / "x11_server_password.sh"
+# x11_server_password.sh's exit status when no desktop runs on the display.
+NOTHING_RUNS = 3
 
 SIZE_PATTERN = re.compile(r"[0-9]+x[0-9]+")
 # A host name, an IPv4 address or a bare IPv6 address; never anything ssh could read as an
@@ -70,8 +78,8 @@ def new_password() -> str:
     return "".join(secrets.choice(PASSWORD_ALPHABET) for _ in range(PASSWORD_LENGTH))
 
 
-def run(argv: Sequence[str], stdin_text: str, timeout: float) -> tuple[int, str]:
-    """Run ``argv`` feeding it ``stdin_text``; return ``(exit status, stderr text)``.
+def run(argv: Sequence[str], stdin_text: str, timeout: float) -> tuple[int, str, str]:
+    """Run ``argv`` feeding it ``stdin_text``; return ``(exit status, stdout, stderr)``.
 
     The command runs in a session of its own so that a timeout kills all of it (ssh, bash
     and whatever they are waiting for), not only the first process.
@@ -88,14 +96,14 @@ def run(argv: Sequence[str], stdin_text: str, timeout: float) -> tuple[int, str]
         start_new_session=True,
     )
     try:
-        _, err = proc.communicate(stdin_text.encode(), timeout=timeout)
+        out, err = proc.communicate(stdin_text.encode(), timeout=timeout)
     except subprocess.TimeoutExpired:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.communicate(timeout=5)
         raise
-    return proc.returncode, err.decode(errors="replace")
+    return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
 
 
 def last_line(text: str) -> str:
@@ -199,7 +207,7 @@ class X11VNCSession(RemoteServiceScript):
             return self.fail("start", exc)
         password = new_password()
         try:
-            status, err = run(argv, prefix + password + "\n", timeout)
+            status, _, err = run(argv, prefix + password + "\n", timeout)
         except subprocess.TimeoutExpired:
             # The start script may have got half way: let the stop script clear it up.
             self.run_stop_script()
@@ -215,7 +223,7 @@ class X11VNCSession(RemoteServiceScript):
     def run_stop_script(self) -> bool:
         try:
             argv, prefix = self.command(STOP_SCRIPT, [str(self.display())])
-            status, err = run(argv, prefix, float(self.option("stop_timeout", 30)))
+            status, _, err = run(argv, prefix, float(self.option("stop_timeout", 30)))
         except subprocess.TimeoutExpired:
             return self.fail("stop", "no answer in time")
         except (OSError, TypeError, ValueError) as exc:
@@ -230,10 +238,44 @@ class X11VNCSession(RemoteServiceScript):
         return stopped and chained
 
     def poll(self) -> bool | None:
-        # The per-session password lives only in this process's memory. A gateway restarted
-        # while the session ran cannot answer the VNC server any more, so the session counts
-        # as gone: the gateway then calls stop() and the node is cleaned up.
+        # Without the password (a restart that could not read it back) the gateway cannot
+        # answer the VNC server: the session counts as gone, and stop() cleans the node up.
         return None if self.password() is not None else False
+
+    def get_state(self) -> dict[str, Any]:
+        """What a restarted gateway needs to find the running desktop again; never the
+        password, which stays on the node."""
+        if self.password() is None:
+            return {}
+        return {"host": self.node(), "display": self.display(), "port": self.port()}
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        """Take the desktop ``state`` names back: read its password from the node.
+
+        Nothing is taken back when the catalog moved this instance to another host, display or
+        port, or when no desktop runs there any more; the gateway then stops the session.
+        """
+        wanted = {"host": self.node(), "display": self.display(), "port": self.port()}
+        if {key: state.get(key) for key in wanted} != wanted:
+            print(f"{self!r}: the saved desktop {state!r} is not this instance's", file=sys.stderr)
+            return
+        try:
+            argv, prefix = self.command(PASSWORD_SCRIPT, [str(self.display())])
+            status, out, err = run(argv, prefix, float(self.option("stop_timeout", 30)))
+        except subprocess.TimeoutExpired:
+            self.fail("taking the desktop back", "no answer in time")
+            return
+        except (OSError, TypeError, ValueError) as exc:
+            self.fail("taking the desktop back", exc)
+            return
+        password = out.strip()
+        if status == NOTHING_RUNS:
+            return
+        if status != 0 or not password:
+            self.fail("taking the desktop back", last_line(err))
+            return
+        self.set_password(password)
+        self.set_host_port(self.gateway_host(), self.port())
 
 
 def realize_service(

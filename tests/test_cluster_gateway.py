@@ -417,11 +417,9 @@ def ssh_node(tmp_path: Path) -> Iterator[SshNode]:
     assert not leaked, f"processes of the ssh node were left running: {sorted(leaked)}"
 
 
-@pytest.mark.integration
-async def test_an_ssh_host_session_through_the_gateway_is_stopped_on_the_host_when_left(
-    ssh_node: SshNode, tmp_path: Path, gateways: list[GatewayProcess]
-) -> None:
-    require_binaries("bash", "setsid", "Xvfb", "x11vnc", "xauth")
+def ssh_catalog(ssh_node: SshNode, tmp_path: Path) -> Path:
+    """A catalog of one x11vnc desktop type on the ssh node (this machine, logged in to over
+    ssh)."""
     config = tmp_path / "config" / "external_services.json"
     config.parent.mkdir()
     config.write_text(
@@ -447,6 +445,15 @@ async def test_an_ssh_host_session_through_the_gateway_is_stopped_on_the_host_wh
             }
         )
     )
+    return config
+
+
+@pytest.mark.integration
+async def test_an_ssh_host_session_through_the_gateway_is_stopped_on_the_host_when_left(
+    ssh_node: SshNode, tmp_path: Path, gateways: list[GatewayProcess]
+) -> None:
+    require_binaries("bash", "setsid", "Xvfb", "x11vnc", "xauth")
+    config = ssh_catalog(ssh_node, tmp_path)
     gateway = start_gateway(tmp_path / "run", config, "--linger", str(LINGER))
     gateways.append(gateway)
     token = reserve(gateway, SSH_TYPE)
@@ -466,8 +473,11 @@ async def test_an_ssh_host_session_through_the_gateway_is_stopped_on_the_host_wh
         state = x11_state_dir(ssh_node.display)
         pids = {name: int((state / f"{name}.pid").read_text()) for name in ("xvfb", "x11vnc")}
         assert all(is_running(pid) for pid in pids.values())
-        # x11vnc's password file is removed once read: the password is in no file on the node.
+        # x11vnc's password file is removed once read; the copy a restarted gateway reads back
+        # is this account's alone.
         assert not (state / "passwd").exists()
+        assert (state / "vnc-password").stat().st_mode & 0o077 == 0
+        assert state.stat().st_mode & 0o077 == 0
     finally:
         await ws.close()
 
@@ -490,3 +500,55 @@ async def test_an_ssh_host_session_through_the_gateway_is_stopped_on_the_host_wh
     # Started and stopped over ssh: two logins.
     assert ssh_node.log.read_text().count("Accepted publickey") == 2
     assert token not in gateway.output()
+
+
+@pytest.mark.integration
+async def test_a_killed_gateway_re_adopts_the_desktop_on_the_ssh_host(
+    ssh_node: SshNode, tmp_path: Path, gateways: list[GatewayProcess]
+) -> None:
+    require_binaries("bash", "setsid", "Xvfb", "x11vnc", "xauth")
+    config = ssh_catalog(ssh_node, tmp_path)
+    first = start_gateway(tmp_path / "first", config, "--linger", str(LINGER))
+    gateways.append(first)
+    token = reserve(first, SSH_TYPE)
+    _, ws = await connect(first, token)
+    state = x11_state_dir(ssh_node.display)
+    x11vnc = int((state / "x11vnc.pid").read_text())
+    password = (state / "vnc-password").read_bytes().strip()
+
+    first.process.send_signal(signal.SIGKILL)
+    first.wait(10)
+    await ws.close()
+    # The desktop does not depend on the gateway process.
+    assert is_running(x11vnc)
+    second = start_gateway(
+        tmp_path / "second",
+        config,
+        "--linger",
+        str(LINGER),
+        "--data-dir",
+        str(tmp_path / "first" / "data"),
+    )
+    gateways.append(second)
+
+    # The same token reaches the same desktop, and the gateway answers its VNC password again
+    # (connect() offers no password of its own): read back from the node over ssh.
+    _, ws = await connect(second, token)
+    try:
+        adopted = the_session(second)
+        assert (adopted["state"], adopted["port"]) == ("running", 5900 + ssh_node.display)
+        assert adopted["connections"] == 1
+        assert "adopted after a restart (running)" in second.output()
+        assert int((state / "x11vnc.pid").read_text()) == x11vnc
+    finally:
+        await ws.close()
+
+    def over() -> bool:
+        return not status(second)["sessions"] and not pids_on_display(ssh_node.display)
+
+    await await_until(over, LINGER + scaled(15), message="the adopted desktop outlived its session")
+    assert not is_running(x11vnc)
+    assert not state.exists()
+    for gateway in (first, second):
+        assert token not in gateway.output()
+        assert password.decode() not in gateway.output()

@@ -269,12 +269,30 @@ def test_x11vnc_session_starts_and_stops_on_this_machine(x11_display: int) -> No
     assert pids["x11vnc"] in pids_of("x11vnc")
     assert pids["xterm"] in pids_of("xterm")
     assert "800x600x24" in Path(f"/proc/{pids['xvfb']}/cmdline").read_bytes().decode()
-    # The password is neither on disk nor in any argv or environment.
+    # The password is in no argv or environment, and on disk only in the file a restarted
+    # gateway reads it back from, private to this account.
     state = x11_state_dir(x11_display)
-    assert all(password not in f.read_bytes() for f in state.iterdir() if f.is_file())
+    holding = {f.name for f in state.iterdir() if f.is_file() and password in f.read_bytes()}
+    assert holding == {"vnc-password"}
+    assert (state / "vnc-password").stat().st_mode & 0o777 == 0o600
+    assert state.stat().st_mode & 0o777 == 0o700
     for pid in pids.values():
         assert password not in Path(f"/proc/{pid}/cmdline").read_bytes()
         assert password not in Path(f"/proc/{pid}/environ").read_bytes()
+
+    # A restarted gateway's instance takes the desktop back from the saved state alone.
+    saved = instance.get_state()
+    assert password not in repr(saved).encode()
+    again = x11vnc_instance(x11_display)
+    again.load_state(saved)
+    assert again.password() == password
+    assert again.host_port() == ("localhost", port)
+    assert again.poll() is None
+    # ... but not a desktop the catalog gave another display.
+    moved = x11vnc_instance(x11_display + 1)
+    moved.load_state(saved)
+    assert moved.password() is None
+    assert moved.poll() is False
 
     assert instance.stop() is True
 
@@ -287,6 +305,11 @@ def test_x11vnc_session_starts_and_stops_on_this_machine(x11_display: int) -> No
     assert not port_accepts("127.0.0.1", port)
     assert not state.exists()
     assert not Path(f"/tmp/.X{x11_display}-lock").exists()
+    # Once stopped, nothing is taken back.
+    after = x11vnc_instance(x11_display)
+    after.load_state(saved)
+    assert after.password() is None
+    assert after.poll() is False
 
 
 @pytest.mark.integration
