@@ -86,6 +86,20 @@ def test_defaults_of_the_serve_options() -> None:
     assert args.data_dir is None
     assert args.log_level == "info"
     assert args.allowed_host == []
+    assert args.url_prefix == ""
+
+
+@pytest.mark.parametrize(
+    ("given", "prefix"),
+    [
+        ("/vizgate", "/vizgate"),
+        ("/vizgate/", "/vizgate"),
+        ("/", ""),
+        ("/a/b.c-d_e~", "/a/b.c-d_e~"),
+    ],
+)
+def test_url_prefix_is_a_path_without_its_trailing_slash(given: str, prefix: str) -> None:
+    assert parse(["--config", "c", "--url-prefix", given]).url_prefix == prefix
 
 
 def test_allowed_host_repeats_and_log_level_ignores_case() -> None:
@@ -113,6 +127,11 @@ def test_allowed_host_repeats_and_log_level_ignores_case() -> None:
         ["--config", "c", "--linger", "soon"],
         ["--config", "c", "--port", "70000"],
         ["--config", "c", "--log-level", "loud"],
+        ["--config", "c", "--url-prefix", "vizgate"],
+        ["--config", "c", "--url-prefix", "/viz gate"],
+        ["--config", "c", "--url-prefix", "/a//b"],
+        ["--config", "c", "--url-prefix", "/../etc"],
+        ["--config", "c", "--url-prefix", "/vizgate?x=1"],
     ],
 )
 def test_bad_usage_returns_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:

@@ -22,6 +22,7 @@ import contextlib
 import ipaddress
 import logging
 import os
+import re
 import signal
 import socket
 import ssl
@@ -99,6 +100,21 @@ def _port(text: str) -> int:
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"must be 0..65535, not {text}")
     return value
+
+
+# Path segments of letters, digits and - . _ ~ (RFC 3986's unreserved characters): nothing
+# that would need quoting in a URL or a cookie's Path.
+_URL_PREFIX = re.compile(r"(?:/[A-Za-z0-9._~-]+)+")
+
+
+def _url_prefix(text: str) -> str:
+    """``--url-prefix``: "/" or "" for the root, else ``/a/b`` (a trailing slash dropped)."""
+    prefix = text.rstrip("/")
+    if prefix and (not _URL_PREFIX.fullmatch(prefix) or "/." in prefix):
+        raise argparse.ArgumentTypeError(
+            f"must be a path like /vizgate (segments of letters, digits, - . _ ~), not {text!r}"
+        )
+    return prefix
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -223,6 +239,14 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="how long a failed login counts (default: %(default)g)",
     )
     parser.add_argument(
+        "--url-prefix",
+        type=_url_prefix,
+        default="",
+        metavar="PATH",
+        help="serve the gateway under this path behind a reverse proxy that passes paths on "
+        "unchanged, e.g. /vizgate (default: the root)",
+    )
+    parser.add_argument(
         "--allowed-host",
         action="append",
         default=[],
@@ -271,7 +295,9 @@ def run_serve(args: argparse.Namespace) -> int:
             ", ".join(allowed_hosts),
         )
     try:
-        setup_django(data_dir.resolve(), allowed_hosts=allowed_hosts, https=https)
+        setup_django(
+            data_dir.resolve(), allowed_hosts=allowed_hosts, https=https, url_prefix=args.url_prefix
+        )
     except OSError as exc:
         _complain(f"cannot use the data directory {data_dir}: {exc.strerror or exc}")
         return EXIT_FAILURE
@@ -299,7 +325,9 @@ def run_serve(args: argparse.Namespace) -> int:
         max_sessions_per_user=args.max_sessions_per_user or None,
     )
     ping_interval = args.ping_interval or None
-    application = build_application(broker, stop_sessions_on_exit=args.stop_sessions_on_exit)
+    application = build_application(
+        broker, stop_sessions_on_exit=args.stop_sessions_on_exit, url_prefix=args.url_prefix
+    )
     config = uvicorn.Config(
         application,
         loop="uvloop",
@@ -333,7 +361,7 @@ def run_serve(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
 
     scheme = "https" if https else "http"
-    url = f"{scheme}://{_url_host(args.host)}:{sock.getsockname()[1]}/"
+    url = f"{scheme}://{_url_host(args.host)}:{sock.getsockname()[1]}{args.url_prefix}/"
     server = _Server(config, on_started=lambda: _announce(url))
 
     def request_stop() -> None:

@@ -34,6 +34,7 @@ def setup_django(
     *,
     allowed_hosts: Sequence[str],
     https: bool = False,
+    url_prefix: str = "",
     migrate: bool = True,
 ) -> None:
     """Configure and set up Django for this process, and bring the database up to date.
@@ -43,6 +44,7 @@ def setup_django(
             the secret key.
         allowed_hosts: the host names the server answers to (Django's ``ALLOWED_HOSTS``).
         https: the server speaks https, so cookies are marked ``Secure``.
+        url_prefix: the path the gateway is served under (``/vizgate``), or "".
         migrate: apply migrations (quietly).
 
     Raises:
@@ -52,6 +54,7 @@ def setup_django(
     os.environ["VIZGATE_DATA_DIR"] = str(data_dir)
     os.environ["VIZGATE_ALLOWED_HOSTS"] = ",".join(allowed_hosts)
     os.environ["VIZGATE_HTTPS"] = "1" if https else ""
+    os.environ["VIZGATE_URL_PREFIX"] = url_prefix
     # Unconditionally: a DJANGO_SETTINGS_MODULE left in the shell by another project must not
     # turn vizgate into that project.
     os.environ["DJANGO_SETTINGS_MODULE"] = SETTINGS_MODULE

@@ -3,6 +3,11 @@
 ``http`` scopes go to Django, ``websocket`` scopes to the tunnel (any path: the seed's tunnel
 ignores it and reads the ``token`` query field), and the ``lifespan`` scope opens the broker
 when the server starts and stops every session when it stops.
+
+Behind a reverse proxy that serves the gateway under a path (``--url-prefix /vizgate``, the
+proxy passing paths on unchanged), requests under the prefix get it as their ASGI
+``root_path``, from which Django builds every URL; the prefix alone is redirected to itself with
+a slash, and any other path is not the gateway's (404).
 """
 
 from __future__ import annotations
@@ -46,23 +51,48 @@ class Gateway:
         http: ASGIApp,
         websocket: ASGIApp,
         stop_sessions_on_exit: bool = False,
+        url_prefix: str = "",
     ) -> None:
         self.broker = broker
         self.stop_sessions_on_exit = stop_sessions_on_exit
         self.http = http
         self.websocket = websocket
+        self.url_prefix = url_prefix
         self.startup_error: BaseException | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            await self.http(scope, receive, send)
+            if self.url_prefix:
+                await self._under_prefix(scope, receive, send)
+            else:
+                await self.http(scope, receive, send)
         elif kind == "websocket":
+            if self.url_prefix:
+                scope = {**scope, "root_path": scope.get("root_path", "") + self.url_prefix}
             await self.websocket(scope, receive, send)
         elif kind == "lifespan":
             await self._lifespan(receive, send)
         else:
             raise ValueError(f"vizgate serves http, websocket and lifespan scopes, not {kind!r}")
+
+    async def _under_prefix(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """An HTTP request when the gateway is served under :attr:`url_prefix`."""
+        prefix = self.url_prefix
+        path: str = scope["path"]
+        if path.startswith(prefix + "/"):
+            # The path keeps the prefix (ASGI: it includes root_path); Django strips it.
+            root_path = scope.get("root_path", "") + prefix
+            await self.http({**scope, "root_path": root_path}, receive, send)
+            return
+        if path == prefix:
+            status, headers, body = 308, [(b"location", (prefix + "/").encode())], b""
+        else:
+            status = 404
+            headers = [(b"content-type", b"text/plain; charset=utf-8")]
+            body = f"Not found: this gateway is served under {prefix}/\n".encode()
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -97,6 +127,7 @@ def build_application(
     broker: Broker,
     *,
     stop_sessions_on_exit: bool = False,
+    url_prefix: str = "",
 ) -> Gateway:
     """The gateway's ASGI application: Django for HTTP, the tunnel for WebSockets.
 
@@ -105,6 +136,8 @@ def build_application(
     Args:
         broker: the session broker (not yet open).
         stop_sessions_on_exit: see :class:`Gateway`.
+        url_prefix: the path the gateway is served under (``/vizgate``), or "" (the module's
+            description says how it is served).
     """
     # Imported here: Django's handler and the portal's authorizer need configured settings.
     from django.core.handlers.asgi import ASGIHandler
@@ -116,4 +149,5 @@ def build_application(
         http=ASGIHandler(),
         websocket=Tunnel(broker, authorize=make_authorizer(broker)),
         stop_sessions_on_exit=stop_sessions_on_exit,
+        url_prefix=url_prefix,
     )

@@ -9,6 +9,8 @@ They are read from a few environment variables, which ``vizgate serve`` sets (th
     Comma-separated host names the server answers to.
 ``VIZGATE_HTTPS``
     Non-empty when the server speaks https.
+``VIZGATE_URL_PREFIX``
+    The path the gateway is served under behind a reverse proxy (``/vizgate``), or empty.
 ``VIZGATE_DATABASE_URL``
     Set by the admin, not by the server: the database, when not SQLite in the data
     directory (see :mod:`vizgate.web.database`).
@@ -70,6 +72,12 @@ VIZGATE_DATA_DIR: Path = Path(os.environ.get("VIZGATE_DATA_DIR") or default_data
 
 VIZGATE_HTTPS: bool = bool(os.environ.get("VIZGATE_HTTPS"))
 """The server speaks https (``--cert`` / ``--key``): cookies are sent over https only."""
+
+VIZGATE_URL_PREFIX: str = os.environ.get("VIZGATE_URL_PREFIX", "")
+"""The path the gateway is served under (``--url-prefix``), e.g. ``/vizgate``; "" at the root.
+Django builds every URL under it from the request (:class:`vizgate.web.asgi.Gateway` sets the
+ASGI ``root_path``); the cookies are scoped to it, so other applications on the same host name
+do not receive them."""
 
 VIZGATE_DEFAULT_ALLOWED_HOSTS: list[str] = ["localhost", "127.0.0.1", "[::1]"]
 """Host names allowed when ``VIZGATE_ALLOWED_HOSTS`` is not set."""
@@ -142,8 +150,9 @@ USE_TZ = True
 
 # Static files (the portal's own JS and CSS, noVNC, the admin's) are found by the staticfiles
 # finders in each app's ``static/`` folder and served by the gateway itself
-# (:mod:`vizgate.web.portal.assets`); there is no collectstatic step.
-STATIC_URL = "/static/"
+# (:mod:`vizgate.web.portal.assets`); there is no collectstatic step. Relative, so that Django
+# puts it under the request's script prefix (--url-prefix).
+STATIC_URL = "static/"
 
 # Every username/password check goes through the failed-login throttle.
 AUTHENTICATION_BACKENDS = ["vizgate.web.portal.throttle.ThrottledModelBackend"]
@@ -155,6 +164,8 @@ LOGOUT_REDIRECT_URL = "portal:login"
 # The session cookie is all a browser needs to open its user's desktops: never readable from
 # scripts, never sent by cross-site subrequests.
 SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_PATH = VIZGATE_URL_PREFIX + "/"
+CSRF_COOKIE_PATH = VIZGATE_URL_PREFIX + "/"
 SESSION_COOKIE_SAMESITE = "Lax"
 # The portal's pages carry the CSRF token in their forms; no script needs the cookie.
 CSRF_COOKIE_HTTPONLY = True
