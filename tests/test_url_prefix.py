@@ -147,3 +147,31 @@ def test_the_seeds_api_is_served_under_the_prefix(gateway: GatewayProcess) -> No
         assert ws.recv(timeout=scaled(20)) == RFB_GREETING
     assert gateway.request(f"{PREFIX}/v1/release/{token}").status == 200
     assert token not in gateway.output()
+
+
+def test_cookies_are_secure_when_a_trusted_proxy_says_the_browser_came_over_https(
+    gateway: GatewayProcess,
+) -> None:
+    # The proxy terminates TLS and speaks plain http to the gateway, from 127.0.0.1 (which
+    # uvicorn trusts by default); the browser's session cookie must never travel over http.
+    over_https = {"X-Forwarded-Proto": "https"}
+    form = Browser(gateway.port).get(PREFIX + "/login/", headers=over_https)
+    assert form.status == 200
+    assert "; Secure" in form.headers["Set-Cookie"]
+    browser = Browser(gateway.port)
+    form = browser.get(PREFIX + "/login/", headers=over_https)
+    answer = browser.post(
+        PREFIX + "/login/",
+        {
+            "username": ALICE.name,
+            "password": ALICE.password,
+            "csrfmiddlewaretoken": form.csrf_token(),
+        },
+        headers={**over_https, "Origin": f"https://127.0.0.1:{gateway.port}"},
+    )
+    assert answer.status == 302, answer.text
+    cookies = answer.headers.get_all("Set-Cookie") or []
+    assert any(cookie.startswith("sessionid=") for cookie in cookies)
+    assert all("; Secure" in cookie for cookie in cookies), cookies
+    # Plain http, no proxy: not Secure (the browser would drop it).
+    assert "; Secure" not in Browser(gateway.port).get(PREFIX + "/login/").headers["Set-Cookie"]
