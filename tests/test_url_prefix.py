@@ -1,9 +1,10 @@
 """vizgate served under a path (``--url-prefix``), as behind a reverse proxy that passes the
-paths it forwards on unchanged (``location /vizgate/ { proxy_pass http://127.0.0.1:8000; }``).
+paths it forwards on unchanged (``location /vizgate/ { proxy_pass http://127.0.0.1:8000; }``) or
+strips the prefix (``proxy_pass http://127.0.0.1:8000/;``, Apache's ``ProxyPass``).
 
-A real gateway process: only paths under the prefix are its own, every URL it writes (links,
-forms, redirects, static files, the viewer's WebSocket) carries the prefix, its cookies are
-scoped to it, and the seed's API and the tunnel work under it.
+A real gateway process: every URL it writes (links, forms, redirects, static files, the viewer's
+WebSocket) carries the prefix, its cookies are scoped to it, and the seed's API and the tunnel
+work under it; a path without the prefix is served as a stripping proxy forwards it.
 """
 
 from __future__ import annotations
@@ -52,13 +53,20 @@ def test_the_gateway_announces_its_url_with_the_prefix(gateway: GatewayProcess) 
     assert gateway.url == f"http://127.0.0.1:{gateway.port}{PREFIX}/"
 
 
-@pytest.mark.parametrize(
-    "path", ["/", "/login/", "/v1/status", "/static/portal/portal.css", "/vizgate-not/"]
-)
-def test_paths_outside_the_prefix_are_not_the_gateways(gateway: GatewayProcess, path: str) -> None:
-    reply = gateway.request(path)
-    assert reply.status == 404
-    assert f"served under {PREFIX}/" in reply.text
+def test_paths_a_proxy_stripped_of_the_prefix_are_served_under_it(
+    gateway: GatewayProcess,
+) -> None:
+    # What a stripping proxy forwards for /vizgate/, /vizgate/login/, ...: the same pages.
+    home = gateway.request("/")
+    assert home.status == 302
+    assert home.headers["Location"] == f"{PREFIX}/login/?next={urllib.parse.quote(PREFIX + '/')}"
+    stripped, passed = gateway.request("/login/"), gateway.request(PREFIX + "/login/")
+    assert stripped.status == passed.status == 200
+    assert urls_in(stripped) == urls_in(passed)
+    assert all(url.startswith(PREFIX + "/") for url in urls_in(stripped))
+    assert gateway.request("/static/portal/portal.css").status == 200
+    assert gateway.request("/v1/status").status == 200
+    assert gateway.request("/no/such/page/").status == 404
 
 
 def test_the_prefix_alone_is_redirected_to_itself_with_a_slash(gateway: GatewayProcess) -> None:

@@ -243,8 +243,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         type=_url_prefix,
         default="",
         metavar="PATH",
-        help="serve the gateway under this path behind a reverse proxy that passes paths on "
-        "unchanged, e.g. /vizgate (default: the root)",
+        help="serve the gateway under this path behind a reverse proxy, e.g. /vizgate; the "
+        "proxy may pass paths on unchanged or strip the prefix (default: the root)",
     )
     parser.add_argument(
         "--allowed-host",

@@ -4,10 +4,12 @@
 ignores it and reads the ``token`` query field), and the ``lifespan`` scope opens the broker
 when the server starts and stops every session when it stops.
 
-Behind a reverse proxy that serves the gateway under a path (``--url-prefix /vizgate``, the
-proxy passing paths on unchanged), requests under the prefix get it as their ASGI
-``root_path``, from which Django builds every URL; the prefix alone is redirected to itself with
-a slash, and any other path is not the gateway's (404).
+Behind a reverse proxy that serves the gateway under a path (``--url-prefix /vizgate``),
+requests get the prefix as their ASGI ``root_path``, from which Django builds every URL. The
+proxy may pass paths on unchanged (nginx ``proxy_pass http://host:port;``) or strip the prefix
+(nginx ``proxy_pass http://host:port/;``, Apache ``ProxyPass /vizgate/ http://host:port/``): a
+path that does not start with the prefix is taken as stripped and given it back. The prefix
+alone is redirected to itself with a slash.
 """
 
 from __future__ import annotations
@@ -80,19 +82,18 @@ class Gateway:
         """An HTTP request when the gateway is served under :attr:`url_prefix`."""
         prefix = self.url_prefix
         path: str = scope["path"]
-        if path.startswith(prefix + "/"):
-            # The path keeps the prefix (ASGI: it includes root_path); Django strips it.
-            root_path = scope.get("root_path", "") + prefix
-            await self.http({**scope, "root_path": root_path}, receive, send)
-            return
         if path == prefix:
-            status, headers, body = 308, [(b"location", (prefix + "/").encode())], b""
-        else:
-            status = 404
-            headers = [(b"content-type", b"text/plain; charset=utf-8")]
-            body = f"Not found: this gateway is served under {prefix}/\n".encode()
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+            headers = [(b"location", (prefix + "/").encode())]
+            await send({"type": "http.response.start", "status": 308, "headers": headers})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        if not path.startswith(prefix + "/"):
+            # A proxy that strips the prefix. The path gets it back: in ASGI the path includes
+            # the root_path, and Django strips it again.
+            raw_path: bytes = scope.get("raw_path") or path.encode()
+            scope = {**scope, "path": prefix + path, "raw_path": prefix.encode() + raw_path}
+        root_path = scope.get("root_path", "") + prefix
+        await self.http({**scope, "root_path": root_path}, receive, send)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
