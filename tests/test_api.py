@@ -440,3 +440,88 @@ def test_a_reservation_nobody_uses_is_reclaimed_after_timeout(tmp_path: Path) ->
         assert closed.value.rcvd.code == 1008
     finally:
         gateway.stop()
+
+
+# ---------------------------------------------------------------------------------------
+# The security token as a header, and /metrics
+
+
+def test_the_security_token_may_come_as_a_bearer_header(gateway: GatewayProcess) -> None:
+    bearer = {"Authorization": f"Bearer {SECURITY_TOKEN}"}
+    assert gateway.request("/v1/status", headers=bearer).status == 200
+    wrong = {"Authorization": f"Bearer {SECURITY_TOKEN[:-1]}"}
+    assert_error(gateway.request("/v1/status", headers=wrong), 401, "unauthorized")
+    basic = {"Authorization": f"Basic {SECURITY_TOKEN}"}
+    assert_error(gateway.request("/v1/status", headers=basic), 401, "unauthorized")
+
+
+def scrape(gateway: GatewayProcess) -> dict[str, float]:
+    """The samples of /metrics, by name and labels."""
+    reply = gateway.request("/metrics", headers={"Authorization": f"Bearer {SECURITY_TOKEN}"})
+    assert reply.status == 200, reply.text
+    assert reply.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+    samples: dict[str, float] = {}
+    for line in reply.text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            samples[key] = float(value)
+    return samples
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {SECURITY_TOKEN}"}],
+    ids=["none", "wrong", "not bearer"],
+)
+def test_metrics_need_the_security_token(gateway: GatewayProcess, headers: dict[str, str]) -> None:
+    reply = gateway.request("/metrics", headers=headers)
+    assert reply.status == 401
+    assert reply.headers["WWW-Authenticate"] == 'Bearer realm="vizgate"'
+    assert "vizgate_" not in reply.text
+
+
+def test_metrics_follow_a_session_from_reservation_to_its_end(gateway: GatewayProcess) -> None:
+    echo = 'type="Echo"'
+    before = scrape(gateway)
+    assert before['vizgate_instances{type="Desktop"}'] == 2
+    assert before[f'vizgate_sessions{{{echo},state="running"}}'] == 0
+
+    token = gateway.request(reserve_path("Echo"), authorized()).json()["token"]
+    reserved = scrape(gateway)
+    assert reserved[f'vizgate_sessions{{{echo},state="reserved"}}'] == 1
+
+    with websockets.sync.client.connect(
+        f"ws://127.0.0.1:{gateway.port}/websockify?token={token}", open_timeout=scaled(10)
+    ) as ws:
+        assert ws.recv(timeout=scaled(10)) == b"RFB 003.008\n"
+        ws.send(b"hello")
+        assert ws.recv(timeout=scaled(10)) == b"hello"
+        running = scrape(gateway)
+        assert running[f'vizgate_sessions{{{echo},state="reserved"}}'] == 0
+        assert running[f'vizgate_sessions{{{echo},state="running"}}'] == 1
+        assert running[f"vizgate_viewers{{{echo}}}"] == 1
+        assert running[f"vizgate_watchers{{{echo}}}"] == 0
+        started = f"vizgate_session_start_seconds_count{{{echo}}}"
+        assert running[started] == before[started] + 1
+        assert (
+            running[f'vizgate_session_start_seconds_bucket{{{echo},le="+Inf"}}']
+            == (running[started])
+        )
+    assert release(gateway, token).status == 200
+
+    ended = f'vizgate_sessions_ended_total{{{echo},reason="released"}}'
+
+    def after_the_end() -> dict[str, float] | None:
+        samples = scrape(gateway)
+        return samples if samples.get(ended, 0) == before.get(ended, 0) + 1 else None
+
+    after = wait_until(after_the_end, scaled(10), message="the session's end was not counted")
+    assert after[f'vizgate_sessions{{{echo},state="running"}}'] == 0
+    assert after[f"vizgate_viewers{{{echo}}}"] == 0
+    to_viewer = f'vizgate_relayed_bytes_total{{{echo},direction="to_viewer"}}'
+    to_server = f'vizgate_relayed_bytes_total{{{echo},direction="to_server"}}'
+    # The greeting and the echo one way, the message the other: counted once the session ended.
+    assert after[to_viewer] - before[to_viewer] == len(b"RFB 003.008\n") + len(b"hello")
+    assert after[to_server] - before[to_server] == len(b"hello")
+    metrics_text = gateway.request("/metrics", authorized()).text
+    assert token not in metrics_text

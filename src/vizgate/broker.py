@@ -39,6 +39,7 @@ from vizgate.lifecycle import (
     Timeouts,
 )
 from vizgate.live import Attachment, LiveSession
+from vizgate.metrics import SessionTally
 from vizgate.net import port_answers, server_greets
 from vizgate.readoption import adopted_session, left_the_catalog
 from vizgate.registry import SessionRegistry
@@ -97,6 +98,8 @@ class Broker:
         self._timer_task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wall_offset = 0.0
+        #: What happened to sessions since this broker was made, for ``/metrics``.
+        self.tally = SessionTally()
 
     # -- opening and closing ------------------------------------------------------------------
 
@@ -561,6 +564,11 @@ class Broker:
         elif isinstance(action, SessionReady):
             logger.info("%s: running at %s:%d", session.label, action.host, action.port)
             self._event(session, "started", detail=f"{action.host}:{action.port}")
+            lifecycle = session.lifecycle
+            if lifecycle.started_at is not None and lifecycle.ready_at is not None:
+                self.tally.session_ready(
+                    session.service.name, lifecycle.ready_at - lifecycle.started_at
+                )
             if not session.ready.done():
                 session.ready.set_result((action.host, action.port))
         elif isinstance(action, SessionFailed):
@@ -588,6 +596,7 @@ class Broker:
             )
         info = session.info(self._wall)
         self._live.remove(session, info)
+        self.tally.session_ended(info)
         self._event(session, "stopped", detail=reason.value)
         logger.info(
             "%s: ended (%s)%s",

@@ -1,11 +1,13 @@
-"""The URLs of the gateway: the portal at ``/``, the seed's REST API at ``/v1/``, the admin,
-and the static files (served by the gateway itself)."""
+"""The URLs of the gateway: the portal at ``/``, the seed's REST API at ``/v1/``, the metrics
+for Prometheus at ``/metrics``, the admin, and the static files (served by the gateway
+itself)."""
 
 from __future__ import annotations
 
 from django.contrib import admin
 from django.urls import include, path
 
+from vizgate.web.api.metrics import metrics
 from vizgate.web.portal import assets
 
 __all__ = ["urlpatterns"]
@@ -13,6 +15,7 @@ __all__ = ["urlpatterns"]
 urlpatterns = [
     path("", include("vizgate.web.portal.urls")),
     path("v1/", include("vizgate.web.api.urls")),
+    path("metrics", metrics, name="metrics"),
     path("admin/", admin.site.urls),
     path("static/<path:path>", assets.serve, name="static"),
 ]

@@ -10,8 +10,10 @@
     Stop the server gracefully; only when a security token is configured.
 
 When the server has a security token, every call must carry it in the ``security_token``
-query field (401 otherwise). Failures answer JSON with an ``error`` message for a person and a
-short ``reason`` label. The views are async and await the broker on the server's event loop.
+query field, as the seed's clients do, or as ``Authorization: Bearer TOKEN``, which keeps it out
+of URLs and access logs (401 otherwise). Failures answer JSON with an ``error`` message for a
+person and a short ``reason`` label. The views are async and await the broker on the server's
+event loop.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from vizgate.web import runtime
 __all__ = [
     "SECURITY_TOKEN_FIELD",
     "USERNAME_FIELD",
+    "authorized",
     "ended_session_json",
     "release",
     "reserve",
@@ -72,11 +75,16 @@ def _error(status: int, reason: str, message: str, **extra: Any) -> JsonResponse
     return JsonResponse({"error": message, "reason": reason, **extra}, status=status)
 
 
-def _authorized(request: HttpRequest) -> bool:
+def authorized(request: HttpRequest) -> bool:
+    """Whether ``request`` carries the server's security token (or the server has none): in
+    the ``security_token`` query field or as ``Authorization: Bearer TOKEN``."""
     expected = runtime.get_security_token()
     if expected is None:
         return True
     given = request.GET.get(SECURITY_TOKEN_FIELD, "")
+    scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+    if not given and scheme.lower() == "bearer":
+        given = credentials.strip()
     # Constant time, so the response time does not tell how much of a guess was right.
     return hmac.compare_digest(given.encode(), expected.encode())
 
@@ -96,12 +104,12 @@ def v1_endpoint(view: _View) -> _View:
                 405, "method_not_allowed", f"{request.method} is not allowed here; use GET"
             )
             response["Allow"] = "GET"
-        elif not _authorized(request):
+        elif not authorized(request):
             response = _error(
                 401,
                 "unauthorized",
                 f"this server requires its security token in the {SECURITY_TOKEN_FIELD!r} "
-                "query field",
+                "query field or as an Authorization: Bearer header",
             )
         else:
             try:

@@ -1,0 +1,138 @@
+"""Unit tests for vizgate.metrics: the tally and Prometheus' text exposition format."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from vizgate.metrics import START_BUCKETS, SessionTally, exposition
+from vizgate.sessions import ServiceInfo, SessionInfo
+
+STATES = ["reserved", "starting", "running"]
+
+
+def service(name: str, count: int = 2) -> ServiceInfo:
+    return ServiceInfo(name=name, count=count, in_use=0, sizes=("1024x768",), group=None)
+
+
+def session(service_name: str, state: str = "running", **changes: object) -> SessionInfo:
+    info = SessionInfo(
+        id="0123456789abcdef",
+        token_prefix="abcdef",
+        service=service_name,
+        index=0,
+        user="alice",
+        size="1024x768",
+        state=state,
+        connections=1,
+        host="node7.example",
+        port=5901,
+        created=0.0,
+        started=1.0,
+        ended=None,
+        end_reason=None,
+        message="",
+        bytes_to_client=1000,
+        bytes_to_server=10,
+        stop_timed_out=False,
+    )
+    return replace(info, **changes)  # type: ignore[arg-type]
+
+
+def samples(text: str) -> dict[str, float]:
+    found: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            assert key not in found, f"a sample twice: {key}"
+            found[key] = float(value)
+    return found
+
+
+def test_every_family_has_one_help_and_one_type_line_before_its_samples() -> None:
+    text = exposition([service("A")], [session("A")], SessionTally(), states=STATES)
+    assert text.endswith("\n")
+    seen: list[str] = []
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            name = line.split()[2]
+            assert name not in seen
+            seen.append(name)
+        elif not line.startswith("#"):
+            # A sample of the family declared last (a histogram's carry suffixes).
+            name = line.split("{")[0]
+            histogram = {seen[-1] + suffix for suffix in ("_bucket", "_sum", "_count")}
+            assert name == seen[-1] or name in histogram, line
+    assert seen == [
+        "vizgate_instances",
+        "vizgate_sessions",
+        "vizgate_viewers",
+        "vizgate_watchers",
+        "vizgate_sessions_ended_total",
+        "vizgate_relayed_bytes_total",
+        "vizgate_session_start_seconds",
+    ]
+
+
+def test_gauges_count_live_sessions_by_type_and_state_with_zeros() -> None:
+    text = exposition(
+        [service("A", 3), service("B")],
+        [session("A"), session("A", "reserved", connections=0), session("B", watchers=1)],
+        SessionTally(),
+        states=STATES,
+    )
+    found = samples(text)
+    assert found['vizgate_instances{type="A"}'] == 3
+    assert found['vizgate_sessions{type="A",state="running"}'] == 1
+    assert found['vizgate_sessions{type="A",state="reserved"}'] == 1
+    assert found['vizgate_sessions{type="A",state="starting"}'] == 0
+    assert found['vizgate_sessions{type="B",state="running"}'] == 1
+    assert found['vizgate_viewers{type="A"}'] == 1
+    assert found['vizgate_watchers{type="B"}'] == 1
+    # Live sessions' bytes count toward the counters until they end.
+    assert found['vizgate_relayed_bytes_total{type="A",direction="to_viewer"}'] == 2000
+    assert found['vizgate_relayed_bytes_total{type="B",direction="to_server"}'] == 10
+
+
+def test_an_ended_session_moves_its_bytes_from_live_to_the_tally() -> None:
+    tally = SessionTally()
+    live = session("A", bytes_to_client=500)
+    before = samples(exposition([service("A")], [live], tally, states=STATES))
+    tally.session_ended(replace(live, state="ended", end_reason="released"))
+    after = samples(exposition([service("A")], [], tally, states=STATES))
+    key = 'vizgate_relayed_bytes_total{type="A",direction="to_viewer"}'
+    assert before[key] == after[key] == 500
+    assert after['vizgate_sessions_ended_total{type="A",reason="released"}'] == 1
+
+
+def test_the_start_histogram_is_cumulative() -> None:
+    tally = SessionTally()
+    for seconds in (0.2, 0.5, 3, 700, -1):
+        tally.session_ready("A", seconds)
+    found = samples(exposition([service("A")], [], tally, states=STATES))
+
+    def bucket(bound: str) -> float:
+        return found[f'vizgate_session_start_seconds_bucket{{type="A",le="{bound}"}}']
+
+    assert bucket("0.5") == 3  # -1 (taken as 0), 0.2 and 0.5: "le" includes the bound
+    assert bucket("2") == 3
+    assert bucket("5") == 4
+    assert bucket("600") == 4
+    assert bucket("+Inf") == 5
+    assert found['vizgate_session_start_seconds_count{type="A"}'] == 5
+    assert found['vizgate_session_start_seconds_sum{type="A"}'] == pytest.approx(703.7)
+    bounds = [b for b in found if b.startswith("vizgate_session_start_seconds_bucket")]
+    assert len(bounds) == len(START_BUCKETS) + 1
+
+
+def test_label_values_are_escaped() -> None:
+    name = 'Cluster "GPU" \\ node\nA'
+    text = exposition([service(name)], [session(name)], SessionTally(), states=STATES)
+    assert 'vizgate_instances{type="Cluster \\"GPU\\" \\\\ node\\nA"} 2' in text.splitlines()
+
+
+def test_no_user_token_or_host_is_exposed() -> None:
+    text = exposition([service("A")], [session("A")], SessionTally(), states=STATES)
+    for secret in ("alice", "abcdef", "node7", "5901", "0123456789abcdef"):
+        assert secret not in text
