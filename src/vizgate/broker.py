@@ -7,7 +7,8 @@ gateway's event loop; nothing in it blocks.
 
 Script calls run in threads, one instance's in order (:mod:`vizgate.script_calls`); sessions a
 previous gateway process left live are adopted at :meth:`Broker.open`
-(:mod:`vizgate.readoption`).
+(:mod:`vizgate.readoption`); the read-only snapshots the web layer asks for are
+:mod:`vizgate.broker_views`'.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from vizgate.broker_views import BrokerViews
 from vizgate.catalog import Catalog, ServiceType
 from vizgate.exceptions import ReservationError, StartError
 from vizgate.lifecycle import (
@@ -48,9 +50,6 @@ from vizgate.scripts import RemoteServiceScript, realize_instances
 from vizgate.sessions import (
     CloseRequest,
     Reservation,
-    ServiceInfo,
-    SessionInfo,
-    ViewerInfo,
     session_id_of,
     token_hash,
 )
@@ -62,7 +61,7 @@ __all__ = ["Attachment", "Broker"]
 logger = logging.getLogger(__name__)
 
 
-class Broker:
+class Broker(BrokerViews):
     """Reserves, starts, watches and stops the sessions of a catalog.
 
     Args:
@@ -175,11 +174,6 @@ class Broker:
         """The broker's clock (the event loop's monotonic time)."""
         assert self._loop is not None, "Broker.open() was not awaited"
         return self._loop.time()
-
-    def _wall(self, monotonic: float | None) -> float | None:
-        if monotonic is None:
-            return None
-        return self._wall_offset + monotonic
 
     def service(self, name: str) -> ServiceType:
         """The session type called ``name``.
@@ -413,47 +407,6 @@ class Broker:
         changed = session.lifecycle.release(reason, self.now(), message)
         self._drive(session)
         return changed
-
-    def session_of_token(self, token: str) -> SessionInfo | None:
-        """The live session of a token, or None."""
-        session = self._live.by_token_hash(token_hash(token))
-        return session.info(self._wall) if session is not None else None
-
-    def session_by_id(self, session_id: str) -> SessionInfo | None:
-        """The live session with this public id, or None."""
-        session = self._live.by_id(session_id)
-        return session.info(self._wall) if session is not None else None
-
-    def viewers(self, session_id: str) -> list[ViewerInfo]:
-        """Who is connected to a live session now, first come first; [] if it is not live."""
-        session = self._live.by_id(session_id)
-        if session is None:
-            return []
-        return [
-            ViewerInfo(user=viewer.user, access=viewer.access, since=viewer.since)
-            for viewer in session.attachments.values()
-        ]
-
-    def sessions(self) -> list[SessionInfo]:
-        """Every live session, oldest first."""
-        return [s.info(self._wall) for s in self._live]
-
-    def history(self) -> list[SessionInfo]:
-        """The last ended sessions, newest first."""
-        return self._live.history()
-
-    def services(self) -> list[ServiceInfo]:
-        """Every session type with how many of its instances are in use."""
-        return [
-            ServiceInfo(
-                name=service.name,
-                count=service.count,
-                in_use=self._live.in_use(service.name),
-                sizes=service.sizes,
-                group=service.group,
-            )
-            for service in self.catalog
-        ]
 
     async def wait_until_idle(self) -> None:
         """Wait until no session is live (tests and graceful shutdown)."""

@@ -1,0 +1,70 @@
+"""What the broker shows of its sessions: read-only snapshots for the web layer and the API.
+
+:class:`BrokerViews` is a part of :class:`vizgate.broker.Broker`: the queries that only read the
+live sessions, the ended ones and the catalog, and turn them into the snapshots of
+:mod:`vizgate.sessions` (wall-clock times, no secrets). The broker's other methods change
+sessions.
+"""
+
+from __future__ import annotations
+
+from vizgate.catalog import Catalog
+from vizgate.registry import SessionRegistry
+from vizgate.sessions import ServiceInfo, SessionInfo, ViewerInfo, token_hash
+
+__all__ = ["BrokerViews"]
+
+
+class BrokerViews:
+    """The broker's read-only queries (mixed into :class:`vizgate.broker.Broker`)."""
+
+    catalog: Catalog
+    _live: SessionRegistry
+    # Wall-clock time minus the event loop's monotonic time, set when the broker opens.
+    _wall_offset: float
+
+    def _wall(self, monotonic: float | None) -> float | None:
+        if monotonic is None:
+            return None
+        return self._wall_offset + monotonic
+
+    def session_of_token(self, token: str) -> SessionInfo | None:
+        """The live session of a token, or None."""
+        session = self._live.by_token_hash(token_hash(token))
+        return session.info(self._wall) if session is not None else None
+
+    def session_by_id(self, session_id: str) -> SessionInfo | None:
+        """The live session with this public id, or None."""
+        session = self._live.by_id(session_id)
+        return session.info(self._wall) if session is not None else None
+
+    def viewers(self, session_id: str) -> list[ViewerInfo]:
+        """Who is connected to a live session now, first come first; [] if it is not live."""
+        session = self._live.by_id(session_id)
+        if session is None:
+            return []
+        return [
+            ViewerInfo(user=viewer.user, access=viewer.access, since=viewer.since)
+            for viewer in session.attachments.values()
+        ]
+
+    def sessions(self) -> list[SessionInfo]:
+        """Every live session, oldest first."""
+        return [s.info(self._wall) for s in self._live]
+
+    def history(self) -> list[SessionInfo]:
+        """The last ended sessions, newest first."""
+        return self._live.history()
+
+    def services(self) -> list[ServiceInfo]:
+        """Every session type with how many of its instances are in use."""
+        return [
+            ServiceInfo(
+                name=service.name,
+                count=service.count,
+                in_use=self._live.in_use(service.name),
+                sizes=service.sizes,
+                group=service.group,
+            )
+            for service in self.catalog
+        ]
