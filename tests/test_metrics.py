@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import pytest
 
+from snapshots import session_info
 from vizgate.metrics import START_BUCKETS, SessionTally, exposition
 from vizgate.sessions import ServiceInfo, SessionInfo
 
@@ -17,27 +18,16 @@ def service(name: str, count: int = 2) -> ServiceInfo:
 
 
 def session(service_name: str, state: str = "running", **changes: object) -> SessionInfo:
-    info = SessionInfo(
-        id="0123456789abcdef",
-        token_prefix="abcdef",
-        service=service_name,
-        index=0,
-        user="alice",
-        size="1024x768",
-        state=state,
-        connections=1,
-        host="node7.example",
-        port=5901,
-        created=0.0,
-        started=1.0,
-        ended=None,
-        end_reason=None,
-        message="",
-        bytes_to_client=1000,
-        bytes_to_server=10,
-        stop_timed_out=False,
-    )
-    return replace(info, **changes)  # type: ignore[arg-type]
+    defaults: dict[str, object] = {
+        "user": "alice",
+        "connections": 1,
+        "host": "node7.example",
+        "port": 5901,
+        "started": 1.0,
+        "bytes_to_client": 1000,
+        "bytes_to_server": 10,
+    }
+    return session_info(service=service_name, state=state, **{**defaults, **changes})
 
 
 def samples(text: str) -> dict[str, float]:

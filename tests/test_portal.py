@@ -26,6 +26,7 @@ import websockets.sync.client
 
 from gateway import GatewayProcess, gateway_env, start_gateway, wait_listening, write_config
 from portal_client import Account, Browser, Page, create_accounts, logged_in
+from snapshots import session_info
 from support import require_binaries, scaled, wait_until
 from vizgate.sessions import SessionInfo
 from vizgate.testing.doubles import RFB_GREETING
@@ -618,27 +619,7 @@ def test_safe_static_paths_and_content_types() -> None:
 
 
 def info(*, user: str = "bob", bound: bool = True, service: str = DESKTOP) -> SessionInfo:
-    return SessionInfo(
-        id="0123456789abcdef",
-        token_prefix="abcdef",
-        service=service,
-        index=0,
-        user=user,
-        size="1024x768",
-        state="reserved",
-        connections=0,
-        host=None,
-        port=None,
-        created=0.0,
-        started=None,
-        ended=None,
-        end_reason=None,
-        message="",
-        bytes_to_client=0,
-        bytes_to_server=0,
-        stop_timed_out=False,
-        bound=bound,
-    )
+    return session_info(user=user, bound=bound, service=service)
 
 
 def test_refusal_rules() -> None:
