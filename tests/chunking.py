@@ -24,3 +24,39 @@ def cut_twice_near(data: bytes, boundaries: Iterable[int], margin: int) -> Itera
         near = range(max(1, boundary - margin), min(len(data), boundary + margin + 1))
         for first, second in itertools.combinations(near, 2):
             yield cut(data, [first, second])
+
+
+def _whole(data: bytes) -> Iterator[list[bytes]]:
+    yield [data]
+
+
+def _byte_by_byte(data: bytes) -> Iterator[list[bytes]]:
+    yield chunks_of(data, 1)
+
+
+def _cut_once_everywhere(data: bytes) -> Iterator[list[bytes]]:
+    return (cut(data, [offset]) for offset in range(1, len(data)))
+
+
+def _every_fixed_size(data: bytes) -> Iterator[list[bytes]]:
+    return (chunks_of(data, size) for size in range(1, len(data) + 1))
+
+
+def every_chunking(
+    data: bytes, boundaries: Iterable[int], margin: int
+) -> dict[str, Iterator[list[bytes]]]:
+    """Every deterministic way the stream tests feed ``data``, by name (:data:`CHUNKINGS`):
+    whole, byte by byte, cut once at every offset, in chunks of every fixed size, and cut twice
+    within ``margin`` bytes of each message boundary inside ``data``."""
+    inner = [b for b in boundaries if 0 < b < len(data)]
+    return {
+        "at once": _whole(data),
+        "byte by byte": _byte_by_byte(data),
+        "cut once at every offset": _cut_once_everywhere(data),
+        "in fixed-size chunks": _every_fixed_size(data),
+        "cut twice around every message boundary": cut_twice_near(data, inner, margin),
+    }
+
+
+#: The names of :func:`every_chunking`'s chunkings, to parametrize tests with.
+CHUNKINGS = tuple(every_chunking(b"", (), 0))

@@ -20,7 +20,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chunking import chunks_of, cut, cut_twice_near
+from chunking import CHUNKINGS, chunks_of, cut, every_chunking
 from vizgate.view_only import MAX_CUT_TEXT_LENGTH, WATCHER_ENCODINGS, ViewOnlyFilter
 
 # --------------------------------------------------------------------------------------------
@@ -476,27 +476,10 @@ def test_late_pixel_format_refused_in_any_chunking() -> None:
 # Chunking
 
 
-def test_session_at_once() -> None:
-    check_session([SESSION])
-
-
-def test_session_byte_by_byte() -> None:
-    check_session(chunks_of(SESSION, 1))
-
-
-def test_session_cut_once_at_every_offset() -> None:
-    for offset in range(1, len(SESSION)):
-        check_session(cut(SESSION, [offset]))
-
-
-def test_session_in_fixed_size_chunks() -> None:
-    for size in range(1, len(SESSION) + 1):
-        check_session(chunks_of(SESSION, size))
-
-
-def test_session_cut_twice_around_every_message_boundary() -> None:
-    boundaries = list(itertools.accumulate(len(message) for message, _ in NOVNC_SESSION))
-    for chunks in cut_twice_near(SESSION, boundaries[:-1], 9):
+@pytest.mark.parametrize("chunking", CHUNKINGS)
+def test_session_in_every_chunking(chunking: str) -> None:
+    boundaries = itertools.accumulate(len(message) for message, _ in NOVNC_SESSION)
+    for chunks in every_chunking(SESSION, boundaries, 9)[chunking]:
         check_session(chunks)
 
 

@@ -21,7 +21,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chunking import chunks_of, cut, cut_twice_near
+from chunking import CHUNKINGS, chunks_of, cut, every_chunking
 from vizgate.view_only import ViewOnlyFilter
 from vizgate.view_only_server import ViewOnlyServerFilter
 
@@ -293,27 +293,10 @@ def test_the_session_is_realistic() -> None:
     assert len(EXPECTED) + len(server_cut_text(SECRET)) < len(SESSION)
 
 
-def test_session_at_once() -> None:
-    check_session([SESSION])
-
-
-def test_session_byte_by_byte() -> None:
-    check_session(chunks_of(SESSION, 1))
-
-
-def test_session_cut_once_at_every_offset() -> None:
-    for offset in range(1, len(SESSION)):
-        check_session(cut(SESSION, [offset]))
-
-
-def test_session_in_fixed_size_chunks() -> None:
-    for size in range(1, len(SESSION) + 1):
-        check_session(chunks_of(SESSION, size))
-
-
-def test_session_cut_twice_around_every_message_boundary() -> None:
-    boundaries = list(itertools.accumulate(len(message) for message, _ in SESSION_MESSAGES))
-    for chunks in cut_twice_near(SESSION, boundaries[:-1], 13):
+@pytest.mark.parametrize("chunking", CHUNKINGS)
+def test_session_in_every_chunking(chunking: str) -> None:
+    boundaries = itertools.accumulate(len(message) for message, _ in SESSION_MESSAGES)
+    for chunks in every_chunking(SESSION, boundaries, 13)[chunking]:
         check_session(chunks)
 
 
