@@ -367,6 +367,16 @@ def connected(page: Any, times: int = 1) -> None:
     playwright_api.expect(page.locator("body")).to_have_attribute("data-viewer", "connected")
 
 
+def launch_desktop(page: Any, desktop: Desktop, size: str) -> tuple[str, int]:
+    """Launch the desktop type and wait until the viewer shows it: its session id and the X
+    display it runs on (the session being the only one)."""
+    session_id = launch(page, DESKTOP, size)
+    connected(page)
+    [session] = status(desktop.gateway)["sessions"]
+    assert session["id"] == session_id
+    return session_id, desktop.display_of(session["index"])
+
+
 def test_a_user_sees_the_desktop_survives_a_drop_and_closing_the_page_ends_it(
     browser: Any, desktop: Desktop
 ) -> None:
@@ -426,10 +436,7 @@ def test_the_clipboard_is_shared_with_the_session_both_ways_until_turned_off(
     gateway = desktop.gateway
     page = log_in(browser, gateway.url, ALICE, permissions=["clipboard-read", "clipboard-write"])
     page.evaluate("navigator.clipboard.writeText('copied before the session')")
-    launch(page, DESKTOP, "1024x768")
-    connected(page)
-    [session] = status(gateway)["sessions"]
-    display = desktop.display_of(session["index"])
+    _, display = launch_desktop(page, desktop, "1024x768")
 
     # Connecting hands the session what this computer had copied.
     wait_until(
@@ -549,10 +556,7 @@ def test_an_administrator_ends_a_users_session_and_the_viewer_says_so(
 ) -> None:
     gateway = desktop.gateway
     alice = log_in(browser, gateway.url, ALICE)
-    session_id = launch(alice, DESKTOP, "1600x1200")
-    connected(alice)
-    [session] = status(gateway)["sessions"]
-    display = desktop.display_of(session["index"])
+    session_id, display = launch_desktop(alice, desktop, "1600x1200")
 
     root = log_in(browser, gateway.url, ROOT)
     playwright_api.expect(
@@ -647,10 +651,7 @@ def test_a_share_link_lets_another_user_watch_the_desktop_until_it_is_withdrawn(
 ) -> None:
     gateway = desktop.gateway
     owner = log_in(browser, gateway.url, ALICE)
-    session_id = launch(owner, DESKTOP, "1024x768")
-    connected(owner)
-    [session] = status(gateway)["sessions"]
-    display = desktop.display_of(session["index"])
+    session_id, display = launch_desktop(owner, desktop, "1024x768")
     paint(desktop, display, "#ff0000")
     wait_for_colour(owner, (255, 0, 0))
 
