@@ -417,10 +417,24 @@ def ssh_node(tmp_path: Path) -> Iterator[SshNode]:
     assert not leaked, f"processes of the ssh node were left running: {sorted(leaked)}"
 
 
+def ssh_gateway(
+    ssh_node: SshNode, tmp_path: Path, gateways: list[GatewayProcess], name: str, *args: str
+) -> GatewayProcess:
+    """A gateway in ``tmp_path / name`` whose catalog has one x11vnc desktop type on the ssh
+    node (this machine, logged in to over ssh); stopped by the ``gateways`` fixture."""
+    require_binaries("bash", "setsid", "Xvfb", "x11vnc", "xauth")
+    gateway = start_gateway(
+        tmp_path / name, ssh_catalog(ssh_node, tmp_path), "--linger", str(LINGER), *args
+    )
+    gateways.append(gateway)
+    return gateway
+
+
 def ssh_catalog(ssh_node: SshNode, tmp_path: Path) -> Path:
-    """A catalog of one x11vnc desktop type on the ssh node (this machine, logged in to over
-    ssh)."""
+    """The catalog of :func:`ssh_gateway`, written once in ``tmp_path / "config"``."""
     config = tmp_path / "config" / "external_services.json"
+    if config.exists():
+        return config
     config.parent.mkdir()
     config.write_text(
         json.dumps(
@@ -452,10 +466,7 @@ def ssh_catalog(ssh_node: SshNode, tmp_path: Path) -> Path:
 async def test_an_ssh_host_session_through_the_gateway_is_stopped_on_the_host_when_left(
     ssh_node: SshNode, tmp_path: Path, gateways: list[GatewayProcess]
 ) -> None:
-    require_binaries("bash", "setsid", "Xvfb", "x11vnc", "xauth")
-    config = ssh_catalog(ssh_node, tmp_path)
-    gateway = start_gateway(tmp_path / "run", config, "--linger", str(LINGER))
-    gateways.append(gateway)
+    gateway = ssh_gateway(ssh_node, tmp_path, gateways, "run")
     token = reserve(gateway, SSH_TYPE)
     vnc_port = 5900 + ssh_node.display
 
@@ -506,10 +517,7 @@ async def test_an_ssh_host_session_through_the_gateway_is_stopped_on_the_host_wh
 async def test_a_killed_gateway_re_adopts_the_desktop_on_the_ssh_host(
     ssh_node: SshNode, tmp_path: Path, gateways: list[GatewayProcess]
 ) -> None:
-    require_binaries("bash", "setsid", "Xvfb", "x11vnc", "xauth")
-    config = ssh_catalog(ssh_node, tmp_path)
-    first = start_gateway(tmp_path / "first", config, "--linger", str(LINGER))
-    gateways.append(first)
+    first = ssh_gateway(ssh_node, tmp_path, gateways, "first")
     token = reserve(first, SSH_TYPE)
     _, ws = await connect(first, token)
     state = x11_state_dir(ssh_node.display)
@@ -521,15 +529,9 @@ async def test_a_killed_gateway_re_adopts_the_desktop_on_the_ssh_host(
     await ws.close()
     # The desktop does not depend on the gateway process.
     assert is_running(x11vnc)
-    second = start_gateway(
-        tmp_path / "second",
-        config,
-        "--linger",
-        str(LINGER),
-        "--data-dir",
-        str(tmp_path / "first" / "data"),
+    second = ssh_gateway(
+        ssh_node, tmp_path, gateways, "second", "--data-dir", str(tmp_path / "first" / "data")
     )
-    gateways.append(second)
 
     # The same token reaches the same desktop, and the gateway answers its VNC password again
     # (connect() offers no password of its own): read back from the node over ssh.
