@@ -14,6 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import websockets
+import websockets.exceptions
+import websockets.sync.client
+
 from gateway import GatewayProcess, gateway_env
 from support import scaled
 
@@ -162,3 +166,36 @@ def logged_in(gateway: GatewayProcess, account: Account) -> Browser:
     assert page.status == 302, page.text
     assert "sessionid" in browser.cookies
     return browser
+
+
+def ws_url(gateway: GatewayProcess, query: str) -> str:
+    return f"ws://127.0.0.1:{gateway.port}/websockify?{query}"
+
+
+def open_socket(
+    gateway: GatewayProcess,
+    query: str,
+    browser: Browser | None,
+    origin: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> bytes | tuple[int, str]:
+    """The first message of the tunnel's WebSocket (with ``browser``'s cookies and origin, and
+    ``headers``), or how it was closed (code, reason)."""
+    headers = dict(headers or {})
+    if browser is not None and browser.cookies:
+        headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in browser.cookies.items())
+    if origin is None and browser is not None:
+        origin = browser.origin
+    with websockets.sync.client.connect(
+        ws_url(gateway, query),
+        subprotocols=[websockets.Subprotocol("binary")],
+        additional_headers=headers,
+        origin=websockets.Origin(origin) if origin else None,
+        open_timeout=scaled(10),
+    ) as ws:
+        try:
+            message = ws.recv(timeout=scaled(10))
+        except websockets.exceptions.ConnectionClosed as closed:
+            frame = closed.rcvd
+            return (frame.code, frame.reason) if frame is not None else (1006, "")
+        return message if isinstance(message, bytes) else message.encode()

@@ -124,6 +124,19 @@ def test_admin_users_are_staff_and_superusers(data_dir: Path) -> None:
     assert password_matches(row[0], PASSWORD)
 
 
+def test_a_user_without_a_password_signs_in_through_single_sign_on_only(data_dir: Path) -> None:
+    result = vizgate(data_dir, "user", "add", "sso-user", "--no-password", "--admin")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (
+        "created user sso-user (administrator; no password: signs in through single sign-on)\n"
+    )
+    row = user_row(data_dir, "sso-user")
+    assert row is not None
+    # Django's mark of an unusable password: no password ever matches it.
+    assert row[0].startswith("!")
+    assert row[1:] == (1, 1)
+
+
 def test_passwords_never_come_from_the_command_line(data_dir: Path) -> None:
     result = vizgate(data_dir, "user", "add", "bob", "--password", PASSWORD)
     assert result.returncode == 2

@@ -21,11 +21,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import websockets.exceptions
-import websockets.sync.client
 
 from gateway import GatewayProcess, gateway_env, start_gateway, wait_listening, write_config
-from portal_client import Account, Browser, Page, create_accounts, logged_in
+from portal_client import (
+    Account,
+    Browser,
+    Page,
+    create_accounts,
+    logged_in,
+    open_socket,
+)
 from snapshots import session_info
 from support import require_binaries, scaled, wait_until
 from vizgate.sessions import SessionInfo
@@ -335,34 +340,6 @@ def test_the_reserve_api_refuses_gated_types_with_403(gateway: GatewayProcess) -
 
 # ---------------------------------------------------------------------------------------
 # The tunnel's authorizer
-
-
-def ws_url(gateway: GatewayProcess, query: str) -> str:
-    return f"ws://127.0.0.1:{gateway.port}/websockify?{query}"
-
-
-def open_socket(
-    gateway: GatewayProcess, query: str, browser: Browser | None, origin: str | None = None
-) -> bytes | tuple[int, str]:
-    """The first message of a WebSocket, or how it was closed (code, reason)."""
-    headers: dict[str, str] = {}
-    if browser is not None and browser.cookies:
-        headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in browser.cookies.items())
-    if origin is None and browser is not None:
-        origin = browser.origin
-    with websockets.sync.client.connect(
-        ws_url(gateway, query),
-        subprotocols=[websockets.Subprotocol("binary")],
-        additional_headers=headers,
-        origin=websockets.Origin(origin) if origin else None,
-        open_timeout=scaled(10),
-    ) as ws:
-        try:
-            message = ws.recv(timeout=scaled(10))
-        except websockets.exceptions.ConnectionClosed as closed:
-            frame = closed.rcvd
-            return (frame.code, frame.reason) if frame is not None else (1006, "")
-        return message if isinstance(message, bytes) else message.encode()
 
 
 def test_a_portal_session_opens_only_for_its_owner(

@@ -133,7 +133,7 @@ def create_group(name: str) -> bool:
 
 def create_user(
     name: str,
-    password: str,
+    password: str | None,
     *,
     groups: Iterable[str] = (),
     admin: bool = False,
@@ -143,7 +143,8 @@ def create_user(
 
     Args:
         name: the user name (letters, digits and ``@.+-_``, as Django allows).
-        password: the password; only its hash is stored.
+        password: the password; only its hash is stored. None for no usable password: the
+            user signs in through single sign-on only (:mod:`vizgate.web.single_sign_on`).
         groups: groups the user joins; each must exist (:func:`create_group`).
         admin: an administrator: may use every session type, sees every session, may end any,
             and may use the Django admin (``is_staff`` and ``is_superuser``).
@@ -158,7 +159,7 @@ def create_user(
     from django.db import transaction
 
     _validate_username(name)
-    if validate:
+    if validate and password is not None:
         _validate_password(password, name)
     wanted = sorted(set(groups))
     with transaction.atomic():

@@ -255,7 +255,8 @@ def _add_user(subparsers: _Subparsers) -> None:
     add = actions.add_parser(
         "add",
         help="create a user",
-        description="Create the user NAME with a password read from the terminal (or stdin).",
+        description="Create the user NAME with a password read from the terminal (or stdin), "
+        "or with none (--no-password).",
     )
     add.add_argument("name", metavar="NAME", help="the user name")
     add.add_argument(
@@ -270,6 +271,12 @@ def _add_user(subparsers: _Subparsers) -> None:
         action="store_true",
         help="an administrator: may use every session type, sees and ends every session, "
         "and may use the admin pages",
+    )
+    add.add_argument(
+        "--no-password",
+        action="store_true",
+        help="no password: the user signs in only through the single sign-on proxy "
+        "(vizgate serve --remote-user-header)",
     )
     _add_data_dir(add)
     add.set_defaults(func=_run_user_add)
@@ -333,7 +340,11 @@ def _run_user_add(args: argparse.Namespace) -> int:
                 + ", ".join(repr(group) for group in missing)
                 + " (create it with 'vizgate group add NAME')"
             )
-        password = accounts.read_password(prompt=f"Password for {args.name}: ")
+        password = (
+            None
+            if args.no_password
+            else accounts.read_password(prompt=f"Password for {args.name}: ")
+        )
         accounts.create_user(args.name, password, groups=args.group, admin=args.admin)
     except accounts.AccountError as exc:
         print(f"vizgate user add: {exc}", file=sys.stderr)
@@ -343,6 +354,8 @@ def _run_user_add(args: argparse.Namespace) -> int:
         details.append("groups: " + ", ".join(sorted(set(args.group))))
     if args.admin:
         details.append("administrator")
+    if args.no_password:
+        details.append("no password: signs in through single sign-on")
     print(f"created user {args.name}" + (f" ({'; '.join(details)})" if details else ""))
     return EXIT_OK
 

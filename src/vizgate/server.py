@@ -40,6 +40,12 @@ from vizgate.exceptions import ConfigError, ScriptError
 from vizgate.fastpath import TakeoverProtocol
 from vizgate.lifecycle import Timeouts
 from vizgate.logs import configure_logging
+from vizgate.web.proxy_trust import (
+    add_single_sign_on_arguments,
+    logout_url_problem,
+    single_sign_on_of,
+    trusted_proxy_layers,
+)
 
 __all__ = [
     "EXIT_FAILURE",
@@ -254,6 +260,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="a host name browsers use to reach this server; repeat for more (default: the "
         "--host address, localhost and 127.0.0.1)",
     )
+    add_single_sign_on_arguments(parser)
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -283,6 +290,17 @@ def run_serve(args: argparse.Namespace) -> int:
 
     security_token = _take_security_token(args.security_token)
     https = bool(args.cert)
+    # uvicorn's default, read here so that the identity headers are trusted from the same proxies.
+    trusted_proxies = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
+    try:
+        single_sign_on = single_sign_on_of(args, trusted_proxies)
+    except ValueError as exc:
+        _complain(str(exc))
+        return EXIT_USAGE
+    logout_problem = logout_url_problem(args.logout_url)
+    if logout_problem is not None:
+        _complain(f"--logout-url: {logout_problem}")
+        return EXIT_USAGE
 
     from vizgate.web import default_data_dir, setup_django
 
@@ -296,7 +314,12 @@ def run_serve(args: argparse.Namespace) -> int:
         )
     try:
         setup_django(
-            data_dir.resolve(), allowed_hosts=allowed_hosts, https=https, url_prefix=args.url_prefix
+            data_dir.resolve(),
+            allowed_hosts=allowed_hosts,
+            https=https,
+            url_prefix=args.url_prefix,
+            single_sign_on=single_sign_on,
+            logout_url=args.logout_url,
         )
     except OSError as exc:
         _complain(f"cannot use the data directory {data_dir}: {exc.strerror or exc}")
@@ -329,7 +352,12 @@ def run_serve(args: argparse.Namespace) -> int:
         broker, stop_sessions_on_exit=args.stop_sessions_on_exit, url_prefix=args.url_prefix
     )
     config = uvicorn.Config(
-        application,
+        trusted_proxy_layers(
+            application, trusted_proxies, single_sign_on.headers if single_sign_on else ()
+        ),
+        # trusted_proxy_layers reads X-Forwarded-* (and the identity headers) itself.
+        proxy_headers=False,
+        forwarded_allow_ips=trusted_proxies,
         loop="uvloop",
         http="httptools",
         ws=WS_IMPLEMENTATION,

@@ -12,6 +12,10 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from vizgate.web.proxy_trust import SingleSignOn
 
 __all__ = ["SETTINGS_MODULE", "default_data_dir", "setup_django"]
 
@@ -35,6 +39,8 @@ def setup_django(
     allowed_hosts: Sequence[str],
     https: bool = False,
     url_prefix: str = "",
+    single_sign_on: SingleSignOn | None = None,
+    logout_url: str = "",
     migrate: bool = True,
 ) -> None:
     """Configure and set up Django for this process, and bring the database up to date.
@@ -45,6 +51,8 @@ def setup_django(
         allowed_hosts: the host names the server answers to (Django's ``ALLOWED_HOSTS``).
         https: the server speaks https, so cookies are marked ``Secure``.
         url_prefix: the path the gateway is served under (``/vizgate``), or "".
+        single_sign_on: how a trusted proxy names the signed-in user, if it does.
+        logout_url: where the browser goes after logging out ("": the login page).
         migrate: apply migrations (quietly).
 
     Raises:
@@ -55,6 +63,11 @@ def setup_django(
     os.environ["VIZGATE_ALLOWED_HOSTS"] = ",".join(allowed_hosts)
     os.environ["VIZGATE_HTTPS"] = "1" if https else ""
     os.environ["VIZGATE_URL_PREFIX"] = url_prefix
+    os.environ["VIZGATE_LOGOUT_URL"] = logout_url
+    for name in ("VIZGATE_REMOTE_USER_HEADER", "VIZGATE_REMOTE_GROUPS_HEADER"):
+        os.environ.pop(name, None)
+    if single_sign_on is not None:
+        os.environ.update(single_sign_on.environment())
     # Unconditionally: a DJANGO_SETTINGS_MODULE left in the shell by another project must not
     # turn vizgate into that project.
     os.environ["DJANGO_SETTINGS_MODULE"] = SETTINGS_MODULE

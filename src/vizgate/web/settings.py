@@ -11,6 +11,9 @@ They are read from a few environment variables, which ``vizgate serve`` sets (th
     Non-empty when the server speaks https.
 ``VIZGATE_URL_PREFIX``
     The path the gateway is served under behind a reverse proxy (``/vizgate``), or empty.
+``VIZGATE_REMOTE_USER_HEADER``, ``VIZGATE_REMOTE_GROUPS_HEADER``,
+``VIZGATE_REMOTE_GROUPS_SEPARATOR``, ``VIZGATE_REMOTE_USER_CREATE``, ``VIZGATE_LOGOUT_URL``
+    Single sign-on through an authenticating reverse proxy (:mod:`vizgate.web.single_sign_on`).
 ``VIZGATE_DATABASE_URL``
     Set by the admin, not by the server: the database, when not SQLite in the data
     directory (see :mod:`vizgate.web.database`).
@@ -79,6 +82,24 @@ Django builds every URL under it from the request (:class:`vizgate.web.asgi.Gate
 ASGI ``root_path``); the cookies are scoped to it, so other applications on the same host name
 do not receive them."""
 
+VIZGATE_REMOTE_USER_HEADER: str = os.environ.get("VIZGATE_REMOTE_USER_HEADER", "")
+"""The header in which a trusted proxy names the signed-in user (``--remote-user-header``);
+"" for no single sign-on."""
+
+VIZGATE_REMOTE_GROUPS_HEADER: str = os.environ.get("VIZGATE_REMOTE_GROUPS_HEADER", "")
+"""The header in which a trusted proxy lists the user's groups (``--remote-groups-header``);
+"" to manage groups in vizgate."""
+
+VIZGATE_REMOTE_GROUPS_SEPARATOR: str = os.environ.get("VIZGATE_REMOTE_GROUPS_SEPARATOR") or ","
+"""What separates the groups in the groups header."""
+
+VIZGATE_REMOTE_USER_CREATE: bool = os.environ.get("VIZGATE_REMOTE_USER_CREATE", "1") == "1"
+"""Create the account of a user the proxy names at the first visit (else refuse unknown users)."""
+
+VIZGATE_LOGOUT_URL: str = os.environ.get("VIZGATE_LOGOUT_URL", "")
+"""Where the browser goes after logging out of the portal (``--logout-url``), e.g. the proxy's
+own logout; "" for the portal's login page."""
+
 VIZGATE_DEFAULT_ALLOWED_HOSTS: list[str] = ["localhost", "127.0.0.1", "[::1]"]
 """Host names allowed when ``VIZGATE_ALLOWED_HOSTS`` is not set."""
 
@@ -111,6 +132,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    *(["vizgate.web.single_sign_on.SingleSignOnMiddleware"] if VIZGATE_REMOTE_USER_HEADER else []),
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "vizgate.web.csp.ContentSecurityPolicyMiddleware",
@@ -157,11 +179,14 @@ USE_TZ = True
 STATIC_URL = "static/"
 
 # Every username/password check goes through the failed-login throttle.
-AUTHENTICATION_BACKENDS = ["vizgate.web.portal.throttle.ThrottledModelBackend"]
+AUTHENTICATION_BACKENDS = [
+    "vizgate.web.portal.throttle.ThrottledModelBackend",
+    *(["vizgate.web.single_sign_on.SingleSignOnBackend"] if VIZGATE_REMOTE_USER_HEADER else []),
+]
 
 LOGIN_URL = "portal:login"
 LOGIN_REDIRECT_URL = "portal:catalogue"
-LOGOUT_REDIRECT_URL = "portal:login"
+LOGOUT_REDIRECT_URL = VIZGATE_LOGOUT_URL or "portal:login"
 
 # The session cookie is all a browser needs to open its user's desktops: never readable from
 # scripts, never sent by cross-site subrequests.

@@ -12,6 +12,9 @@ the session:
 * otherwise a token from ``/v1/reserve`` is a bearer token, as the seed defines: whoever
   presents it may connect.
 
+With single sign-on (:mod:`vizgate.web.single_sign_on`), a cookie whose user is not the one the
+trusted proxy names is not believed either.
+
 The cookie is believed only when the WebSocket's ``Origin`` is the gateway's own origin (or one
 of ``CSRF_TRUSTED_ORIGINS``) on an allowed host name. Browsers send cookies with WebSocket
 requests from any page, and cookies are not bound to a port; without this check another page
@@ -53,6 +56,9 @@ logger = logging.getLogger(__name__)
 CROSS_ORIGIN_REFUSAL = "refused: the page is not from this gateway (cross-origin WebSocket)"
 LOGIN_REFUSAL = "log in to the portal to open this session"
 OWNER_REFUSAL = "this session belongs to another user"
+SIGNED_IN_ELSEWHERE_REFUSAL = (
+    "another user has signed in at the site's login in this browser: reload the page"
+)
 SHARE_ENDED_REFUSAL = "the share link to this session has expired or was withdrawn"
 
 
@@ -160,6 +166,11 @@ async def viewer_of_scope(scope: Mapping[str, Any]) -> Viewer:
     user = await aget_user(request)
     if not user.is_authenticated:
         return Viewer()
+    if settings.VIZGATE_REMOTE_USER_HEADER:
+        # The guard has removed the header unless a trusted proxy sent it.
+        signed_in = headers.get(settings.VIZGATE_REMOTE_USER_HEADER.lower())
+        if signed_in is not None and signed_in.strip() != user.get_username():
+            return Viewer(cookie_refused=SIGNED_IN_ELSEWHERE_REFUSAL)
     shares = await request.session.aget(SHARES_KEY)
     return Viewer(
         username=user.get_username(),
