@@ -69,3 +69,11 @@ def gateways() -> Iterator[list[GatewayProcess]]:
     for gateway in started:
         gateway.stop()
         assert gateway.process.poll() is not None
+
+
+@pytest.fixture
+def cluster(slurm_cluster: SlurmCluster, monkeypatch: pytest.MonkeyPatch) -> SlurmCluster:
+    """The cluster, with ``SLURM_CONF`` set for this process (the broker's threads use it)."""
+    for key, value in slurm_cluster.env.items():
+        monkeypatch.setenv(key, value)
+    return slurm_cluster

@@ -1,11 +1,12 @@
 """A real single-node Slurm cluster for tests, started as root in a folder of the test run.
 
-:func:`start_cluster` starts a private ``munged`` (its own key and socket in the folder, so the
+:func:`start_cluster` starts a private ``munged`` (its own key, and its own socket, so the
 cluster neither needs nor disturbs a machine-wide MUNGE), then ``slurmctld`` and ``slurmd`` with
-a generated ``slurm.conf`` whose ports the OS chose and whose state, spool, pid and log files all
-live in the folder; it returns once ``sinfo`` reports the node idle. The Slurm commands find the
-cluster through ``SLURM_CONF`` (:attr:`SlurmCluster.env`), so several clusters can run side by
-side on one machine.
+a generated ``slurm.conf`` whose ports the OS chose and whose state, pid and log files all live
+in the folder (the config, the socket and slurmd's spool in one beside it that every user may
+reach); it returns once ``sinfo`` reports the node idle. The Slurm commands find the cluster
+through ``SLURM_CONF`` (:attr:`SlurmCluster.env`), so several clusters can run side by side on
+one machine.
 
 :func:`stop_cluster` cancels the cluster's jobs, stops every daemon by its PID and checks that no
 process of the cluster is left. Import it with ``from slurm_cluster import start_cluster``.
@@ -66,13 +67,13 @@ class SlurmCluster:
     """A running test cluster.
 
     Attributes:
-        folder: everything of the cluster lives here (config, state, spool, logs, sockets).
-        conf: its ``slurm.conf``.
+        folder: the cluster's state and logs live here.
+        conf: its ``slurm.conf``, readable by every user, beside the munge socket.
         node: the one node's name (this machine's short host name).
         partition: the default partition's name.
         env: what a process needs in its environment to use the cluster (``SLURM_CONF``).
-        munge_socket: the private munged's socket (in a folder of its own, see
-            :func:`start_cluster`).
+        munge_socket: the private munged's socket (in a folder of its own with the config,
+            see :func:`start_cluster`).
         pids: daemon name -> PID, for the daemons this cluster started.
     """
 
@@ -189,7 +190,7 @@ def _stop_pid(pid: int, comm: str, timeout: float = _DAEMON_STOP_TIMEOUT) -> boo
     return False
 
 
-def _slurm_conf(folder: Path, node: str, partition: str, munge_socket: Path) -> str:
+def _slurm_conf(folder: Path, public: Path, node: str, partition: str) -> str:
     # At least 4 CPUs, whatever the machine has, so that concurrent test jobs (one CPU each)
     # never queue behind each other; config_overrides keeps slurmd from draining the node for
     # having fewer CPUs than configured.
@@ -205,7 +206,7 @@ def _slurm_conf(folder: Path, node: str, partition: str, munge_socket: Path) -> 
             "SlurmdUser=root",
             "AuthType=auth/munge",
             "CredType=cred/munge",
-            f"AuthInfo=socket={munge_socket}",
+            f"AuthInfo=socket={public / 'munge.socket'}",
             "ProctrackType=proctrack/linuxproc",
             "TaskPlugin=task/none",
             "SelectType=select/cons_tres",
@@ -217,7 +218,7 @@ def _slurm_conf(folder: Path, node: str, partition: str, munge_socket: Path) -> 
             "MailProg=/bin/true",
             "SlurmdParameters=config_overrides",
             f"StateSaveLocation={folder / 'state'}",
-            f"SlurmdSpoolDir={folder / 'spool'}",
+            f"SlurmdSpoolDir={public / 'spool'}",
             f"SlurmctldPidFile={folder / 'slurmctld.pid'}",
             f"SlurmdPidFile={folder / 'slurmd.pid'}",
             f"SlurmctldLogFile={folder / 'slurmctld.log'}",
@@ -247,17 +248,20 @@ def start_cluster(folder: Path, timeout: float = 30.0) -> SlurmCluster:
         RuntimeError: a daemon did not start or the node did not become idle.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    for sub in ("state", "spool"):
-        (folder / sub).mkdir(mode=0o700, exist_ok=True)
+    (folder / "state").mkdir(mode=0o700, exist_ok=True)
     node = socket.gethostname().split(".")[0]
     partition = "debug"
-    # munged insists that everyone may traverse its socket's folder, which a test's temporary
-    # folder (0700 under a 0700 parent) does not allow: the socket gets a folder of its own.
-    socket_folder = Path(tempfile.mkdtemp(prefix="vizgate-munge-"))
-    socket_folder.chmod(0o711)
-    munge_socket = socket_folder / "munge.socket"
-    conf = folder / "slurm.conf"
-    conf.write_text(_slurm_conf(folder, node, partition, munge_socket))
+    # munged insists that everyone may traverse its socket's folder, and users other than root
+    # read slurm.conf when they submit jobs; a test's temporary folder (0700 under a 0700
+    # parent) allows neither, so both get a folder of their own.
+    # So does slurmd's spool, from which jobs run their batch scripts as their users.
+    public = Path(tempfile.mkdtemp(prefix="vizgate-slurm-"))
+    public.chmod(0o711)
+    (public / "spool").mkdir(mode=0o755)
+    munge_socket = public / "munge.socket"
+    conf = public / "slurm.conf"
+    conf.write_text(_slurm_conf(folder, public, node, partition))
+    conf.chmod(0o644)
     cluster = SlurmCluster(
         folder=folder,
         conf=conf,
@@ -328,9 +332,9 @@ def running_job_ids(cluster: SlurmCluster) -> list[str]:
 
 
 def cluster_processes(cluster: SlurmCluster) -> dict[int, str]:
-    """Live processes that belong to the cluster: its folder or config in their command line or
-    environment (daemons, slurmstepd, job processes). PID -> command line."""
-    return processes_mentioning(cluster.folder)
+    """Live processes that belong to the cluster: its folders (the config's too) in their
+    command line or environment (daemons, slurmstepd, job processes). PID -> command line."""
+    return {**processes_mentioning(cluster.folder), **processes_mentioning(cluster.conf.parent)}
 
 
 def processes_mentioning(path: Path) -> dict[int, str]:
@@ -363,7 +367,10 @@ def stop_cluster(cluster: SlurmCluster) -> None:
     """
     problems: list[str] = []
     if "slurmctld" in cluster.pids:
-        cluster.run("scancel", "--full", "--user", "root")
+        with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
+            jobs = running_job_ids(cluster)
+            if jobs:
+                cluster.run("scancel", "--full", *jobs)
         try:
             _wait_for(
                 lambda: not running_job_ids(cluster), _DAEMON_STOP_TIMEOUT, "jobs still listed"

@@ -24,12 +24,19 @@ from typing import Any
 import pytest
 
 import vizgate.launchers.slurm as slurm_launcher
-from rfb_client import RfbClient
 from slurm_cluster import (
     DOWN_PARTITION,
     SHORT_PARTITION,
     SlurmCluster,
     processes_mentioning,
+)
+from slurm_sessions import (
+    JOB_NAME_0,
+    SIZE,
+    TYPE,
+    handshake_through_bridge,
+    jobs_named,
+    write_catalog,
 )
 from support import (
     await_until,
@@ -45,24 +52,10 @@ from vizgate.catalog import load_catalog
 from vizgate.exceptions import ReservationError, ScriptError, StartError
 from vizgate.launchers.slurm import JOB_SCRIPT, SlurmSession, job_script_said, realize_service
 from vizgate.launchers.slurm_commands import JobStatus, job_environment, job_status
-from vizgate.rfb import RfbBridge
 from vizgate.vnc_password import read_vnc_password_file, write_vnc_password_file
-
-TYPE = "Slurm Desktop"
-JOB_NAME_0 = "vizgate-Slurm_Desktop-0"
-SIZE = "800x600"
-
 
 # ---------------------------------------------------------------------------------------
 # Fixtures
-
-
-@pytest.fixture
-def cluster(slurm_cluster: SlurmCluster, monkeypatch: pytest.MonkeyPatch) -> SlurmCluster:
-    """The cluster, with ``SLURM_CONF`` set for this process (the broker's threads use it)."""
-    for key, value in slurm_cluster.env.items():
-        monkeypatch.setenv(key, value)
-    return slurm_cluster
 
 
 @pytest.fixture
@@ -81,80 +74,6 @@ def state_dir(tmp_path: Path) -> Iterator[Path]:
     for pid in leaked:
         kill_pid_tree(pid)
     assert not leaked, f"processes of sessions in {folder} still running: {leaked}"
-
-
-def write_catalog(folder: Path, state_dir: Path, count: int = 1, **options: Any) -> Path:
-    options = {
-        "sizes": [SIZE, "1024x768"],
-        "state_dir": str(state_dir),
-        "linger": 0.2,
-        "start_timeout": 30,
-        **options,
-    }
-    path = folder / "external_services.json"
-    path.write_text(
-        json.dumps({TYPE: {"script": "builtin:slurm", "count": count, "options": options}})
-    )
-    return path
-
-
-def jobs_named(cluster: SlurmCluster, name: str) -> list[str]:
-    """States of the cluster's unfinished jobs called ``name``."""
-    result = cluster.run("squeue", "-h", "-n", name, "-o", "%T")
-    assert result.returncode == 0, result.stderr
-    return result.stdout.split()
-
-
-class BridgedVnc:
-    """A byte source for :class:`RfbClient` that goes through the gateway's RFB bridge.
-
-    The test client speaks to the bridge as a browser would (security None); the bridge answers
-    the VNC server's password challenge with the session's password, as the tunnel does.
-    """
-
-    def __init__(
-        self, bridge: RfbBridge, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        self.bridge = bridge
-        self.reader = reader
-        self.writer = writer
-
-    async def _flush(self) -> None:
-        if self.bridge.failure:
-            raise AssertionError(f"RFB bridge failed: {self.bridge.failure}")
-        data = self.bridge.data_to_server()
-        if data:
-            self.writer.write(data)
-            await self.writer.drain()
-
-    async def read(self) -> bytes:
-        while True:
-            await self._flush()
-            data = self.bridge.data_to_client()
-            if data:
-                return data
-            chunk = await self.reader.read(65536)
-            if not chunk:
-                self.bridge.receive_eof_from_server()
-                await self._flush()
-                raise EOFError("the VNC server closed the connection")
-            self.bridge.receive_from_server(chunk)
-
-    async def write(self, data: bytes) -> None:
-        self.bridge.receive_from_client(data)
-        await self._flush()
-
-
-async def handshake_through_bridge(host: str, port: int, password: bytes) -> RfbClient:
-    """The full RFB handshake up to ServerInit, with the gateway answering the password."""
-    reader, writer = await asyncio.open_connection(host, port)
-    try:
-        client = RfbClient(BridgedVnc(RfbBridge(password), reader, writer))
-        await asyncio.wait_for(client.handshake(), scaled(10))
-        return client
-    finally:
-        writer.close()
-        await writer.wait_closed()
 
 
 # ---------------------------------------------------------------------------------------
@@ -285,6 +204,14 @@ def test_sbatch_command_leaves_out_what_is_not_configured(tmp_path: Path) -> Non
             {"start_timeout": 0},
             "option 'start_timeout' must be a positive number, not 0",
             id="start_timeout-zero",
+        ),
+        pytest.param(
+            {"run_as": "root"},
+            "option 'run_as' must be \"gateway\" or \"user\", not 'root'",
+            id="run_as",
+        ),
+        pytest.param(
+            {"min_uid": -1}, "option 'min_uid' must be a whole number from 0, not -1", id="min_uid"
         ),
     ],
 )

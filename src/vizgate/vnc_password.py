@@ -36,6 +36,7 @@ __all__ = [
     "obfuscate_vnc_password",
     "read_vnc_password_file",
     "vnc_auth_response",
+    "vnc_password_of",
     "write_vnc_password_file",
 ]
 
@@ -174,6 +175,17 @@ def read_vnc_password_file(path: str | Path) -> bytes:
         raise VncPasswordFileError(file, "no such file") from None
     except OSError as exc:
         raise VncPasswordFileError(file, f"cannot read it ({exc.strerror})") from None
+    return vnc_password_of(content, file)
+
+
+def vnc_password_of(content: bytes, file: str | Path) -> bytes:
+    """The (full-access) password a TigerVNC ``passwd`` file's ``content`` holds.
+
+    Raises:
+        VncPasswordFileError: ``content`` is of the wrong size or holds an empty password
+            (the error names ``file``).
+    """
+    file = Path(file)
     if len(content) not in _PASSWORD_FILE_SIZES:
         size = f"{len(content)} bytes" if len(content) <= max(_PASSWORD_FILE_SIZES) else "larger"
         raise VncPasswordFileError(

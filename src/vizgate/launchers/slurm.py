@@ -16,7 +16,9 @@ polls the job's state (reporting it, e.g. ``PENDING (Resources)``, with
 there. The gateway answers Xvnc's password challenge itself; the browser never sees the password.
 
 The session folder must therefore be visible from the compute nodes under the same path (home
-directories on a shared file system usually are). Jobs run as the user that runs vizgate.
+directories on a shared file system usually are). Jobs run as the user that runs vizgate, unless
+``run_as`` is ``"user"``: then each session's job, folder and files belong to the Unix account of
+its portal user (:mod:`vizgate.launchers.job_owner`).
 
 When a session cannot start, ``start()`` returns False after calling ``report_progress`` with a
 message for the person waiting that carries Slurm's state and reason (e.g. ``Slurm job 12 cannot
@@ -32,7 +34,12 @@ Options (the session type's ``options``; all optional):
   "--constraint=viz"]``. A list, never one string: nothing is split or given to a shell.
 * ``xvnc`` (str): the Xvnc program on the compute nodes; default ``Xvnc``.
 * ``state_dir`` (str): where session folders are made; default
-  ``~/.local/state/vizgate/slurm``. Must be shared with the compute nodes.
+  ``~/.local/state/vizgate/slurm`` (``~``: the home of the account the job runs as). Must be
+  shared with the compute nodes.
+* ``run_as`` (``"gateway"`` or ``"user"``): whose account the jobs run as; default
+  ``"gateway"``. ``"user"`` needs the gateway to run as root.
+* ``min_uid`` (int): with ``run_as`` ``"user"``, the lowest uid that may run sessions; default
+  1000. ``root`` never may.
 * ``start_timeout`` (seconds): the broker's start timeout (default 120 s); ``start()`` gives up
   (and cancels the job) a little before it, so that it can still say why.
 * ``sizes`` (list of ``WIDTHxHEIGHT``): the desktop sizes offered, read by vizgate itself.
@@ -51,20 +58,17 @@ read back from the folder).
 from __future__ import annotations
 
 import contextlib
-import math
-import os
 import re
 import secrets
-import shutil
 import socket
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from vizgate.launchers.job_owner import DEFAULT_MIN_UID, JobOwner, JobOwnerError, OwnerFiles
 from vizgate.launchers.slurm_commands import (
     ENDED_STATES,
     SlurmUnavailableError,
@@ -74,12 +78,9 @@ from vizgate.launchers.slurm_commands import (
     job_status,
     run_command,
 )
+from vizgate.launchers.slurm_options import check_options
 from vizgate.scripts import RemoteServiceScript
-from vizgate.vnc_password import (
-    VncPasswordFileError,
-    read_vnc_password_file,
-    write_vnc_password_file,
-)
+from vizgate.vnc_password import VncPasswordFileError, obfuscate_vnc_password, vnc_password_of
 from vizgate.window_sizes import DEFAULT_SIZES
 
 __all__ = [
@@ -134,12 +135,11 @@ _SIZE_RE = re.compile(r"[1-9][0-9]{0,4}x[1-9][0-9]{0,4}")
 _JOB_ID_RE = re.compile(r"[0-9]+")
 
 
-def _last_line(path: Path) -> str:
+def _last_line(files: OwnerFiles, path: Path) -> str:
     """The last non-blank line of the file's last 4 KiB (a job log's error, if any), or ``""``."""
-    with contextlib.suppress(OSError), path.open("rb") as stream:
-        stream.seek(0, os.SEEK_END)
-        stream.seek(max(0, stream.tell() - 4096))
-        lines = [line.strip() for line in stream.read().decode(errors="replace").splitlines()]
+    content = files.read(path, last=4096)
+    if content:
+        lines = [line.strip() for line in content.decode(errors="replace").splitlines()]
         lines = [line for line in lines if line]
         if lines:
             return lines[-1][:300]
@@ -175,46 +175,6 @@ def _safe_name(text: str) -> str:
     return cleaned[:40] or "session"
 
 
-def _check_options(options: Mapping[str, Any]) -> list[str]:
-    """Every problem with the launcher's options, as sentences naming the option."""
-    problems = []
-    for key in ("partition", "xvnc", "state_dir"):
-        value = options.get(key)
-        if value is not None and (not isinstance(value, str) or not value.strip()):
-            problems.append(f"option {key!r} must be a non-empty string, not {value!r}")
-    time_limit = options.get("time_limit")
-    if time_limit is not None and not (
-        (isinstance(time_limit, str) and time_limit.strip())
-        or (isinstance(time_limit, int) and not isinstance(time_limit, bool) and time_limit > 0)
-    ):
-        problems.append(
-            "option 'time_limit' must be a Slurm time such as \"8:00:00\" or a whole number of "
-            f"minutes, not {time_limit!r}"
-        )
-    sbatch_args = options.get("sbatch_args")
-    if sbatch_args is not None:
-        if isinstance(sbatch_args, str):
-            problems.append(
-                "option 'sbatch_args' must be a list of strings, one per argument (e.g. "
-                '["--gres=gpu:1", "--constraint=viz"]), not one string: it is never split'
-            )
-        elif not isinstance(sbatch_args, list | tuple) or not all(
-            isinstance(arg, str) and arg for arg in sbatch_args
-        ):
-            problems.append(
-                f"option 'sbatch_args' must be a list of non-empty strings, not {sbatch_args!r}"
-            )
-    start_timeout = options.get("start_timeout")
-    if start_timeout is not None and (
-        not isinstance(start_timeout, int | float)
-        or isinstance(start_timeout, bool)
-        or not math.isfinite(start_timeout)
-        or start_timeout <= 0
-    ):
-        problems.append(f"option 'start_timeout' must be a positive number, not {start_timeout!r}")
-    return problems
-
-
 class SlurmSession(RemoteServiceScript):
     """One instance of a session type whose sessions are Slurm jobs running Xvnc.
 
@@ -236,7 +196,7 @@ class SlurmSession(RemoteServiceScript):
         common_options: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(name, count=count, index=index, common_options=common_options)
-        problems = _check_options(self._common_options)
+        problems = check_options(self._common_options)
         if problems:
             raise ValueError("; ".join(problems))
         # The job this instance runs. poll() may be called from another thread than
@@ -244,15 +204,34 @@ class SlurmSession(RemoteServiceScript):
         self._job_lock = threading.Lock()
         self._job_id: str | None = None
         self._folder: Path | None = None
+        # The account the job and its folder belong to.
+        self._files = OwnerFiles(JobOwner.of_gateway())
 
     # -- options -------------------------------------------------------------------------------
 
     @property
     def state_dir(self) -> Path:
-        """Where this type's session folders are made (``~`` expanded)."""
-        return Path(
-            os.path.expanduser(str(self._common_options.get("state_dir") or DEFAULT_STATE_DIR))
+        """Where this type's session folders are made (``~``: the home of the account of the
+        session's job)."""
+        return self._files.owner.expand(
+            str(self._common_options.get("state_dir") or DEFAULT_STATE_DIR)
         )
+
+    @property
+    def runs_as_user(self) -> bool:
+        """Whether each session runs as its user's account (``run_as``: ``"user"``)."""
+        return self._common_options.get("run_as") == "user"
+
+    def job_owner(self, username: str) -> JobOwner:
+        """The account the session of the portal user ``username`` runs as.
+
+        Raises:
+            JobOwnerError: it cannot run as that user (see :meth:`JobOwner.of_user`).
+        """
+        if not self.runs_as_user:
+            return JobOwner.of_gateway()
+        min_uid = self._common_options.get("min_uid")
+        return JobOwner.of_user(username, min_uid=DEFAULT_MIN_UID if min_uid is None else min_uid)
 
     @property
     def start_timeout(self) -> float:
@@ -268,8 +247,8 @@ class SlurmSession(RemoteServiceScript):
         """``vizgate-<type>-<index>``, with the type reduced to characters safe in a job name."""
         return f"vizgate-{_safe_name(self._name)}-{self._index}"
 
-    def sbatch_command(self, folder: Path, size: str) -> list[str]:
-        """The ``sbatch`` argv submitting a session job for ``folder`` at ``size``.
+    def sbatch_command(self, folder: Path, size: str, script: Path = JOB_SCRIPT) -> list[str]:
+        """The ``sbatch`` argv submitting a session job (``script``) for ``folder`` at ``size``.
 
         The admin's ``sbatch_args`` come after vizgate's defaults (so they may override the job
         name, ``--export``, ...) but before ``--output`` and ``--chdir``, which the session
@@ -294,7 +273,7 @@ class SlurmSession(RemoteServiceScript):
             str(folder / "job.log"),
             "--chdir",
             str(folder),
-            str(JOB_SCRIPT),
+            str(script),
             str(folder),
             size,
             str(options.get("xvnc") or "Xvnc"),
@@ -331,22 +310,42 @@ class SlurmSession(RemoteServiceScript):
             return self._fail(f"invalid size {size!r}: expected WIDTHxHEIGHT, e.g. 1600x1200")
         deadline = time.monotonic() + self.start_budget()
         try:
-            folder = self._make_folder()
+            owner = self.job_owner(str(given.get("username") or ""))
+        except JobOwnerError as exc:
+            return self._fail(str(exc))
+        self._files = OwnerFiles(owner)
+        try:
+            folder = self._files.make_folder(
+                self.state_dir, f"{_safe_name(self._name)}-{self._index}-"
+            )
         except OSError as exc:
             return self._fail(f"cannot create a session folder in {self.state_dir}: {exc}")
         with self._job_lock:
             self._folder = folder
         password = secrets.token_urlsafe(6)  # 8 characters: all VNC authentication uses
         try:
-            write_vnc_password_file(folder / "passwd", password.encode())
+            self._files.write_new(folder / "passwd", obfuscate_vnc_password(password.encode()))
         except OSError as exc:
             self._cleanup()
             return self._fail(f"cannot write the VNC password file in {folder}: {exc}")
         self.set_password(password)
+        script = JOB_SCRIPT
+        if owner.switch:
+            # sbatch reads the script as the user, who may not reach the installed package.
+            script = folder / "job.sh"
+            try:
+                self._files.write_new(script, JOB_SCRIPT.read_bytes())
+            except OSError as exc:
+                self._cleanup()
+                return self._fail(f"cannot write the job script in {folder}: {exc}")
 
         self.report_progress("submitting the Slurm job")
         try:
-            result = run_command(self.sbatch_command(folder, size), env=job_environment())
+            result = run_command(
+                self.sbatch_command(folder, size, script),
+                env=owner.environment(job_environment()),
+                run_as=owner.run_options(),
+            )
         except SlurmUnavailableError as exc:
             self._cleanup()
             return self._fail(f"cannot submit the job: {exc}")
@@ -399,14 +398,17 @@ class SlurmSession(RemoteServiceScript):
     def get_state(self) -> dict[str, Any]:
         """What a restarted gateway needs to re-adopt the running job; ``{}`` when there is none.
 
-        Holds ``job_id``, ``folder``, ``host`` and ``port``: no secret (the VNC password stays
-        in the session folder, readable only by its owner).
+        Holds ``job_id``, ``folder``, ``host`` and ``port``, and ``user`` when the job runs as
+        its user: no secret (the VNC password stays in the session folder, readable only by its
+        owner).
         """
         with self._job_lock:
             job_id, folder = self._job_id, self._folder
         if job_id is None:
             return {}
         state: dict[str, Any] = {"job_id": job_id, "folder": str(folder) if folder else None}
+        if self._files.owner.switch:
+            state["user"] = self._files.owner.name
         host_port = self.host_port()
         if host_port is not None:
             state["host"], state["port"] = host_port
@@ -426,6 +428,7 @@ class SlurmSession(RemoteServiceScript):
             with self._job_lock:
                 self._job_id = None
                 self._folder = None
+            self._files = OwnerFiles(JobOwner.of_gateway())
             return
         job_id = state.get("job_id")
         if not isinstance(job_id, str) or not _JOB_ID_RE.fullmatch(job_id):
@@ -437,24 +440,30 @@ class SlurmSession(RemoteServiceScript):
             not isinstance(host, str) or not isinstance(port, int) or isinstance(port, bool)
         ):
             raise ValueError("load_state: host must be a string and port an integer")
+        user = state.get("user")
+        if user is not None and (not isinstance(user, str) or not user):
+            raise ValueError(f"load_state: user must be an account name, not {user!r}")
         # What the previous session reported does not belong to the adopted job.
         self.reset()
         if isinstance(host, str) and isinstance(port, int):
             self.set_host_port(host, port)
+        try:
+            self._files = OwnerFiles(self.job_owner(user) if user else JobOwner.of_gateway())
+        except JobOwnerError as exc:
+            # The account is gone or barred: the job can still be polled and cancelled, but
+            # its folder is left alone (it belongs to that account).
+            print(f"vizgate slurm [{self._name}#{self._index}]: {exc}", file=sys.stderr)
+            self._files = OwnerFiles(JobOwner.of_gateway())
+            folder = None
         if folder is not None:
+            content = self._files.read(folder / "passwd")
             with contextlib.suppress(VncPasswordFileError):
-                self.set_password(read_vnc_password_file(folder / "passwd"))
+                self.set_password(vnc_password_of(content or b"", folder / "passwd"))
         with self._job_lock:
             self._job_id = job_id
             self._folder = folder
 
     # -- internals -----------------------------------------------------------------------------
-
-    def _make_folder(self) -> Path:
-        base = self.state_dir
-        base.mkdir(mode=0o700, parents=True, exist_ok=True)
-        # mkdtemp: a fresh name (random suffix) created 0700, never an existing folder.
-        return Path(tempfile.mkdtemp(prefix=f"{_safe_name(self._name)}-{self._index}-", dir=base))
 
     def _fail(self, message: str) -> bool:
         """Report why the session did not start, to the user and to the admin; return False."""
@@ -476,7 +485,7 @@ class SlurmSession(RemoteServiceScript):
                     return self._fail(f"Slurm job {job_id} disappeared from the queue")
                 last = status.describe()
                 if status.state in ENDED_STATES or status.state == "COMPLETING":
-                    log_line = _last_line(folder / "job.log")
+                    log_line = _last_line(self._files, folder / "job.log")
                     message = f"Slurm job {job_id} ended before its VNC server was ready: {last}"
                     said = job_script_said(log_line)
                     if said:
@@ -492,7 +501,7 @@ class SlurmSession(RemoteServiceScript):
                 if status.state == "PENDING" and status.reason_code in NEVER_RUNS_REASONS:
                     return self._fail(f"Slurm job {job_id} cannot run: {last}")
                 if status.state == "RUNNING":
-                    connection = self._read_connection(folder)
+                    connection = self._read_connection(self._files, folder)
                     if connection is not None:
                         self.set_host_port(*connection)
                         self.report_progress(
@@ -509,13 +518,12 @@ class SlurmSession(RemoteServiceScript):
             time.sleep(min(_POLL_INTERVAL, remaining))
 
     @staticmethod
-    def _read_connection(folder: Path) -> tuple[str, int] | None:
+    def _read_connection(files: OwnerFiles, folder: Path) -> tuple[str, int] | None:
         """``(host, port)`` from the job's ``connection`` file, or None if it is not there."""
-        try:
-            text = (folder / "connection").read_text()
-        except OSError:
+        content = files.read(folder / "connection")
+        if content is None:
             return None
-        fields = text.split()
+        fields = content.decode(errors="replace").split()
         if len(fields) != 2 or not fields[1].isdigit() or not 0 < int(fields[1]) < 65536:
             return None
         return fields[0], int(fields[1])
@@ -528,7 +536,7 @@ class SlurmSession(RemoteServiceScript):
         if job_id is not None:
             self._cancel(job_id, host_port)
         if folder is not None:
-            shutil.rmtree(folder, ignore_errors=True)
+            self._files.remove_tree(folder)
         with self._job_lock:
             self._job_id = None
             self._folder = None

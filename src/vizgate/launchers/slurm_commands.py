@@ -28,6 +28,7 @@ import os
 import re
 import subprocess
 from collections.abc import Mapping
+from typing import Any
 
 __all__ = [
     "ENDED_STATES",
@@ -118,9 +119,11 @@ def job_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
 
 
 def run_command(
-    argv: list[str], env: Mapping[str, str] | None = None
+    argv: list[str], env: Mapping[str, str] | None = None, run_as: Mapping[str, Any] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """Run a Slurm command (an argv list, never a shell string).
+    """Run a Slurm command (an argv list, never a shell string); ``run_as`` holds
+    :func:`subprocess.run`'s ``user``, ``group`` and ``extra_groups`` to run it as another
+    account (:meth:`vizgate.launchers.job_owner.JobOwner.run_options`).
 
     Raises:
         SlurmUnavailableError: the program is missing or did not answer in time.
@@ -134,6 +137,7 @@ def run_command(
             timeout=_COMMAND_TIMEOUT,
             check=False,
             env=env,
+            **(run_as or {}),
         )
     except subprocess.TimeoutExpired:
         raise SlurmUnavailableError(

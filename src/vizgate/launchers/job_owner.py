@@ -1,0 +1,233 @@
+"""Who a cluster session runs as: the gateway's own account, or the account of its user.
+
+By default a launcher runs every session's job as the user that runs vizgate. On a site where
+many people use the gateway that is rarely what anyone wants: every desktop would be a shell of
+one shared account that can read the others' session files, Slurm's accounting and fair share
+would see one user, and nobody would see their own files. With ``"run_as": "user"`` the Slurm
+launcher runs each session as the Unix account named like its portal user (single sign-on makes
+them the same, :mod:`vizgate.web.single_sign_on`):
+
+* :meth:`JobOwner.of_user` finds the account (``pwd``) and refuses ``root`` and every account
+  below ``min_uid`` (1000 by default: system accounts never run desktops);
+* :class:`OwnerFiles` does everything on the session's folder as that account: the folder is
+  made in the account's own ``state_dir`` (``~`` is the account's home), the VNC password is
+  written there, and the job's files are read and removed, each by a small program run with the
+  account's user and group ids (``mkdir``, ``mktemp``, ``cat``, ``tail``, ``rm``). The gateway never
+  opens a file in a folder the user controls, so no link the user plants there can make it read
+  or remove anything else, and home directories that ``root_squash`` NFS exports work;
+* ``sbatch`` runs with the same ids and the account's ``HOME``, ``USER`` and ``LOGNAME``, so that
+  Slurm sees the user submit the job.
+
+Switching ids needs the gateway to run as root (the programs are started with
+:func:`subprocess.run`'s ``user``, ``group`` and ``extra_groups``); a gateway that does not says so
+when such a session starts. ``scancel`` and ``squeue`` stay the gateway's: root is a Slurm
+administrator.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+__all__ = [
+    "DEFAULT_MIN_UID",
+    "JobOwner",
+    "JobOwnerError",
+    "OwnerFiles",
+]
+
+#: The lowest uid that may run sessions unless ``min_uid`` says otherwise.
+DEFAULT_MIN_UID: Final = 1000
+
+# One file operation as the user may take this long (a slow shared file system).
+_FILE_TIMEOUT = 20.0
+
+
+class JobOwnerError(Exception):
+    """A session cannot run as its user; the message says why, for that user and the admin."""
+
+
+@dataclass(frozen=True)
+class JobOwner:
+    """A Unix account that sessions' jobs and files belong to.
+
+    Attributes:
+        name: the account's name.
+        uid: its user id.
+        gid: its primary group id.
+        groups: every group id it is in (for ``extra_groups``).
+        home: its home directory.
+        switch: whether commands must switch to it (False for the gateway's own account).
+    """
+
+    name: str
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+    home: str
+    switch: bool
+
+    @classmethod
+    def of_gateway(cls) -> JobOwner:
+        """The account vizgate runs as."""
+        uid = os.geteuid()
+        try:
+            entry = pwd.getpwuid(uid)
+        except KeyError:
+            return cls(str(uid), uid, os.getegid(), tuple(os.getgroups()), str(Path.home()), False)
+        return cls(entry.pw_name, uid, entry.pw_gid, tuple(os.getgroups()), entry.pw_dir, False)
+
+    @classmethod
+    def of_user(cls, name: str, *, min_uid: int = DEFAULT_MIN_UID) -> JobOwner:
+        """The account named ``name``, which sessions of the portal user ``name`` run as.
+
+        Raises:
+            JobOwnerError: no user name, no such account, an account that may not run
+                sessions (root, a uid below ``min_uid``), or a gateway that cannot switch to it.
+        """
+        if not name:
+            raise JobOwnerError(
+                "sessions of this type run as their user's own account: open it from the "
+                "portal, logged in"
+            )
+        try:
+            entry = pwd.getpwnam(name)
+        except KeyError:
+            raise JobOwnerError(f"there is no account {name!r} on the gateway's host") from None
+        if entry.pw_uid == 0 or entry.pw_uid < min_uid:
+            raise JobOwnerError(
+                f"the account {name!r} (uid {entry.pw_uid}) may not run sessions: only "
+                f"accounts from uid {max(min_uid, 1)} on may"
+            )
+        if os.geteuid() != 0:
+            raise JobOwnerError(
+                f"the gateway cannot run sessions as {name!r}: it must run as root to start "
+                "them as their users"
+            )
+        groups = tuple(os.getgrouplist(entry.pw_name, entry.pw_gid))
+        return cls(entry.pw_name, entry.pw_uid, entry.pw_gid, groups, entry.pw_dir, True)
+
+    def expand(self, path: str) -> Path:
+        """``path`` with a leading ``~`` meaning this account's home."""
+        if path == "~" or path.startswith("~/"):
+            return Path(self.home + path[1:])
+        return Path(path)
+
+    def environment(self, environ: Mapping[str, str]) -> dict[str, str]:
+        """``environ`` with this account's ``HOME``, ``USER`` and ``LOGNAME``."""
+        if not self.switch:
+            return dict(environ)
+        return {**environ, "HOME": self.home, "USER": self.name, "LOGNAME": self.name}
+
+    def run_options(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`subprocess.run` that start a program as this account."""
+        if not self.switch:
+            return {}
+        return {"user": self.uid, "group": self.gid, "extra_groups": list(self.groups)}
+
+
+class OwnerFiles:
+    """The session folder's files, handled as their owner (see the module's documentation).
+
+    For the gateway's own account these are plain file operations; for another account each is
+    a small program run as that account.
+    """
+
+    def __init__(self, owner: JobOwner) -> None:
+        self.owner = owner
+
+    def make_folder(self, base: Path, prefix: str) -> Path:
+        """A new folder (mode 0700, a random suffix after ``prefix``) in ``base``, which is
+        created (0700) if missing.
+
+        Raises:
+            OSError: it cannot be made; the message says why.
+        """
+        if not self.owner.switch:
+            base.mkdir(mode=0o700, parents=True, exist_ok=True)
+            return Path(tempfile.mkdtemp(prefix=prefix, dir=base))
+        made = self._run(
+            ["sh", "-c", 'umask 077 && mkdir -p -- "$1" && mktemp -d -- "$1/$2XXXXXXXX"', "sh",
+             str(base), prefix],
+        )  # fmt: skip
+        folder = made.stdout.decode(errors="replace").strip()
+        if made.returncode != 0 or not folder:
+            raise OSError(self._failure(made))
+        return Path(folder)
+
+    def write_new(self, path: Path, data: bytes) -> None:
+        """Create ``path`` (mode 0600; never an existing file) holding ``data``.
+
+        Raises:
+            OSError: it cannot be written.
+        """
+        if not self.owner.switch:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+            with os.fdopen(os.open(path, flags, 0o600), "wb") as stream:
+                stream.write(data)
+            return
+        # noclobber: the redirection refuses an existing file (or a link in its place).
+        written = self._run(
+            ["sh", "-c", 'umask 077 && set -C && cat > "$1"', "sh", str(path)], data
+        )
+        if written.returncode != 0:
+            raise OSError(self._failure(written))
+
+    def read(self, path: Path, *, last: int | None = None) -> bytes | None:
+        """What ``path`` holds (its ``last`` bytes only, if given), or None when it cannot be
+        read (missing, not yet written)."""
+        if not self.owner.switch:
+            try:
+                with path.open("rb") as stream:
+                    if last is not None:
+                        stream.seek(max(0, stream.seek(0, os.SEEK_END) - last))
+                    return stream.read()
+            except OSError:
+                return None
+        argv = (
+            ["cat", "--", str(path)] if last is None else ["tail", "-c", str(last), "--", str(path)]
+        )
+        try:
+            result = self._run(argv)
+        except OSError:
+            return None
+        return result.stdout if result.returncode == 0 else None
+
+    def remove_tree(self, path: Path) -> None:
+        """Remove ``path`` and everything in it (quietly: what cannot be removed stays)."""
+        if not self.owner.switch:
+            shutil.rmtree(path, ignore_errors=True)
+            return
+        with contextlib.suppress(OSError):
+            self._run(["rm", "-rf", "--", str(path)])
+
+    def _run(self, argv: list[str], data: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+        owner = self.owner
+        environment = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"}
+        try:
+            return subprocess.run(
+                argv,
+                input=data,
+                capture_output=True,
+                timeout=_FILE_TIMEOUT,
+                check=False,
+                env=owner.environment(environment),
+                cwd="/",
+                **owner.run_options(),
+            )
+        except subprocess.TimeoutExpired:
+            raise OSError(
+                f"{argv[0]} as {owner.name} did not finish within {_FILE_TIMEOUT:g} s"
+            ) from None
+
+    def _failure(self, result: subprocess.CompletedProcess[bytes]) -> str:
+        said = result.stderr.decode(errors="replace").strip().splitlines()
+        return f"as {self.owner.name}: " + (said[-1] if said else f"status {result.returncode}")

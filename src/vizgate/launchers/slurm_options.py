@@ -1,0 +1,59 @@
+"""The options of a Slurm session type (:mod:`vizgate.launchers.slurm`), checked when an
+instance is made, so that a bad catalog stops the gateway at start-up with every problem named."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["check_options"]
+
+
+def check_options(options: Mapping[str, Any]) -> list[str]:
+    """Every problem with the launcher's options (``options``: a session type's), as
+    sentences naming the option; ``[]`` when there is none."""
+    problems = []
+    for key in ("partition", "xvnc", "state_dir"):
+        value = options.get(key)
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            problems.append(f"option {key!r} must be a non-empty string, not {value!r}")
+    time_limit = options.get("time_limit")
+    if time_limit is not None and not (
+        (isinstance(time_limit, str) and time_limit.strip())
+        or (isinstance(time_limit, int) and not isinstance(time_limit, bool) and time_limit > 0)
+    ):
+        problems.append(
+            "option 'time_limit' must be a Slurm time such as \"8:00:00\" or a whole number of "
+            f"minutes, not {time_limit!r}"
+        )
+    sbatch_args = options.get("sbatch_args")
+    if sbatch_args is not None:
+        if isinstance(sbatch_args, str):
+            problems.append(
+                "option 'sbatch_args' must be a list of strings, one per argument (e.g. "
+                '["--gres=gpu:1", "--constraint=viz"]), not one string: it is never split'
+            )
+        elif not isinstance(sbatch_args, list | tuple) or not all(
+            isinstance(arg, str) and arg for arg in sbatch_args
+        ):
+            problems.append(
+                f"option 'sbatch_args' must be a list of non-empty strings, not {sbatch_args!r}"
+            )
+    run_as = options.get("run_as")
+    if run_as is not None and run_as not in ("gateway", "user"):
+        problems.append(f'option \'run_as\' must be "gateway" or "user", not {run_as!r}')
+    min_uid = options.get("min_uid")
+    if min_uid is not None and (
+        not isinstance(min_uid, int) or isinstance(min_uid, bool) or min_uid < 0
+    ):
+        problems.append(f"option 'min_uid' must be a whole number from 0, not {min_uid!r}")
+    start_timeout = options.get("start_timeout")
+    if start_timeout is not None and (
+        not isinstance(start_timeout, int | float)
+        or isinstance(start_timeout, bool)
+        or not math.isfinite(start_timeout)
+        or start_timeout <= 0
+    ):
+        problems.append(f"option 'start_timeout' must be a positive number, not {start_timeout!r}")
+    return problems
