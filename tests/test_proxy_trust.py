@@ -162,12 +162,17 @@ def test_single_sign_on_options() -> None:
             "--remote-groups-separator",
             ";",
             "--no-create-remote-users",
+            "--remote-admin-group",
+            " viz-admins ",
         ),
         "127.0.0.1,::1",
     )
-    assert sign_on == SingleSignOn("X-Remote-User", "X-Groups", ";", create_users=False)
+    assert sign_on == SingleSignOn(
+        "X-Remote-User", "X-Groups", ";", create_users=False, admin_group="viz-admins"
+    )
     assert sign_on.headers == ["X-Remote-User", "X-Groups"]
     assert sign_on.environment()["VIZGATE_REMOTE_USER_CREATE"] == "0"
+    assert sign_on.environment()["VIZGATE_REMOTE_ADMIN_GROUP"] == "viz-admins"
 
 
 @pytest.mark.parametrize(

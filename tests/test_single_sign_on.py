@@ -116,6 +116,23 @@ def test_membership_of_vizgates_groups_follows_the_groups_header(gateway: Gatewa
     assert "unknown-to-vizgate" not in gateway.output()
 
 
+def test_the_admin_group_of_the_groups_header_makes_administrators(tmp_path: Path) -> None:
+    gateway = start(tmp_path, *SSO, "--remote-admin-group", "viz-admins")
+    try:
+        browser = Browser(gateway.port)
+        page = browser.get("/", {USER: "grace", GROUPS: "staff,viz-admins"})
+        assert "(administrator)" in page.text
+        assert browser.get("/status/", {USER: "grace", GROUPS: "staff,viz-admins"}).status == 200
+        assert "grace is now an administrator (in viz-admins" in gateway.output()
+        # Out of the group at the directory: no longer an administrator at the next request.
+        page = browser.get("/", {USER: "grace", GROUPS: "staff"})
+        assert "(administrator)" not in page.text
+        assert browser.get("/status/", {USER: "grace", GROUPS: "staff"}).status == 403
+        assert "grace is no longer an administrator" in gateway.output()
+    finally:
+        gateway.stop()
+
+
 def test_another_name_from_the_proxy_ends_the_previous_users_portal_session(
     gateway: GatewayProcess,
 ) -> None:

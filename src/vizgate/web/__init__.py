@@ -64,7 +64,11 @@ def setup_django(
     os.environ["VIZGATE_HTTPS"] = "1" if https else ""
     os.environ["VIZGATE_URL_PREFIX"] = url_prefix
     os.environ["VIZGATE_LOGOUT_URL"] = logout_url
-    for name in ("VIZGATE_REMOTE_USER_HEADER", "VIZGATE_REMOTE_GROUPS_HEADER"):
+    for name in (
+        "VIZGATE_REMOTE_USER_HEADER",
+        "VIZGATE_REMOTE_GROUPS_HEADER",
+        "VIZGATE_REMOTE_ADMIN_GROUP",
+    ):
         os.environ.pop(name, None)
     if single_sign_on is not None:
         os.environ.update(single_sign_on.environment())

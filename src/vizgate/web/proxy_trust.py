@@ -157,12 +157,15 @@ class SingleSignOn:
         groups_separator: what separates the groups in it.
         create_users: create the account of a user at the first visit (else refuse users
             without one).
+        admin_group: the group in the groups header that makes its members administrators,
+            or "" to manage administrators in vizgate.
     """
 
     user_header: str
     groups_header: str = ""
     groups_separator: str = ","
     create_users: bool = True
+    admin_group: str = ""
 
     @property
     def headers(self) -> list[str]:
@@ -176,6 +179,7 @@ class SingleSignOn:
             "VIZGATE_REMOTE_GROUPS_HEADER": self.groups_header,
             "VIZGATE_REMOTE_GROUPS_SEPARATOR": self.groups_separator,
             "VIZGATE_REMOTE_USER_CREATE": "1" if self.create_users else "0",
+            "VIZGATE_REMOTE_ADMIN_GROUP": self.admin_group,
         }
 
 
@@ -205,6 +209,13 @@ def add_single_sign_on_arguments(parser: argparse.ArgumentParser) -> None:
         help="what separates the groups in that header (default: %(default)s)",
     )
     group.add_argument(
+        "--remote-admin-group",
+        metavar="NAME",
+        default="",
+        help="the group in the groups header whose members are administrators (and who "
+        "are not, are not); default: administrators are made in vizgate",
+    )
+    group.add_argument(
         "--no-create-remote-users",
         dest="create_remote_users",
         action="store_false",
@@ -231,6 +242,9 @@ def single_sign_on_of(args: argparse.Namespace, trusted_hosts: str) -> SingleSig
     """
     user_header: str = args.remote_user_header.strip()
     groups_header: str = args.remote_groups_header.strip()
+    admin_group: str = args.remote_admin_group.strip()
+    if admin_group and not groups_header:
+        raise ValueError("--remote-admin-group needs --remote-groups-header")
     if not user_header:
         if groups_header:
             raise ValueError("--remote-groups-header needs --remote-user-header")
@@ -259,6 +273,7 @@ def single_sign_on_of(args: argparse.Namespace, trusted_hosts: str) -> SingleSig
         groups_header,
         args.remote_groups_separator.strip(),
         args.create_remote_users,
+        admin_group,
     )
 
 

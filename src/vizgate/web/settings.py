@@ -12,7 +12,8 @@ They are read from a few environment variables, which ``vizgate serve`` sets (th
 ``VIZGATE_URL_PREFIX``
     The path the gateway is served under behind a reverse proxy (``/vizgate``), or empty.
 ``VIZGATE_REMOTE_USER_HEADER``, ``VIZGATE_REMOTE_GROUPS_HEADER``,
-``VIZGATE_REMOTE_GROUPS_SEPARATOR``, ``VIZGATE_REMOTE_USER_CREATE``, ``VIZGATE_LOGOUT_URL``
+``VIZGATE_REMOTE_GROUPS_SEPARATOR``, ``VIZGATE_REMOTE_USER_CREATE``,
+``VIZGATE_REMOTE_ADMIN_GROUP``, ``VIZGATE_LOGOUT_URL``
     Single sign-on through an authenticating reverse proxy (:mod:`vizgate.web.single_sign_on`).
 ``VIZGATE_DATABASE_URL``
     Set by the admin, not by the server: the database, when not SQLite in the data
@@ -95,6 +96,10 @@ VIZGATE_REMOTE_GROUPS_SEPARATOR: str = os.environ.get("VIZGATE_REMOTE_GROUPS_SEP
 
 VIZGATE_REMOTE_USER_CREATE: bool = os.environ.get("VIZGATE_REMOTE_USER_CREATE", "1") == "1"
 """Create the account of a user the proxy names at the first visit (else refuse unknown users)."""
+
+VIZGATE_REMOTE_ADMIN_GROUP: str = os.environ.get("VIZGATE_REMOTE_ADMIN_GROUP", "")
+"""The group of the groups header whose members are administrators (``--remote-admin-group``);
+"" to make administrators in vizgate only."""
 
 VIZGATE_LOGOUT_URL: str = os.environ.get("VIZGATE_LOGOUT_URL", "")
 """Where the browser goes after logging out of the portal (``--logout-url``), e.g. the proxy's

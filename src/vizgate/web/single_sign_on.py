@@ -22,7 +22,9 @@ groups (``--remote-groups-header X-Remote-Groups``):
   whenever its value changes: a user is in exactly those of vizgate's groups that the header
   names. Groups vizgate does not have are ignored (a directory has many groups; the catalog
   gates on a few, created with ``vizgate group add``), and memberships given in vizgate are
-  replaced. Without a groups header, groups are managed in vizgate.
+  replaced. Without a groups header, groups are managed in vizgate. With
+  ``--remote-admin-group``, the users the header puts in that group are administrators and
+  the others are not.
 * **Logging out** of the portal while the proxy's own session lasts would sign the user
   straight back in; ``--logout-url`` sends the browser on to the proxy's or the identity
   provider's logout instead.
@@ -117,6 +119,7 @@ class SingleSignOnMiddleware:
         groups_header = settings.VIZGATE_REMOTE_GROUPS_HEADER
         self.groups_key = meta_key(groups_header) if groups_header else None
         self.separator = settings.VIZGATE_REMOTE_GROUPS_SEPARATOR
+        self.admin_group = settings.VIZGATE_REMOTE_ADMIN_GROUP
 
     async def __call__(self, request: HttpRequest) -> HttpResponseBase:
         name = request.META.get(self.user_key)
@@ -161,12 +164,24 @@ class SingleSignOnMiddleware:
         named = split_groups(value, self.separator)
         groups = [group async for group in Group.objects.filter(name__in=named)]
         await user.groups.aset(groups)
-        await request.session.aset(GROUPS_SESSION_KEY, value)
         logger.info(
             "groups of %s follow the single sign-on: %s",
             user.get_username(),
             ", ".join(sorted(group.name for group in groups)) or "none",
         )
+        if self.admin_group:
+            admin = self.admin_group in named
+            if user.is_staff != admin or user.is_superuser != admin:
+                user.is_staff = user.is_superuser = admin
+                await user.asave(update_fields=["is_staff", "is_superuser"])
+                logger.warning(
+                    "%s is %s an administrator (%s %s, says the single sign-on)",
+                    user.get_username(),
+                    "now" if admin else "no longer",
+                    "in" if admin else "not in",
+                    self.admin_group,
+                )
+        await request.session.aset(GROUPS_SESSION_KEY, value)
 
 
 def _set_user(request: HttpRequest, user: Any) -> None:
