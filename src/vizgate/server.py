@@ -245,6 +245,14 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="how long a failed login counts (default: %(default)g)",
     )
     parser.add_argument(
+        "--history-days",
+        type=_count,
+        default=0,
+        metavar="N",
+        help="remove the history (audit trail) of sessions that ended more than N days ago; "
+        "0 keeps it all (default: %(default)s). Expired logins are always removed",
+    )
+    parser.add_argument(
         "--url-prefix",
         type=_url_prefix,
         default="",
@@ -349,7 +357,10 @@ def run_serve(args: argparse.Namespace) -> int:
     )
     ping_interval = args.ping_interval or None
     application = build_application(
-        broker, stop_sessions_on_exit=args.stop_sessions_on_exit, url_prefix=args.url_prefix
+        broker,
+        stop_sessions_on_exit=args.stop_sessions_on_exit,
+        url_prefix=args.url_prefix,
+        history_days=args.history_days or None,
     )
     config = uvicorn.Config(
         trusted_proxy_layers(

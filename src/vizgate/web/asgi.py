@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vizgate.broker import Broker
 from vizgate.tunnel import Tunnel
 from vizgate.web import runtime
+
+if TYPE_CHECKING:
+    from vizgate.web.housekeeping import Housekeeper
 
 __all__ = ["ASGIApp", "Gateway", "Receive", "Scope", "Send", "build_application"]
 
@@ -41,6 +44,8 @@ class Gateway:
         websocket: the application for ``websocket`` scopes (the tunnel).
         stop_sessions_on_exit: stop every session when the server stops; by default running
             sessions keep running and the next start of the gateway adopts them.
+        housekeeper: sweeps the database while the server runs (started once the broker is
+            open).
 
     Attributes:
         startup_error: why the lifespan start-up failed, if it did (the server reports it).
@@ -54,8 +59,10 @@ class Gateway:
         websocket: ASGIApp,
         stop_sessions_on_exit: bool = False,
         url_prefix: str = "",
+        housekeeper: Housekeeper | None = None,
     ) -> None:
         self.broker = broker
+        self.housekeeper = housekeeper
         self.stop_sessions_on_exit = stop_sessions_on_exit
         self.http = http
         self.websocket = websocket
@@ -111,8 +118,12 @@ class Gateway:
                     len(self.broker.catalog),
                     self.broker.catalog.instance_count,
                 )
+                if self.housekeeper is not None:
+                    self.housekeeper.start()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                if self.housekeeper is not None:
+                    await self.housekeeper.stop()
                 runtime.set_broker(None)
                 try:
                     await self.broker.close(stop_sessions=self.stop_sessions_on_exit)
@@ -129,6 +140,7 @@ def build_application(
     *,
     stop_sessions_on_exit: bool = False,
     url_prefix: str = "",
+    history_days: int | None = None,
 ) -> Gateway:
     """The gateway's ASGI application: Django for HTTP, the tunnel for WebSockets.
 
@@ -139,10 +151,13 @@ def build_application(
         stop_sessions_on_exit: see :class:`Gateway`.
         url_prefix: the path the gateway is served under (``/vizgate``), or "" (the module's
             description says how it is served).
+        history_days: how long the history of ended sessions is kept; None keeps it all
+            (:mod:`vizgate.web.housekeeping`).
     """
     # Imported here: Django's handler and the portal's authorizer need configured settings.
     from django.core.handlers.asgi import ASGIHandler
 
+    from vizgate.web.housekeeping import Housekeeper
     from vizgate.web.portal.auth import make_authorizer
 
     return Gateway(
@@ -151,4 +166,5 @@ def build_application(
         websocket=Tunnel(broker, authorize=make_authorizer(broker)),
         stop_sessions_on_exit=stop_sessions_on_exit,
         url_prefix=url_prefix,
+        housekeeper=Housekeeper(history_days),
     )
