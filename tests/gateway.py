@@ -112,6 +112,22 @@ def gateway_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def run_python(*argv: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    """``python ARGV`` in the gateway's environment (a vizgate command, a snippet of setup):
+    its output is returned, its status asserted 0."""
+    result = subprocess.run(
+        [sys.executable, *argv],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=gateway_env(),
+        timeout=scaled(60),
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result
+
+
 def launch_gateway(
     directory: Path,
     config: Path,

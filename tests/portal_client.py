@@ -6,8 +6,6 @@ from __future__ import annotations
 import http.client
 import json
 import re
-import subprocess
-import sys
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,7 +16,7 @@ import websockets
 import websockets.exceptions
 import websockets.sync.client
 
-from gateway import GatewayProcess, gateway_env
+from gateway import GatewayProcess, run_python
 from support import scaled
 
 
@@ -53,16 +51,12 @@ def create_accounts(
         if account.admin:
             command.append("--admin")
         commands.append(command)
-    result = subprocess.run(
-        [sys.executable, "-c", _CREATE_ACCOUNTS, json.dumps(commands)],
-        input="".join(account.password + "\n" for account in accounts),
-        capture_output=True,
-        text=True,
-        env=gateway_env(),
-        timeout=scaled(60),
-        check=False,
+    result = run_python(
+        "-c",
+        _CREATE_ACCOUNTS,
+        json.dumps(commands),
+        stdin="".join(account.password + "\n" for account in accounts),
     )
-    assert result.returncode == 0, result.stderr
     for account in accounts:
         assert account.password not in result.stdout + result.stderr
 

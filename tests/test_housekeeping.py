@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from gateway import GatewayProcess, gateway_env, start_gateway, write_config
+from gateway import GatewayProcess, run_python, start_gateway, write_config
 from support import scaled, wait_until
 
 pytestmark = pytest.mark.integration
@@ -48,15 +46,7 @@ for session_id, ended in (("old0000000000000", 40), ("recent0000000000", 2)):
 
 
 def prepare(data_dir: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-c", _PREPARE, str(data_dir)],
-        capture_output=True,
-        text=True,
-        env=gateway_env(),
-        timeout=scaled(60),
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
+    run_python("-c", _PREPARE, str(data_dir))
 
 
 def rows(data_dir: Path, query: str) -> list[str]:

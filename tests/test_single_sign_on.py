@@ -12,15 +12,13 @@ import contextlib
 import http.client
 import re
 import sqlite3
-import subprocess
-import sys
 import urllib.parse
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
 
-from gateway import GatewayProcess, gateway_env, launch_gateway, start_gateway, write_config
+from gateway import GatewayProcess, launch_gateway, run_python, start_gateway, write_config
 from portal_client import Account, Browser, Page, create_accounts, open_socket
 from support import scaled, wait_until
 from vizgate.testing.doubles import RFB_GREETING
@@ -214,16 +212,10 @@ def test_accounts_are_not_created_when_the_admin_says_so(tmp_path: Path) -> None
         assert existing.status == 200
         assert signed_in_as(existing) == LOCAL_ADMIN.name
         # An account made for single sign-on, without a password, as an admin would.
-        add_frank = ["user", "add", "frank", "--no-password", "--data-dir", str(data_dir(tmp_path))]
-        made = subprocess.run(
-            [sys.executable, "-m", "vizgate", *add_frank],
-            capture_output=True,
-            text=True,
-            env=gateway_env(),
-            timeout=scaled(60),
-            check=False,
-        )
-        assert made.returncode == 0, made.stderr
+        run_python(
+            "-m", "vizgate", "user", "add", "frank", "--no-password",
+            "--data-dir", str(data_dir(tmp_path)),
+        )  # fmt: skip
         assert signed_in_as(Browser(gateway.port).get("/", {USER: "frank"})) == "frank"
     finally:
         gateway.stop()
