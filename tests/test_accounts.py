@@ -11,13 +11,11 @@ import hmac
 import io
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from gateway import gateway_env
-from support import scaled
+from gateway import run_python
 from vizgate import accounts
 from vizgate.accounts import AccountError, may_use_group, read_password
 
@@ -25,15 +23,7 @@ PASSWORD = "a-long-enough-passphrase-7"
 
 
 def vizgate(data_dir: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "vizgate", *args, "--data-dir", str(data_dir)],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        env=gateway_env(),
-        timeout=scaled(60),
-        check=False,
-    )
+    return run_python("-m", "vizgate", *args, "--data-dir", str(data_dir), stdin=stdin, check=False)
 
 
 def database(data_dir: Path) -> sqlite3.Connection:
