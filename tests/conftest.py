@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
@@ -12,9 +13,12 @@ import pytest
 import uvloop
 
 from gateway import GatewayProcess
-from slurm_cluster import SLURM_PROGRAMS, SlurmCluster, running_cluster
-from support import VncHome, require_binaries
+from slurm_cluster import SLURM_PROGRAMS, SlurmCluster, processes_mentioning, running_cluster
+from support import VncHome, kill_pid_tree, require_binaries, scaled
 from vizgate.vnc_home import prepare_vnc_home
+
+# Fixtures that live in modules of their own.
+pytest_plugins = ["broker_fixtures"]
 
 
 def pytest_asyncio_loop_factories(
@@ -77,3 +81,21 @@ def cluster(slurm_cluster: SlurmCluster, monkeypatch: pytest.MonkeyPatch) -> Slu
     for key, value in slurm_cluster.env.items():
         monkeypatch.setenv(key, value)
     return slurm_cluster
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Iterator[Path]:
+    """Where the test's session folders go; no process may use it when the test ends."""
+    folder = tmp_path / "sessions"
+    yield folder
+    # The job script stops its Xvnc and xterm from a trap; stop() waited for the job and the
+    # port, so anything still running with the folder in its command line or environment
+    # (Xvnc's -PasswordFile, xterm's XAUTHORITY) was leaked.
+    deadline = time.monotonic() + scaled(10)
+    while processes_mentioning(folder) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    leaked = processes_mentioning(folder)
+    # SIGTERM first: Xvnc then removes its X lock files, which SIGKILL would leave behind.
+    for pid in leaked:
+        kill_pid_tree(pid)
+    assert not leaked, f"processes of sessions in {folder} still running: {leaked}"

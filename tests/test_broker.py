@@ -8,80 +8,26 @@ doubles the broker realized, to read their call counters.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import replace
-from pathlib import Path
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
-from support import await_until, scaled
+from broker_fixtures import WAIT, MakeBroker, bounded_close
+from support import await_until
 from vizgate.broker import Attachment, Broker
-from vizgate.catalog import load_catalog
 from vizgate.exceptions import ReservationError, StartError
-from vizgate.lifecycle import EndReason, Timeouts
+from vizgate.lifecycle import EndReason
 from vizgate.sessions import CloseRequest, session_id_of
-from vizgate.testing import DOUBLE_SESSION_SCRIPT
-from vizgate.testing.doubles import DoubleScript, forget, instances, release_hung
+from vizgate.testing.doubles import DoubleScript, instances, release_hung
 
-# Small timeouts keep the file fast; VIZGATE_TEST_TIME_SCALE stretches the waits, not these.
-FAST = Timeouts(reservation=5.0, start=1.0, ready=0.5, linger=0.2, stop=0.5)
-WAIT = scaled(5.0)
 POLL = 0.01
 # The broker's clock is the event loop's. uvloop reads it once per loop iteration, in whole
 # milliseconds: a time taken from it may be that much older than one from time.time().
 LOOP_CLOCK_LAG = 0.05
-
-
-class MakeBroker(Protocol):
-    def __call__(
-        self,
-        services: Mapping[str, Mapping[str, Any]],
-        *,
-        count: int = ...,
-        **timeouts: float,
-    ) -> Awaitable[Broker]: ...
-
-
-@pytest.fixture
-async def make_broker(tmp_path: Path) -> AsyncIterator[MakeBroker]:
-    """Open brokers over a catalog of double sessions; close them all after the test."""
-    brokers: list[Broker] = []
-
-    async def make(
-        services: Mapping[str, Mapping[str, Any]], *, count: int = 2, **timeouts: float
-    ) -> Broker:
-        config = {
-            name: {"script": str(DOUBLE_SESSION_SCRIPT), "count": count, "options": dict(options)}
-            for name, options in services.items()
-        }
-        path = tmp_path / f"external_services_{len(brokers)}.json"
-        path.write_text(json.dumps(config))
-        broker = Broker(load_catalog(path), timeouts=replace(FAST, **timeouts), probe_interval=0.02)
-        await broker.open()
-        brokers.append(broker)
-        return broker
-
-    yield make
-    # A hung start() or stop() must not hold up the closing brokers.
-    release_hung()
-    try:
-        for broker in brokers:
-            await bounded_close(broker)
-    finally:
-        forget()
-
-
-async def bounded_close(broker: Broker) -> None:
-    """Close a broker; fail, rather than hang, when close() does not return."""
-    async with asyncio.timeout(2 * WAIT) as limit:
-        await broker.close(timeout=WAIT)
-    # close() may swallow the cancellation the limit sends; expired() still tells.
-    assert not limit.expired(), "Broker.close() did not return"
 
 
 async def eventually(condition: Callable[[], object], message: str = "condition not met") -> None:

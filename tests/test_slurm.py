@@ -16,8 +16,6 @@ import os
 import re
 import signal
 import subprocess
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +38,6 @@ from slurm_sessions import (
 )
 from support import (
     await_until,
-    kill_pid_tree,
     listening_addresses,
     port_accepts,
     scaled,
@@ -56,24 +53,6 @@ from vizgate.vnc_password import read_vnc_password_file, write_vnc_password_file
 
 # ---------------------------------------------------------------------------------------
 # Fixtures
-
-
-@pytest.fixture
-def state_dir(tmp_path: Path) -> Iterator[Path]:
-    """Where the test's session folders go; no process may use it when the test ends."""
-    folder = tmp_path / "sessions"
-    yield folder
-    # The job script stops its Xvnc and xterm from a trap; stop() waited for the job and the
-    # port, so anything still running with the folder in its command line or environment
-    # (Xvnc's -PasswordFile, xterm's XAUTHORITY) was leaked.
-    deadline = time.monotonic() + scaled(10)
-    while processes_mentioning(folder) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    leaked = processes_mentioning(folder)
-    # SIGTERM first: Xvnc then removes its X lock files, which SIGKILL would leave behind.
-    for pid in leaked:
-        kill_pid_tree(pid)
-    assert not leaked, f"processes of sessions in {folder} still running: {leaked}"
 
 
 # ---------------------------------------------------------------------------------------

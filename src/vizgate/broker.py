@@ -24,6 +24,7 @@ from typing import Any
 
 from vizgate.broker_views import BrokerViews
 from vizgate.catalog import Catalog, ServiceType
+from vizgate.choices import launch_options
 from vizgate.exceptions import ReservationError, StartError
 from vizgate.lifecycle import (
     Action,
@@ -200,24 +201,21 @@ class Broker(BrokerViews):
         Args:
             service_name: the session type.
             user: who the session is for; given to ``start()`` as ``options['username']``.
-            options: what the reservation carries to ``start()`` (e.g. ``size``).
+            options: what the reservation carries to ``start()`` (e.g. ``size``, the type's
+                choices: :func:`vizgate.choices.launch_options`).
             bound: only ``user`` (or staff) may connect with the token, as the tunnel's
                 authorizer decides; otherwise the token is a bearer token as the seed defines.
             unlimited: ``user`` is not held to the per-user limits (an administrator).
 
         Raises:
-            ReservationError: unknown type, a size not offered, the user's limit reached, or
-                no free instance.
+            ReservationError: unknown type, a size or a choice not offered, the user's limit
+                reached, or no free instance.
         """
         service = self.service(service_name)
-        start_options = dict(options or {})
-        size = str(start_options.get("size") or service.sizes[0])
-        if size not in service.sizes:
-            raise ReservationError(
-                f"size {size!r} is not offered for {service.name!r}; "
-                f"choose one of: {', '.join(service.sizes)}",
-                reason="bad_option",
-            )
+        try:
+            start_options = launch_options(service, options or {})
+        except ValueError as exc:
+            raise ReservationError(str(exc), reason="bad_option") from None
         if user and not unlimited:
             check_user_limits(self._live, service, user, self.max_sessions_per_user)
         index = self._live.free_index(service.name)
@@ -226,7 +224,6 @@ class Broker(BrokerViews):
                 f"no free instance of {service.name!r} ({service.count} of {service.count} in use)",
                 reason="no_free_instance",
             )
-        start_options["size"] = size
         start_options["username"] = user
         token = secrets.token_urlsafe(32)
         now = self.now()
@@ -250,7 +247,11 @@ class Broker(BrokerViews):
         )
         self._live.add(session)
         logger.info(
-            "%s: reserved for %s at %s (session %s)", session.label, user or "-", size, session.id
+            "%s: reserved for %s at %s (session %s)",
+            session.label,
+            user or "-",
+            start_options["size"],
+            session.id,
         )
         self._save(session)
         self._event(session, "reserved", user=user)

@@ -65,6 +65,7 @@ class BrokerViews:
                 in_use=self._live.in_use(service.name),
                 sizes=service.sizes,
                 group=service.group,
+                choices=service.choices,
             )
             for service in self.catalog
         ]

@@ -5,7 +5,8 @@ whose keys are session type names; each value is an object with three required k
 ``script`` (a Python file, relative to the configuration file's folder, or ``"builtin:NAME"``
 for a launcher shipped with vizgate, see :mod:`vizgate.launchers`), ``count`` (the most
 instances that may run at once) and ``options`` (handed to the script as ``common_options``).
-vizgate itself reads ``options.sizes``, ``options.group``, ``options.file_ext`` and
+vizgate itself reads ``options.sizes``, ``options.group``, ``options.file_ext``,
+``options.choices`` (what users pick at launch, :mod:`vizgate.choices`) and
 ``options.max_per_user`` (the most sessions of the type one user may have at once), and the
 broker's timeouts ``options.start_timeout``, ``options.idle_timeout``,
 ``options.max_lifetime`` and ``options.linger``; every other option passes through untouched.
@@ -31,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vizgate.choices import CHOICES_OPTION, choices_problems
 from vizgate.exceptions import ConfigError, ConfigProblem
 from vizgate.launchers import BUILTIN_PREFIX, BUILTIN_SCRIPTS, builtin_script
 from vizgate.window_sizes import DEFAULT_SIZES, MAX_SANE_DIMENSION, parse_size, typo_hint
@@ -95,6 +97,8 @@ class ServiceType:
             :data:`~vizgate.window_sizes.DEFAULT_SIZES`.
         group: only members of this group may use the type; None means everyone.
         file_ext: file extensions this type opens (``options["file_ext"]``), or ``()``.
+        choices: what users pick at launch, name -> the values offered, the default first
+            (``options["choices"]``, :mod:`vizgate.choices`).
     """
 
     name: str
@@ -104,6 +108,7 @@ class ServiceType:
     sizes: tuple[str, ...]
     group: str | None
     file_ext: tuple[str, ...]
+    choices: Mapping[str, tuple[str, ...]] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
         # Whoever builds a ServiceType (the catalog, a test, a launcher) gets the same
@@ -112,6 +117,11 @@ class ServiceType:
         object.__setattr__(self, "options", _freeze(_thaw(self.options)))
         object.__setattr__(self, "sizes", tuple(self.sizes))
         object.__setattr__(self, "file_ext", tuple(self.file_ext))
+        object.__setattr__(
+            self,
+            "choices",
+            types.MappingProxyType({name: tuple(values) for name, values in self.choices.items()}),
+        )
 
     def options_dict(self) -> dict[str, Any]:
         """A fresh, mutable deep copy of ``options``: a script's ``common_options``."""
@@ -383,6 +393,7 @@ class _Parser:
             sizes=tuple(options.get("sizes", DEFAULT_SIZES)),
             group=options.get("group"),
             file_ext=tuple(options.get("file_ext", ())),
+            choices=options.get(CHOICES_OPTION, {}),
         )
 
     def script(self, where: str, value: Any) -> Path | None:
@@ -455,6 +466,11 @@ class _Parser:
                 )
         if "file_ext" in options:
             self.file_ext(_child(key_path, "file_ext"), options["file_ext"])
+        if CHOICES_OPTION in options:
+            choices_path = _child(key_path, CHOICES_OPTION)
+            for name, index, reason in choices_problems(options[CHOICES_OPTION]):
+                path = _child(choices_path, name) if name else choices_path
+                self.error(path if index is None else f"{path}[{index}]", reason)
         if "vnc_password_file" in options:
             password_file = options["vnc_password_file"]
             if not isinstance(password_file, str) or not password_file.strip():

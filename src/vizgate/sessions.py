@@ -7,6 +7,7 @@ token's SHA-256), so it is stable across restarts and safe to show and log.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from vizgate.lifecycle import EndReason
@@ -103,3 +104,5 @@ class ServiceInfo:
     in_use: int
     sizes: tuple[str, ...]
     group: str | None
+    #: What users pick at launch: name -> the values offered, the default first.
+    choices: Mapping[str, tuple[str, ...]] = field(default_factory=dict, hash=False)

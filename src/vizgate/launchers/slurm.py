@@ -25,24 +25,9 @@ message for the person waiting that carries Slurm's state and reason (e.g. ``Slu
 run: PENDING (BadConstraints)``, or sbatch's own error); that last progress message is the
 user-facing reason of the failure. The same line goes to stderr for the admin.
 
-Options (the session type's ``options``; all optional):
-
-* ``partition`` (str): ``sbatch --partition``; default: the cluster's default partition.
-* ``time_limit`` (str or int): ``sbatch --time``, e.g. ``"8:00:00"`` or minutes as a number;
-  default: the partition's limit.
-* ``sbatch_args`` (list of str): more ``sbatch`` arguments, e.g. ``["--gres=gpu:1",
-  "--constraint=viz"]``. A list, never one string: nothing is split or given to a shell.
-* ``xvnc`` (str): the Xvnc program on the compute nodes; default ``Xvnc``.
-* ``state_dir`` (str): where session folders are made; default
-  ``~/.local/state/vizgate/slurm`` (``~``: the home of the account the job runs as). Must be
-  shared with the compute nodes.
-* ``run_as`` (``"gateway"`` or ``"user"``): whose account the jobs run as; default
-  ``"gateway"``. ``"user"`` needs the gateway to run as root.
-* ``min_uid`` (int): with ``run_as`` ``"user"``, the lowest uid that may run sessions; default
-  1000. ``root`` never may.
-* ``start_timeout`` (seconds): the broker's start timeout (default 120 s); ``start()`` gives up
-  (and cancels the job) a little before it, so that it can still say why.
-* ``sizes`` (list of ``WIDTHxHEIGHT``): the desktop sizes offered, read by vizgate itself.
+Its options (``partition``, ``time_limit``, ``sbatch_args``, ``xvnc``, ``state_dir``, ``run_as``,
+``min_uid``, ``start_timeout``, and the ``choices`` users pick among) are described, and
+checked, in :mod:`vizgate.launchers.slurm_options`.
 
 Jobs are submitted with ``--export=ALL`` from a reduced environment, so a job inherits only a few
 variables of the gateway's (:data:`~vizgate.launchers.slurm_commands.JOB_ENVIRONMENT`, plus
@@ -71,6 +56,7 @@ from typing import Any
 from vizgate.launchers.job_owner import DEFAULT_MIN_UID, JobOwner, JobOwnerError, OwnerFiles
 from vizgate.launchers.slurm_commands import (
     ENDED_STATES,
+    NEVER_RUNS_REASONS,
     SlurmUnavailableError,
     command_error,
     first_line,
@@ -88,10 +74,14 @@ __all__ = [
     "DEFAULT_STATE_DIR",
     "JOB_SCRIPT",
     "NEVER_RUNS_REASONS",
+    "USER_CHOSEN_OPTIONS",
     "SlurmSession",
     "job_script_said",
     "realize_service",
 ]
+
+#: The options users may pick per session when the type's ``choices`` offer them.
+USER_CHOSEN_OPTIONS = ("partition", "time_limit")
 
 #: The batch script every session job runs.
 JOB_SCRIPT = Path(__file__).resolve().parent / "slurm_job.sh"
@@ -101,25 +91,6 @@ DEFAULT_STATE_DIR = "~/.local/state/vizgate/slurm"
 
 #: The broker's default start timeout, which ``start()`` stays within.
 DEFAULT_START_TIMEOUT = 120.0
-
-#: Reasons of a pending job that mean it will not start without someone changing the cluster or
-#: the request: waiting for them would only make the user wait for the start timeout.
-NEVER_RUNS_REASONS = frozenset(
-    {
-        "AccountNotAllowed",
-        "BadConstraints",
-        "DependencyNeverSatisfied",
-        "InvalidAccount",
-        "InvalidQOS",
-        "PartitionConfig",
-        "PartitionDown",
-        "PartitionInactive",
-        "PartitionNodeLimit",
-        "PartitionTimeLimit",
-        "QOSNotAllowed",
-        "ReqNodeNotAvail",
-    }
-)
 
 # The colour depth of every session's desktop.
 _DEPTH = 24
@@ -247,15 +218,22 @@ class SlurmSession(RemoteServiceScript):
         """``vizgate-<type>-<index>``, with the type reduced to characters safe in a job name."""
         return f"vizgate-{_safe_name(self._name)}-{self._index}"
 
-    def sbatch_command(self, folder: Path, size: str, script: Path = JOB_SCRIPT) -> list[str]:
-        """The ``sbatch`` argv submitting a session job (``script``) for ``folder`` at ``size``.
+    def sbatch_command(
+        self,
+        folder: Path,
+        size: str,
+        script: Path = JOB_SCRIPT,
+        chosen: Mapping[str, str] | None = None,
+    ) -> list[str]:
+        """The ``sbatch`` argv submitting a session job (``script``) for ``folder`` at ``size``,
+        with the ``partition`` and ``time_limit`` the user ``chosen`` in place of the type's.
 
         The admin's ``sbatch_args`` come after vizgate's defaults (so they may override the job
         name, ``--export``, ...) but before ``--output`` and ``--chdir``, which the session
         depends on. Run it with
         :func:`~vizgate.launchers.slurm_commands.job_environment` as its environment.
         """
-        options = self._common_options
+        options = {**self._common_options, **(chosen or {})}
         argv = [
             "sbatch",
             "--parsable",
@@ -339,10 +317,16 @@ class SlurmSession(RemoteServiceScript):
                 self._cleanup()
                 return self._fail(f"cannot write the job script in {folder}: {exc}")
 
+        offered = self._common_options.get("choices") or {}
+        chosen = {
+            name: str(given[name])
+            for name in USER_CHOSEN_OPTIONS
+            if name in offered and given.get(name) in offered[name]
+        }
         self.report_progress("submitting the Slurm job")
         try:
             result = run_command(
-                self.sbatch_command(folder, size, script),
+                self.sbatch_command(folder, size, script, chosen),
                 env=owner.environment(job_environment()),
                 run_as=owner.run_options(),
             )

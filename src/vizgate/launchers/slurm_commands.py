@@ -33,6 +33,7 @@ from typing import Any
 __all__ = [
     "ENDED_STATES",
     "JOB_ENVIRONMENT",
+    "NEVER_RUNS_REASONS",
     "JobStatus",
     "SlurmUnavailableError",
     "command_error",
@@ -70,6 +71,25 @@ ENDED_STATES = frozenset(
         "REVOKED",
         "SPECIAL_EXIT",
         "TIMEOUT",
+    }
+)
+
+#: Reasons of a pending job that mean it will not start without someone changing the cluster or
+#: the request: waiting for them would only make the user wait for the start timeout.
+NEVER_RUNS_REASONS = frozenset(
+    {
+        "AccountNotAllowed",
+        "BadConstraints",
+        "DependencyNeverSatisfied",
+        "InvalidAccount",
+        "InvalidQOS",
+        "PartitionConfig",
+        "PartitionDown",
+        "PartitionInactive",
+        "PartitionNodeLimit",
+        "PartitionTimeLimit",
+        "QOSNotAllowed",
+        "ReqNodeNotAvail",
     }
 )
 

@@ -1,5 +1,27 @@
 """The options of a Slurm session type (:mod:`vizgate.launchers.slurm`), checked when an
-instance is made, so that a bad catalog stops the gateway at start-up with every problem named."""
+instance is made, so that a bad catalog stops the gateway at start-up with every problem named.
+
+Options (the session type's ``options``; all optional):
+
+* ``partition`` (str): ``sbatch --partition``; default: the cluster's default partition.
+* ``time_limit`` (str or int): ``sbatch --time``, e.g. ``"8:00:00"`` or minutes as a number;
+  default: the partition's limit.
+* ``sbatch_args`` (list of str): more ``sbatch`` arguments, e.g. ``["--gres=gpu:1",
+  "--constraint=viz"]``. A list, never one string: nothing is split or given to a shell.
+* ``xvnc`` (str): the Xvnc program on the compute nodes; default ``Xvnc``.
+* ``state_dir`` (str): where session folders are made; default
+  ``~/.local/state/vizgate/slurm`` (``~``: the home of the account the job runs as). Must be
+  shared with the compute nodes.
+* ``run_as`` (``"gateway"`` or ``"user"``): whose account the jobs run as; default
+  ``"gateway"``. ``"user"`` needs the gateway to run as root.
+* ``min_uid`` (int): with ``run_as`` ``"user"``, the lowest uid that may run sessions; default
+  1000. ``root`` never may.
+* ``start_timeout`` (seconds): the broker's start timeout (default 120 s); ``start()`` gives up
+  (and cancels the job) a little before it, so that it can still say why.
+* ``sizes`` (list of ``WIDTHxHEIGHT``): the desktop sizes offered, read by vizgate itself.
+* ``choices``: with ``partition`` or ``time_limit`` among them (:mod:`vizgate.choices`), each
+  user picks that option's value for the session among the admin's, in place of the option.
+"""
 
 from __future__ import annotations
 

@@ -141,6 +141,7 @@ def service_json(info: ServiceInfo) -> dict[str, Any]:
         "in_use": info.in_use,
         "sizes": list(info.sizes),
         "group": info.group,
+        "choices": {name: list(values) for name, values in info.choices.items()},
     }
 
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from django import forms
 from django.contrib.auth.forms import AuthenticationForm
 
+from vizgate.choices import settle
 from vizgate.sessions import ServiceInfo
 from vizgate.web.portal.throttle import ThrottledLoginMixin
 
@@ -25,8 +27,13 @@ class LoginForm(ThrottledLoginMixin, AuthenticationForm):
         self.fields["password"].widget.attrs.update({"autocomplete": "current-password"})
 
 
+#: The launch form's field of a choice (:mod:`vizgate.choices`) is this prefix and its name.
+CHOICE_FIELD_PREFIX = "choice_"
+
+
 class LaunchForm(forms.Form):
-    """Launch a session: which type, at which size, among the types the user may use.
+    """Launch a session: which type, at which size and with which choices
+    (``choice_NAME`` fields), among the types the user may use.
 
     Args:
         data: the POST data.
@@ -40,8 +47,8 @@ class LaunchForm(forms.Form):
         super().__init__(data)  # type: ignore[arg-type]
         self._services = {info.name: info for info in services}
 
-    def clean(self) -> dict[str, str]:
-        cleaned: dict[str, str] = super().clean() or {}
+    def clean(self) -> dict[str, Any]:
+        cleaned: dict[str, Any] = super().clean() or {}
         name = cleaned.get("service", "")
         info = self._services.get(name)
         if info is None:
@@ -55,4 +62,9 @@ class LaunchForm(forms.Form):
                 code="bad_option",
             )
         cleaned["size"] = size
+        picked = {name: str(self.data.get(CHOICE_FIELD_PREFIX + name, "")) for name in info.choices}
+        try:
+            cleaned["choices"] = settle(name, info.choices, picked)
+        except ValueError as exc:
+            raise forms.ValidationError(str(exc), code="bad_option") from None
         return cleaned

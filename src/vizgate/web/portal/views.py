@@ -34,11 +34,12 @@ from django.utils.cache import add_never_cache_headers
 
 from vizgate.accounts import agroup_names, may_use_group
 from vizgate.broker import Broker
+from vizgate.choices import label
 from vizgate.exceptions import ReservationError
 from vizgate.sessions import ServiceInfo, SessionInfo
 from vizgate.web import runtime
 from vizgate.web.portal.assets import find_static
-from vizgate.web.portal.forms import LaunchForm
+from vizgate.web.portal.forms import CHOICE_FIELD_PREFIX, LaunchForm
 from vizgate.web.portal.models import SessionEvent
 from vizgate.web.portal.shares import (
     SHARES_KEY,
@@ -191,6 +192,14 @@ class Card:
     free: int
     mine: tuple[SessionInfo, ...]
 
+    @property
+    def choices(self) -> list[tuple[str, str, tuple[str, ...]]]:
+        """The type's launch choices: form field, label and values (the default first)."""
+        return [
+            (CHOICE_FIELD_PREFIX + name, label(name), values)
+            for name, values in self.info.choices.items()
+        ]
+
 
 async def _usable_services(broker: Broker, user: PortalUser) -> list[ServiceInfo]:
     groups = await agroup_names(user)
@@ -296,7 +305,7 @@ async def launch(request: HttpRequest, user: PortalUser) -> HttpResponseBase:
         reservation = await broker.reserve(
             name,
             user=user.get_username(),
-            options={"size": size},
+            options={"size": size, **form.cleaned_data["choices"]},
             bound=True,
             unlimited=_is_staff(user),
         )
