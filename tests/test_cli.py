@@ -233,6 +233,7 @@ def test_check_shows_defaults_file_ext_timeouts_and_hides_secret_options(
         "password": "hunter2-do-not-show",
         "ssh_key": "/etc/vizgate/id_ed25519",
         "partition": "viz",
+        "choices": {"time_limit": ["2:00:00", "8:00:00"]},
     }
     path = write_site(
         tmp_path,
@@ -243,11 +244,14 @@ def test_check_shows_defaults_file_ext_timeouts_and_hides_secret_options(
     assert main(["check", str(path)]) == EXIT_OK
 
     out = capsys.readouterr().out
-    assert "  sizes:        1024x768, 1280x1024, 1600x1200, 1920x1080 (default)\n" in out
-    assert "  file_ext:     .evsn, .csf\n" in out
-    assert "  idle_timeout: 600 s\n" in out
-    assert "  linger:       2.5 s\n" in out
-    assert '  options:      password=(hidden), ssh_key=(hidden), partition="viz"\n' in out
+    # Labels are padded to the longest (the choice's): compare with single spaces.
+    shown = {" ".join(line.split()) for line in out.splitlines()}
+    assert "sizes: 1024x768, 1280x1024, 1600x1200, 1920x1080 (default)" in shown
+    assert "file_ext: .evsn, .csf" in shown
+    assert "idle_timeout: 600 s" in shown
+    assert "linger: 2.5 s" in shown
+    assert "choice time_limit: 2:00:00, 8:00:00 (users pick; the first is the default)" in shown
+    assert 'options: password=(hidden), ssh_key=(hidden), partition="viz"' in shown
     assert "hunter2" not in out
     assert "id_ed25519" not in out
 

@@ -31,6 +31,7 @@ from typing import Any, TextIO
 
 from vizgate import __version__
 from vizgate.catalog import TIMEOUT_OPTIONS, Catalog, ServiceType, load_catalog
+from vizgate.choices import CHOICES_OPTION
 from vizgate.exceptions import ConfigError, ConfigProblem, ScriptError
 from vizgate.scripts import realize_instances
 from vizgate.window_sizes import DEFAULT_SIZES
@@ -45,7 +46,7 @@ EXIT_PROBLEMS = 2
 
 # Options vizgate itself reads; they get their own lines in ``check`` and are not repeated
 # under "other options".
-_SHOWN_OPTIONS = frozenset({"sizes", "group", "file_ext", *TIMEOUT_OPTIONS})
+_SHOWN_OPTIONS = frozenset({"sizes", "group", "file_ext", CHOICES_OPTION, *TIMEOUT_OPTIONS})
 
 # Option values under keys like these are not printed: a site may pass credentials to its
 # scripts through options, and the output of ``check`` ends up in tickets and chat.
@@ -198,6 +199,10 @@ def _print_service(service: ServiceType, out: TextIO) -> None:
     ]
     lines += [
         (key, f"{service.options[key]} s") for key in TIMEOUT_OPTIONS if key in service.options
+    ]
+    lines += [
+        (f"choice {name}", ", ".join(values) + " (users pick; the first is the default)")
+        for name, values in service.choices.items()
     ]
     options = service.options_dict()
     other = {key: value for key, value in options.items() if key not in _SHOWN_OPTIONS}
