@@ -1,7 +1,7 @@
 """What a trusted reverse proxy says about a request: where it came from, over what, and who.
 
 uvicorn reads ``X-Forwarded-For`` and ``X-Forwarded-Proto`` from the peers ``FORWARDED_ALLOW_IPS``
-names (127.0.0.1 by default). With single sign-on (:mod:`vizgate.web.single_sign_on`) the
+names (127.0.0.1 and ::1 by default). With single sign-on (:mod:`vizgate.web.single_sign_on`) the
 proxy also names the user, and the groups, in headers of its own: :class:`IdentityHeaderGuard`
 removes those headers from requests of every other peer before anything reads them, so a
 browser that reaches the gateway directly cannot name itself. Spellings with ``_`` for ``-``
@@ -186,8 +186,9 @@ class SingleSignOn:
 def add_single_sign_on_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare ``vizgate serve``'s single sign-on options on ``parser``."""
     group = parser.add_argument_group(
-        "single sign-on through an authenticating reverse proxy (believed only from the "
-        "addresses in FORWARDED_ALLOW_IPS, 127.0.0.1 by default)"
+        "single sign-on through an authenticating reverse proxy",
+        "The proxy's headers count only on connections from the addresses in "
+        "FORWARDED_ALLOW_IPS (default: 127.0.0.1,::1).",
     )
     group.add_argument(
         "--remote-user-header",

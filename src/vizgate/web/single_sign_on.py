@@ -7,7 +7,7 @@ forwards (``vizgate serve --remote-user-header X-Remote-User``) and, optionally,
 groups (``--remote-groups-header X-Remote-Groups``):
 
 * **Trust.** The headers are believed only on connections from the proxies uvicorn trusts for
-  ``X-Forwarded-*`` (``FORWARDED_ALLOW_IPS``, 127.0.0.1 by default). From any other address,
+  ``X-Forwarded-*`` (``FORWARDED_ALLOW_IPS``, 127.0.0.1 and ::1 by default). From any other address,
   :class:`IdentityHeaderGuard` removes them before anything reads them, so a browser that
   reaches the gateway directly cannot name itself. Spellings with ``_`` for ``-`` are always
   removed (Django reads ``X_Remote_User`` as ``X-Remote-User``), and a header given twice is

@@ -10,7 +10,7 @@ account's failures from that address. The counting is :mod:`vizgate.login_thrott
 
 The counts live in the gateway's memory (it is one process), so a restart forgets them. The
 client address is the one uvicorn reports, which is the ``X-Forwarded-For`` of a reverse proxy
-only where uvicorn trusts it (``FORWARDED_ALLOW_IPS``, 127.0.0.1 by default).
+only where uvicorn trusts it (``FORWARDED_ALLOW_IPS``, 127.0.0.1 and ::1 by default).
 """
 
 from __future__ import annotations
