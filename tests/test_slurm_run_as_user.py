@@ -15,11 +15,11 @@ import pytest
 
 from slurm_cluster import SlurmCluster, processes_mentioning
 from slurm_sessions import JOB_NAME_0, SIZE, TYPE, handshake_through_bridge, write_catalog
-from support import kill_pid_tree, port_accepts, scaled, vnc_authenticate
+from support import kill_pid_tree, port_accepts, require_binaries, scaled, vnc_authenticate
 from unix_accounts import UnixAccount, temporary_account
 from vizgate.broker import Broker
 from vizgate.catalog import load_catalog
-from vizgate.launchers.job_owner import JobOwner, JobOwnerError, OwnerFiles
+from vizgate.launchers.job_owner import WITH_SUDO, JobOwner, JobOwnerError, OwnerFiles
 from vizgate.launchers.slurm import SlurmSession, realize_service
 from vizgate.launchers.slurm_commands import job_status
 
@@ -164,18 +164,19 @@ def test_sessions_of_accounts_that_may_not_run_them_do_not_start(
     assert not (tmp_path / "s").exists()
 
 
-def test_a_gateway_that_is_not_root_cannot_run_sessions_as_users(
-    monkeypatch: pytest.MonkeyPatch,
+def test_a_gateway_that_is_neither_root_nor_has_sudo_cannot_run_sessions_as_users(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
-    with pytest.raises(JobOwnerError, match="it must run as root"):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(JobOwnerError, match="it must run as root, or be allowed to run"):
         JobOwner.of_user("nobody", min_uid=0)
 
 
 def test_the_gateways_own_files_are_plain_file_operations(tmp_path: Path) -> None:
     owner = JobOwner.of_gateway()
     assert not owner.switch
-    assert owner.run_options() == {}
+    assert owner.command(["id"], {"A": "1"}) == (["id"], {"A": "1"}, {})
     assert owner.expand("~/x") == Path(owner.home) / "x"
     assert owner.expand("/abs/~") == Path("/abs/~")
     files = OwnerFiles(owner)
@@ -221,3 +222,55 @@ def test_a_users_files_are_handled_as_the_user(account: UnixAccount, tmp_path: P
     files.remove_tree(folder)
     assert not folder.exists()
     assert Path("/etc/shadow").exists()
+
+
+# ---------------------------------------------------------------------------------------
+# A gateway that is not root: sudo. The tests run as root, which sudo lets switch to anyone
+# without a rule; the gateway is told it is not root, so it takes that path.
+
+
+@pytest.fixture
+def not_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    require_binaries("sudo")
+    monkeypatch.setattr(os, "geteuid", lambda: 4242)
+
+
+@pytest.mark.integration
+def test_without_root_a_users_files_are_handled_through_sudo(
+    account: UnixAccount, not_root: None
+) -> None:
+    owner = JobOwner.of_user(account.name)
+    assert owner.how == WITH_SUDO
+    argv, environment, ids = owner.command(["id", "-un"], {"PATH": "/usr/bin:/bin"})
+    assert argv[:5] == ["sudo", "-n", "-u", account.name, "--"]
+    assert f"HOME={account.home}" in argv
+    # sudo itself gets no more than where to find programs; env -i sets the rest.
+    assert environment == {"PATH": "/usr/bin:/bin"}
+    assert ids == {}
+    files = OwnerFiles(owner)
+    folder = files.make_folder(owner.expand("~/sessions"), "T-0-")
+    assert owner_of(folder) == (account.uid, 0o700)
+    files.write_new(folder / "passwd", b"12345678")
+    assert owner_of(folder / "passwd") == (account.uid, 0o600)
+    assert files.read(folder / "passwd") == b"12345678"
+    files.remove_tree(folder)
+    assert not folder.exists()
+
+
+@pytest.mark.integration
+def test_without_root_a_users_job_is_submitted_and_cancelled_through_sudo(
+    cluster: SlurmCluster, account: UnixAccount, not_root: None
+) -> None:
+    session = realize_service(
+        name=TYPE, count=1, index=0, common_options={"state_dir": STATE_DIR, "run_as": "user"}
+    )
+    assert session.start("token", options={"size": SIZE, "username": account.name}) is True
+    state = session.get_state()
+    assert squeue_user(cluster, state["job_id"]) == account.name
+    assert vnc_authenticate(state["host"], state["port"], session.password() or b"")
+    session.stop()
+    status = job_status(state["job_id"])
+    assert status is not None
+    assert status.state == "CANCELLED"
+    assert not port_accepts(state["host"], state["port"])
+    assert not Path(state["folder"]).exists()

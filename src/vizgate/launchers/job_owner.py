@@ -15,13 +15,13 @@ them the same, :mod:`vizgate.web.single_sign_on`):
   account's user and group ids (``mkdir``, ``mktemp``, ``cat``, ``tail``, ``rm``). The gateway never
   opens a file in a folder the user controls, so no link the user plants there can make it read
   or remove anything else, and home directories that ``root_squash`` NFS exports work;
-* ``sbatch`` runs with the same ids and the account's ``HOME``, ``USER`` and ``LOGNAME``, so that
-  Slurm sees the user submit the job.
+* ``sbatch``, ``squeue`` and ``scancel`` run as the account too, with its ``HOME``, ``USER`` and
+  ``LOGNAME``, so that Slurm sees the user submit (and cancel) the job.
 
-Switching ids needs the gateway to run as root (the programs are started with
-:func:`subprocess.run`'s ``user``, ``group`` and ``extra_groups``); a gateway that does not says so
-when such a session starts. ``scancel`` and ``squeue`` stay the gateway's: root is a Slurm
-administrator.
+A gateway running as root starts those programs with :func:`subprocess.run`'s ``user``,
+``group`` and ``extra_groups``; any other runs them with ``sudo -n -u ACCOUNT -- env -i ...``,
+which needs a sudoers rule letting the gateway's account run programs as the users (see
+docs/cluster.md). A gateway that can do neither says so when such a session starts.
 """
 
 from __future__ import annotations
@@ -32,17 +32,29 @@ import pwd
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 __all__ = [
+    "AS_ROOT",
     "DEFAULT_MIN_UID",
+    "SAME",
+    "WITH_SUDO",
     "JobOwner",
     "JobOwnerError",
     "OwnerFiles",
 ]
+
+#: How programs are started as an account (:attr:`JobOwner.how`): as the gateway's own...
+SAME: Final = ""
+#: ... by the gateway itself, running as root ...
+AS_ROOT: Final = "root"
+#: ... or through ``sudo``.
+WITH_SUDO: Final = "sudo"
+
+_DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 #: The lowest uid that may run sessions unless ``min_uid`` says otherwise.
 DEFAULT_MIN_UID: Final = 1000
@@ -65,7 +77,9 @@ class JobOwner:
         gid: its primary group id.
         groups: every group id it is in (for ``extra_groups``).
         home: its home directory.
-        switch: whether commands must switch to it (False for the gateway's own account).
+        how: how programs are started as it: :data:`SAME` (the gateway's own account),
+            :data:`AS_ROOT` (a gateway running as root switches ids itself) or
+            :data:`WITH_SUDO` (``sudo -n -u NAME``).
     """
 
     name: str
@@ -73,7 +87,12 @@ class JobOwner:
     gid: int
     groups: tuple[int, ...]
     home: str
-    switch: bool
+    how: str = SAME
+
+    @property
+    def switch(self) -> bool:
+        """Whether programs must switch to this account (not the gateway's own)."""
+        return self.how != SAME
 
     @classmethod
     def of_gateway(cls) -> JobOwner:
@@ -82,8 +101,8 @@ class JobOwner:
         try:
             entry = pwd.getpwuid(uid)
         except KeyError:
-            return cls(str(uid), uid, os.getegid(), tuple(os.getgroups()), str(Path.home()), False)
-        return cls(entry.pw_name, uid, entry.pw_gid, tuple(os.getgroups()), entry.pw_dir, False)
+            return cls(str(uid), uid, os.getegid(), tuple(os.getgroups()), str(Path.home()))
+        return cls(entry.pw_name, uid, entry.pw_gid, tuple(os.getgroups()), entry.pw_dir)
 
     @classmethod
     def of_user(cls, name: str, *, min_uid: int = DEFAULT_MIN_UID) -> JobOwner:
@@ -107,13 +126,17 @@ class JobOwner:
                 f"the account {name!r} (uid {entry.pw_uid}) may not run sessions: only "
                 f"accounts from uid {max(min_uid, 1)} on may"
             )
-        if os.geteuid() != 0:
+        if os.geteuid() == 0:
+            how = AS_ROOT
+        elif shutil.which("sudo"):
+            how = WITH_SUDO
+        else:
             raise JobOwnerError(
-                f"the gateway cannot run sessions as {name!r}: it must run as root to start "
-                "them as their users"
+                f"the gateway cannot run sessions as {name!r}: it must run as root, or be "
+                "allowed to run programs as its users with sudo"
             )
         groups = tuple(os.getgrouplist(entry.pw_name, entry.pw_gid))
-        return cls(entry.pw_name, entry.pw_uid, entry.pw_gid, groups, entry.pw_dir, True)
+        return cls(entry.pw_name, entry.pw_uid, entry.pw_gid, groups, entry.pw_dir, how)
 
     def expand(self, path: str) -> Path:
         """``path`` with a leading ``~`` meaning this account's home."""
@@ -127,11 +150,23 @@ class JobOwner:
             return dict(environ)
         return {**environ, "HOME": self.home, "USER": self.name, "LOGNAME": self.name}
 
-    def run_options(self) -> dict[str, Any]:
-        """Keyword arguments of :func:`subprocess.run` that start a program as this account."""
-        if not self.switch:
-            return {}
-        return {"user": self.uid, "group": self.gid, "extra_groups": list(self.groups)}
+    def command(
+        self, argv: Sequence[str], environ: Mapping[str, str]
+    ) -> tuple[list[str], dict[str, str], dict[str, Any]]:
+        """How to run ``argv`` as this account with ``environ`` (given this account's
+        :meth:`environment`): the argv, the environment and more keyword arguments of
+        :func:`subprocess.run`."""
+        environment = self.environment(environ)
+        if self.how == AS_ROOT:
+            ids = {"user": self.uid, "group": self.gid, "extra_groups": list(self.groups)}
+            return list(argv), environment, ids
+        if self.how == WITH_SUDO:
+            # sudo starts the program with an environment of its own making: env -i sets
+            # exactly the job's (no secret is among them: see slurm_commands).
+            settings = [f"{name}={value}" for name, value in environment.items()]
+            wrapped = ["sudo", "-n", "-u", self.name, "--", "env", "-i", *settings, *argv]
+            return wrapped, {"PATH": environ.get("PATH", _DEFAULT_PATH)}, {}
+        return list(argv), environment, {}
 
 
 class OwnerFiles:
@@ -211,17 +246,19 @@ class OwnerFiles:
 
     def _run(self, argv: list[str], data: bytes = b"") -> subprocess.CompletedProcess[bytes]:
         owner = self.owner
-        environment = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C"}
+        command, environment, ids = owner.command(
+            argv, {"PATH": os.environ.get("PATH", _DEFAULT_PATH), "LC_ALL": "C"}
+        )
         try:
             return subprocess.run(
-                argv,
+                command,
                 input=data,
                 capture_output=True,
                 timeout=_FILE_TIMEOUT,
                 check=False,
-                env=owner.environment(environment),
+                env=environment,
                 cwd="/",
-                **owner.run_options(),
+                **ids,
             )
         except subprocess.TimeoutExpired:
             raise OSError(

@@ -327,8 +327,8 @@ class SlurmSession(RemoteServiceScript):
         try:
             result = run_command(
                 self.sbatch_command(folder, size, script, chosen),
-                env=owner.environment(job_environment()),
-                run_as=owner.run_options(),
+                env=job_environment(),
+                owner=owner,
             )
         except SlurmUnavailableError as exc:
             self._cleanup()
@@ -365,7 +365,7 @@ class SlurmSession(RemoteServiceScript):
         if job_id is None:
             return False
         try:
-            status = job_status(job_id)
+            status = job_status(job_id, self._files.owner)
         except SlurmUnavailableError:
             return None
         if status is None or status.state in ENDED_STATES or status.state == "COMPLETING":
@@ -460,7 +460,7 @@ class SlurmSession(RemoteServiceScript):
         last = "submitted"
         while True:
             try:
-                status = job_status(job_id)
+                status = job_status(job_id, self._files.owner)
             except SlurmUnavailableError as exc:
                 last = f"waiting for Slurm ({exc})"
                 self.report_progress(f"Slurm job {job_id}: {last}")
@@ -528,7 +528,7 @@ class SlurmSession(RemoteServiceScript):
     def _cancel(self, job_id: str, host_port: tuple[str, int] | None) -> None:
         where = f"vizgate slurm [{self._name}#{self._index}]"
         try:
-            result = run_command(["scancel", job_id])
+            result = run_command(["scancel", job_id], owner=self._files.owner)
         except SlurmUnavailableError as exc:
             print(f"{where}: cannot cancel Slurm job {job_id}: {exc}", file=sys.stderr)
             return
@@ -543,7 +543,7 @@ class SlurmSession(RemoteServiceScript):
         state = "unknown"
         while True:
             try:
-                status = job_status(job_id)
+                status = job_status(job_id, self._files.owner)
             except SlurmUnavailableError:
                 job_over = False
             else:

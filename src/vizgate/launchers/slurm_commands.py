@@ -28,7 +28,10 @@ import os
 import re
 import subprocess
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from vizgate.launchers.job_owner import JobOwner
 
 __all__ = [
     "ENDED_STATES",
@@ -139,15 +142,18 @@ def job_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
 
 
 def run_command(
-    argv: list[str], env: Mapping[str, str] | None = None, run_as: Mapping[str, Any] | None = None
+    argv: list[str], env: Mapping[str, str] | None = None, owner: JobOwner | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """Run a Slurm command (an argv list, never a shell string); ``run_as`` holds
-    :func:`subprocess.run`'s ``user``, ``group`` and ``extra_groups`` to run it as another
-    account (:meth:`vizgate.launchers.job_owner.JobOwner.run_options`).
+    """Run a Slurm command (an argv list, never a shell string), as ``owner`` when given (the
+    account a session runs as, :meth:`vizgate.launchers.job_owner.JobOwner.command`; then
+    ``env`` defaults to :func:`job_environment`).
 
     Raises:
         SlurmUnavailableError: the program is missing or did not answer in time.
     """
+    ids: dict[str, Any] = {}
+    if owner is not None and owner.switch:
+        argv, env, ids = owner.command(argv, job_environment() if env is None else env)
     try:
         return subprocess.run(
             argv,
@@ -157,7 +163,7 @@ def run_command(
             timeout=_COMMAND_TIMEOUT,
             check=False,
             env=env,
-            **(run_as or {}),
+            **ids,
         )
     except subprocess.TimeoutExpired:
         raise SlurmUnavailableError(
@@ -185,8 +191,8 @@ def command_error(program: str, stderr: str, returncode: int) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-def job_status(job_id: str) -> JobStatus | None:
-    """Ask ``squeue`` about a job, finished ones included.
+def job_status(job_id: str, owner: JobOwner | None = None) -> JobStatus | None:
+    """Ask ``squeue`` about a job, finished ones included (as ``owner``, if given).
 
     Returns:
         The job's status, or None when Slurm does not know the job (never submitted, or
@@ -195,7 +201,7 @@ def job_status(job_id: str) -> JobStatus | None:
     Raises:
         SlurmUnavailableError: squeue is missing or cannot reach the controller.
     """
-    result = run_command(["squeue", "-h", "-t", "all", "-j", job_id, "-o", "%T|%r|%N"])
+    result = run_command(["squeue", "-h", "-t", "all", "-j", job_id, "-o", "%T|%r|%N"], owner=owner)
     if result.returncode != 0:
         if "Invalid job id" in result.stderr:
             return None
