@@ -7,6 +7,7 @@ tuple), so the filter is tested on what the server really logs.
 from __future__ import annotations
 
 import io
+import json
 import logging
 import re
 import sys
@@ -247,3 +248,28 @@ def test_configure_logging_takes_levels_by_name_and_number() -> None:
     assert logging.getLogger().level == logging.WARNING
     with pytest.raises(ValueError, match="unknown log level"):
         configure_logging("chatty", stream=io.StringIO())
+
+
+@pytest.mark.usefixtures("clean_logging")
+def test_json_lines_are_one_redacted_object_per_record() -> None:
+    stream = io.StringIO()
+    configure_logging("info", stream=stream, log_format="json")
+    logging.getLogger("uvicorn.access").info('"GET /v1/status?security_token=%s"', SECRET)
+    try:
+        raise RuntimeError(f"failed with token={SECRET}\nsecond line")
+    except RuntimeError:
+        logging.getLogger("vizgate.broker").exception("Desktop#%d: start() raised", 0)
+
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2, lines
+    access, failure = (json.loads(line) for line in lines)
+    assert set(access) == {"time", "level", "logger", "message"}
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", access["time"])
+    assert (access["level"], access["logger"]) == ("INFO", "uvicorn.access")
+    assert access["message"] == f'"GET /v1/status?security_token={REDACTED}"'
+    assert (failure["level"], failure["message"]) == ("ERROR", "Desktop#0: start() raised")
+    assert failure["exception"].startswith("Traceback (most recent call last):")
+    assert f"token={REDACTED}\nsecond line" in failure["exception"]
+    assert SECRET not in stream.getvalue()
+    with pytest.raises(ValueError, match="unknown log format"):
+        configure_logging("info", stream=io.StringIO(), log_format="xml")

@@ -306,3 +306,18 @@ def test_https_with_cert_and_key_and_allowed_hosts(
             plain.getresponse()
     finally:
         plain.close()
+
+
+@pytest.mark.integration
+def test_json_logs_are_one_object_per_line_from_start_to_stop(tmp_path: Path, config: Path) -> None:
+    token = "json-logs-keep-this-out-29"
+    gateway = start_gateway(tmp_path / "run", config, "--log-format", "json")
+    try:
+        assert gateway.request("/v1/status", {"security_token": token}).status == 200
+    finally:
+        gateway.stop()
+    records = [json.loads(line) for line in gateway.stderr_path.read_text().splitlines()]
+    loggers = {record["logger"] for record in records}
+    assert {"uvicorn.error", "uvicorn.access", "vizgate.server"} <= loggers, loggers
+    assert any(record["message"].startswith("broker open:") for record in records)
+    assert token not in gateway.output()

@@ -4,6 +4,12 @@ Every record goes through one handler that writes lines like::
 
     2026-11-29 01:02:03 INFO vizgate.broker: Desktop#0: reserved for alice at 1600x1200
 
+or, for log collectors (``vizgate serve --log-format json``), one JSON object per line
+(:class:`JsonLineFormatter`)::
+
+    {"time": "2026-11-29T01:02:03.456Z", "level": "INFO", "logger": "vizgate.broker",
+     "message": "Desktop#0: reserved for alice at 1600x1200"}
+
 The handler's :class:`RedactingFilter` formats each record's message and replaces secrets in
 it with ``[redacted]`` before anything is written. uvicorn's access log prints request paths
 with their query strings (``"GET /v1/reserve/X?security_token=..."``) and its WebSocket log
@@ -17,6 +23,8 @@ secret), and the values of the ``Cookie``,
 
 from __future__ import annotations
 
+import datetime
+import json
 import logging
 import re
 import sys
@@ -25,7 +33,9 @@ from typing import TextIO
 __all__ = [
     "DATE_FORMAT",
     "LINE_FORMAT",
+    "LOG_FORMATS",
     "REDACTED",
+    "JsonLineFormatter",
     "RedactingFilter",
     "configure_logging",
     "redact",
@@ -95,8 +105,37 @@ class RedactingFilter(logging.Filter):
         return True
 
 
+#: The formats :func:`configure_logging` writes.
+LOG_FORMATS = ("text", "json")
+
+
+class JsonLineFormatter(logging.Formatter):
+    """One JSON object per record, on one line: ``time`` (UTC, ISO 8601 with milliseconds),
+    ``level``, ``logger``, ``message`` and, when there is one, ``exception`` (the traceback).
+
+    The record's message is the :class:`RedactingFilter`'s by then; newlines stay inside the
+    JSON strings, so a collector never splits a record.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        moment = datetime.datetime.fromtimestamp(record.created, tz=datetime.UTC)
+        entry: dict[str, str] = {
+            "time": moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            entry["exception"] = record.exc_text
+        if record.stack_info:
+            entry["stack"] = record.stack_info
+        return json.dumps(entry, ensure_ascii=False)
+
+
 def configure_logging(
-    level: int | str = "info", *, stream: TextIO | None = None
+    level: int | str = "info", *, stream: TextIO | None = None, log_format: str = "text"
 ) -> logging.Handler:
     """Send every log record of the process through one redacting handler.
 
@@ -106,6 +145,8 @@ def configure_logging(
     Args:
         level: the lowest level written, a name (``"debug"``, ``"info"``, ...) or a number.
         stream: where lines go; standard error by default.
+        log_format: ``"text"`` (one readable line per record) or ``"json"`` (one JSON object
+            per line, :class:`JsonLineFormatter`).
 
     Returns:
         The handler, so a caller can remove it again.
@@ -113,8 +154,13 @@ def configure_logging(
     numeric = logging.getLevelName(level.upper()) if isinstance(level, str) else level
     if not isinstance(numeric, int):
         raise ValueError(f"unknown log level {level!r}")
+    if log_format not in LOG_FORMATS:
+        raise ValueError(f"unknown log format {log_format!r}")
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
-    handler.setFormatter(logging.Formatter(LINE_FORMAT, DATE_FORMAT))
+    formatter = (
+        JsonLineFormatter() if log_format == "json" else logging.Formatter(LINE_FORMAT, DATE_FORMAT)
+    )
+    handler.setFormatter(formatter)
     handler.addFilter(RedactingFilter())
     root = logging.getLogger()
     for old in list(root.handlers):

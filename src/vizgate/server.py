@@ -39,7 +39,7 @@ from vizgate.catalog import load_catalog
 from vizgate.exceptions import ConfigError, ScriptError
 from vizgate.fastpath import TakeoverProtocol
 from vizgate.lifecycle import Timeouts
-from vizgate.logs import configure_logging
+from vizgate.logs import LOG_FORMATS, configure_logging
 from vizgate.web.proxy_trust import (
     add_single_sign_on_arguments,
     logout_url_problem,
@@ -219,6 +219,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="lowest level logged (default: %(default)s)",
     )
     parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="text",
+        help="text: one readable line per record; json: one JSON object per line, for log "
+        "collectors (default: %(default)s)",
+    )
+    parser.add_argument(
         "--max-sessions-per-user",
         type=_count,
         default=0,
@@ -280,7 +287,7 @@ def run_serve(args: argparse.Namespace) -> int:
     Returns:
         The exit status (see the module's documentation).
     """
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, log_format=args.log_format)
     if bool(args.cert) != bool(args.key):
         _complain("--cert and --key go together: give both to serve https, or neither")
         return EXIT_USAGE
