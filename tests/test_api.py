@@ -119,6 +119,7 @@ def test_with_the_security_token_status_lists_every_type(gateway: GatewayProcess
             "in_use": 0,
             "sizes": ["1024x768", "1600x1200"],
             "group": None,
+            "choices": {},
         },
         {
             "name": "Cluster <Node>",
@@ -126,6 +127,7 @@ def test_with_the_security_token_status_lists_every_type(gateway: GatewayProcess
             "in_use": 0,
             "sizes": ["1024x768", "1280x1024", "1600x1200", "1920x1080"],
             "group": "ClusterRendering",
+            "choices": {},
         },
         {
             "name": "Echo",
@@ -133,6 +135,7 @@ def test_with_the_security_token_status_lists_every_type(gateway: GatewayProcess
             "in_use": 0,
             "sizes": ["1024x768", "1280x1024", "1600x1200", "1920x1080"],
             "group": None,
+            "choices": {},
         },
     ]
     assert status["sessions"] == []
