@@ -16,6 +16,7 @@ import pytest
 from broker_fixtures import MakeBroker
 from gateway import start_gateway, write_config
 from portal_client import Account, create_accounts, logged_in
+from support import scaled, wait_until
 from vizgate.catalog import ServiceType, load_catalog
 from vizgate.choices import choices_problems, label, launch_options, settle
 from vizgate.exceptions import ConfigError, ReservationError
@@ -202,9 +203,16 @@ def test_the_portal_offers_the_choices_and_the_session_gets_the_picked_ones(
             },
         )
         assert launched.status == 302, launched.text
-        database = sqlite3.connect(f"file:{run / 'data' / 'vizgate.sqlite3'}?mode=ro", uri=True)
-        with contextlib.closing(database):
-            [(options,)] = database.execute("SELECT options FROM portal_session").fetchall()
+
+        def stored_options() -> list[str]:
+            # The broker saves sessions from a thread of its own: the row may come a little
+            # after the redirect.
+            path = run / "data" / "vizgate.sqlite3"
+            with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+                return [row[0] for row in db.execute("SELECT options FROM portal_session")]
+
+        wait_until(lambda: stored_options(), scaled(10), message="the session was not saved")
+        [options] = stored_options()
         assert json.loads(options) == {
             "size": "1024x768",
             "time_limit": "24:00:00",
