@@ -241,3 +241,40 @@ def test_who_may_use_a_gated_type() -> None:
     assert may_use_group("G", authenticated=True, staff=False, groups=("G", "H"))
     assert not may_use_group("G", authenticated=True, staff=False, groups=("H",))
     assert may_use_group("G", authenticated=True, staff=True, groups=())
+
+
+def test_user_list_shows_role_state_login_and_groups(data_dir: Path) -> None:
+    assert vizgate(data_dir, "group", "add", "Viz").returncode == 0
+    assert (
+        vizgate(data_dir, "user", "add", "root", "--admin", stdin=PASSWORD + "\n").returncode == 0
+    )
+    made = vizgate(data_dir, "user", "add", "carol", "--no-password", "--group", "Viz")
+    assert made.returncode == 0, made.stderr
+    listed = vizgate(data_dir, "user", "list")
+    assert listed.returncode == 0, listed.stderr
+    rows = [line.split("  ") for line in listed.stdout.splitlines()]
+    cells = [[cell.strip() for cell in row if cell.strip()] for row in rows]
+    assert cells == [
+        ["user", "role", "state", "login", "groups", "last login"],
+        ["carol", "user", "enabled", "single sign-on", "Viz", "never"],
+        ["root", "administrator", "enabled", "password", "-", "never"],
+    ]
+
+
+def test_user_admin_and_disable_change_the_account(data_dir: Path) -> None:
+    assert vizgate(data_dir, "user", "add", "dave", stdin=PASSWORD + "\n").returncode == 0
+    made = vizgate(data_dir, "user", "admin", "dave")
+    assert made.stdout == "dave is now an administrator\n"
+    assert user_row(data_dir, "dave")[1:] == (1, 1)  # type: ignore[index]
+    assert vizgate(data_dir, "user", "admin", "dave").stdout == "dave is already an administrator\n"
+    revoked = vizgate(data_dir, "user", "admin", "dave", "--revoke")
+    assert revoked.stdout == "dave is no longer an administrator\n"
+    assert user_row(data_dir, "dave")[1:] == (0, 0)  # type: ignore[index]
+
+    disabled = vizgate(data_dir, "user", "disable", "dave")
+    assert disabled.stdout.startswith("dave is now disabled\n  its portal logins no longer work")
+    assert "disabled" in vizgate(data_dir, "user", "list").stdout
+    assert vizgate(data_dir, "user", "enable", "dave").stdout == "dave is now enabled\n"
+    missing = vizgate(data_dir, "user", "disable", "nobody-here")
+    assert missing.returncode == 1
+    assert "no user called 'nobody-here'" in missing.stderr

@@ -9,6 +9,7 @@ it directly gets.
 from __future__ import annotations
 
 import contextlib
+import html
 import http.client
 import re
 import sqlite3
@@ -278,3 +279,19 @@ def test_bad_single_sign_on_options_stop_the_server_with_why(
         assert said in gateway.output()
     finally:
         gateway.stop()
+
+
+def test_a_disabled_user_is_refused_at_once_with_sso_and_with_a_password(
+    gateway: GatewayProcess, tmp_path: Path
+) -> None:
+    sso = Browser(gateway.port)
+    assert signed_in_as(sso.get("/", {USER: "ivan"})) == "ivan"
+    local = Browser(gateway.port)
+    assert local.login(LOCAL_ADMIN).status == 302
+    for name in ("ivan", LOCAL_ADMIN.name):
+        run_python("-m", "vizgate", "user", "disable", name, "--data-dir", str(data_dir(tmp_path)))
+    refused = sso.get("/", {USER: "ivan"})
+    assert refused.status == 403
+    assert "no active account" in html.unescape(refused.text)
+    assert local.get("/").status == 302
+    assert "/login/" in local.get("/").location

@@ -11,27 +11,33 @@ The functions that touch the database need Django set up first
 
 from __future__ import annotations
 
+import datetime
 import getpass
 import sys
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, TextIO
 
 from vizgate.exceptions import VizgateError
 
 if TYPE_CHECKING:
     from django.contrib.auth.base_user import AbstractBaseUser
-    from django.contrib.auth.models import AnonymousUser
+    from django.contrib.auth.models import AnonymousUser, User
 
 __all__ = [
     "AccountError",
+    "UserSummary",
     "agroup_names",
     "amay_use",
     "create_group",
     "create_user",
     "forbidden_message",
     "group_exists",
+    "list_users",
     "may_use_group",
     "read_password",
+    "set_active",
+    "set_admin",
     "set_password",
     "user_exists",
 ]
@@ -189,16 +195,85 @@ def set_password(name: str, password: str, *, validate: bool = True) -> None:
     Raises:
         AccountError: no such user, or the password is too weak.
     """
-    from django.contrib.auth.models import User
-
-    try:
-        user = User.objects.get(username=name)
-    except User.DoesNotExist:
-        raise AccountError(f"no user called {name!r}") from None
+    user = _user(name)
     if validate:
         _validate_password(password, name)
     user.set_password(password)
     user.save(update_fields=["password"])
+
+
+@dataclass(frozen=True)
+class UserSummary:
+    """A user as ``vizgate user list`` shows it."""
+
+    name: str
+    admin: bool
+    active: bool
+    has_password: bool
+    groups: tuple[str, ...]
+    last_login: datetime.datetime | None
+
+
+def list_users() -> list[UserSummary]:
+    """Every user, by name."""
+    from django.contrib.auth.models import User
+
+    return [
+        UserSummary(
+            name=user.username,
+            admin=user.is_staff,
+            active=user.is_active,
+            has_password=user.has_usable_password(),
+            groups=tuple(sorted(group.name for group in user.groups.all())),
+            last_login=user.last_login,
+        )
+        for user in User.objects.order_by("username").prefetch_related("groups")
+    ]
+
+
+def set_admin(name: str, admin: bool) -> bool:
+    """Make ``name`` an administrator (staff and superuser), or no longer one.
+
+    Returns:
+        Whether anything changed.
+
+    Raises:
+        AccountError: no such user.
+    """
+    user = _user(name)
+    if user.is_staff == admin and user.is_superuser == admin:
+        return False
+    user.is_staff = user.is_superuser = admin
+    user.save(update_fields=["is_staff", "is_superuser"])
+    return True
+
+
+def set_active(name: str, active: bool) -> bool:
+    """Let ``name`` log in again, or no longer: a disabled user's logins stop working at once
+    (Django does not believe a portal session of an inactive user) and single sign-on refuses
+    it.
+
+    Returns:
+        Whether anything changed.
+
+    Raises:
+        AccountError: no such user.
+    """
+    user = _user(name)
+    if user.is_active == active:
+        return False
+    user.is_active = active
+    user.save(update_fields=["is_active"])
+    return True
+
+
+def _user(name: str) -> User:
+    from django.contrib.auth.models import User
+
+    try:
+        return User.objects.get(username=name)
+    except User.DoesNotExist:
+        raise AccountError(f"no user called {name!r}") from None
 
 
 def may_use_group(

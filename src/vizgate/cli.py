@@ -294,6 +294,32 @@ def _add_user(subparsers: _Subparsers) -> None:
     passwd.add_argument("name", metavar="NAME", help="the user name")
     _add_data_dir(passwd)
     passwd.set_defaults(func=_run_user_passwd)
+    listing = actions.add_parser(
+        "list",
+        help="list the users",
+        description="List every user: administrator or not, enabled or not, with a password "
+        "or single sign-on only, groups, last login.",
+    )
+    _add_data_dir(listing)
+    listing.set_defaults(func=_run_user_list)
+    admin = actions.add_parser(
+        "admin",
+        help="make a user an administrator (or, with --revoke, no longer one)",
+        description="Make the user NAME an administrator: it may use every session type, sees "
+        "and ends every session and may use the admin pages. With --revoke, no longer.",
+    )
+    admin.add_argument("name", metavar="NAME", help="the user name")
+    admin.add_argument("--revoke", action="store_true", help="no longer an administrator")
+    _add_data_dir(admin)
+    admin.set_defaults(func=_run_user_admin)
+    for action, text in (
+        ("disable", "stop a user from logging in; its logins stop working at once"),
+        ("enable", "let a disabled user log in again"),
+    ):
+        switch = actions.add_parser(action, help=text, description=text[0].upper() + text[1:] + ".")
+        switch.add_argument("name", metavar="NAME", help="the user name")
+        _add_data_dir(switch)
+        switch.set_defaults(func=_run_user_enable, enable=action == "enable")
 
 
 def _add_group(subparsers: _Subparsers) -> None:
@@ -379,6 +405,69 @@ def _run_user_passwd(args: argparse.Namespace) -> int:
         print(f"vizgate user passwd: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     print(f"changed the password of {args.name}")
+    return EXIT_OK
+
+
+def _run_user_list(args: argparse.Namespace) -> int:
+    from vizgate import accounts
+
+    if not _open_database(args, "user list"):
+        return EXIT_FAILURE
+    rows = [("user", "role", "state", "login", "groups", "last login")]
+    for user in accounts.list_users():
+        rows.append(
+            (
+                user.name,
+                "administrator" if user.admin else "user",
+                "enabled" if user.active else "disabled",
+                "password" if user.has_password else "single sign-on",
+                ", ".join(user.groups) or "-",
+                user.last_login.strftime("%Y-%m-%d %H:%M UTC") if user.last_login else "never",
+            )
+        )
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    for row in rows:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+    return EXIT_OK
+
+
+def _run_user_admin(args: argparse.Namespace) -> int:
+    from vizgate import accounts
+
+    if not _open_database(args, "user admin"):
+        return EXIT_FAILURE
+    try:
+        changed = accounts.set_admin(args.name, not args.revoke)
+    except accounts.AccountError as exc:
+        print(f"vizgate user admin: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    if args.revoke:
+        print(f"{args.name} is {'no longer' if changed else 'not'} an administrator")
+    else:
+        print(f"{args.name} is {'now' if changed else 'already'} an administrator")
+    return EXIT_OK
+
+
+def _run_user_enable(args: argparse.Namespace) -> int:
+    from vizgate import accounts
+
+    command = "user enable" if args.enable else "user disable"
+    if not _open_database(args, command):
+        return EXIT_FAILURE
+    try:
+        changed = accounts.set_active(args.name, args.enable)
+    except accounts.AccountError as exc:
+        print(f"vizgate {command}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    state = "enabled" if args.enable else "disabled"
+    print(f"{args.name} is {'now' if changed else 'already'} {state}")
+    if changed and not args.enable:
+        print(
+            "  its portal logins no longer work; sessions it runs go on until they end or an "
+            "administrator terminates them (Status page)"
+        )
     return EXIT_OK
 
 

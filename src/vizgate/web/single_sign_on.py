@@ -44,7 +44,7 @@ from asgiref.sync import markcoroutinefunction
 from django.conf import settings
 from django.contrib import auth
 from django.contrib.auth.backends import RemoteUserBackend
-from django.contrib.auth.models import Group, User
+from django.contrib.auth.models import AnonymousUser, Group, User
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.shortcuts import render
@@ -133,7 +133,7 @@ class SingleSignOnMiddleware:
         problem = username_problem(name)
         if problem is not None:
             logger.warning("single sign-on name %r refused: %s", name, problem)
-            return _refusal(
+            return await _refusal(
                 request,
                 f"Your account name at the site, “{name}”, cannot be a vizgate account: {problem}",
             )
@@ -142,10 +142,11 @@ class SingleSignOnMiddleware:
             if user.is_authenticated:
                 # Someone else signed in at the proxy in this browser.
                 await auth.alogout(request)
+                _set_user(request, AnonymousUser())
             signed_in = await auth.aauthenticate(request, remote_user=name)
             if signed_in is None:
                 logger.warning("single sign-on of %s refused: no active account", name)
-                return _refusal(
+                return await _refusal(
                     request,
                     f"vizgate has no active account for “{name}”. Ask the site's "
                     "administrators for access.",
@@ -195,7 +196,10 @@ def _set_user(request: HttpRequest, user: Any) -> None:
     request.auser = auser
 
 
-def _refusal(request: HttpRequest, text: str) -> HttpResponse:
+async def _refusal(request: HttpRequest, text: str) -> HttpResponse:
+    # The page names the user: resolved here, since the template cannot query the database
+    # from the event loop.
+    request.user = await request.auser()
     return render(
         request, "portal/message.html", {"title": "Access refused", "text": text}, status=403
     )
