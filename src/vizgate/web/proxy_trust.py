@@ -123,16 +123,8 @@ class IdentityHeaderGuard:
                     "not believed (the proxy must replace what the browser sent)",
                     peer,
                 )
-        elif (
-            peer is not None
-            and peer not in self._warned
-            and len(self._warned) < (_MAX_WARNED_ADDRESSES)
-        ):
-            self._warned.add(peer)
-            logger.warning(
-                "identity headers from %s ignored: it is not a trusted proxy (FORWARDED_ALLOW_IPS)",
-                peer,
-            )
+        elif peer is not None and peer not in self._warned:
+            self._warn_untrusted(peer)
         scope = dict(scope)
         scope["headers"] = [
             (raw, value)
@@ -140,6 +132,15 @@ class IdentityHeaderGuard:
             if raw.lower().replace(b"_", b"-") not in names or raw.lower() in kept
         ]
         return scope
+
+    def _warn_untrusted(self, peer: str) -> None:
+        if len(self._warned) >= _MAX_WARNED_ADDRESSES:
+            return
+        self._warned.add(peer)
+        logger.warning(
+            "identity headers from %s ignored: it is not a trusted proxy (FORWARDED_ALLOW_IPS)",
+            peer,
+        )
 
 
 # ---------------------------------------------------------------------------------------------
