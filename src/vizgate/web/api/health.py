@@ -11,10 +11,9 @@ import logging
 
 from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.utils.cache import add_never_cache_headers
-from django.views.decorators.csrf import csrf_exempt
 
 from vizgate.web import runtime
+from vizgate.web.api.views import read_only_endpoint
 from vizgate.web.portal.models import Session
 
 __all__ = ["healthz"]
@@ -22,21 +21,13 @@ __all__ = ["healthz"]
 logger = logging.getLogger(__name__)
 
 
-@csrf_exempt
+@read_only_endpoint
 async def healthz(request: HttpRequest) -> HttpResponse:
     """The gateway's health (see the module's documentation)."""
-    response: HttpResponse
-    if request.method not in ("GET", "HEAD"):
-        response = HttpResponse("use GET\n", status=405, content_type="text/plain; charset=utf-8")
-        response["Allow"] = "GET, HEAD"
-    else:
-        problem = await _problem()
-        if problem is None:
-            response = JsonResponse({"status": "ok"})
-        else:
-            response = JsonResponse({"status": "unavailable", "reason": problem}, status=503)
-    add_never_cache_headers(response)
-    return response
+    problem = await _problem()
+    if problem is None:
+        return JsonResponse({"status": "ok"})
+    return JsonResponse({"status": "unavailable", "reason": problem}, status=503)
 
 
 async def _problem() -> str | None:

@@ -40,6 +40,7 @@ __all__ = [
     "USERNAME_FIELD",
     "authorized",
     "ended_session_json",
+    "read_only_endpoint",
     "release",
     "reserve",
     "service_json",
@@ -117,6 +118,26 @@ def v1_endpoint(view: _View) -> _View:
             except runtime.BrokerUnavailable as exc:
                 response = _error(503, "unavailable", str(exc))
         # Answers carry tokens and live state: no cache may keep them.
+        add_never_cache_headers(response)
+        return response
+
+    return csrf_exempt(endpoint)
+
+
+def read_only_endpoint(view: _View) -> _View:
+    """Make an async view a plain read-only endpoint (``/metrics``, ``/healthz``): GET and HEAD
+    only (else 405, in plain text), never cached, exempt from CSRF."""
+
+    @functools.wraps(view)
+    async def endpoint(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        response: HttpResponse
+        if request.method not in ("GET", "HEAD"):
+            response = HttpResponse(
+                "use GET\n", status=405, content_type="text/plain; charset=utf-8"
+            )
+            response["Allow"] = "GET, HEAD"
+        else:
+            response = await view(request, *args, **kwargs)
         add_never_cache_headers(response)
         return response
 
