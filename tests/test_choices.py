@@ -175,7 +175,8 @@ def test_the_portal_offers_the_choices_and_the_session_gets_the_picked_ones(
     )
     run = tmp_path / "run"
     alice = Account("alice", "alice-picks-her-hours-62")
-    create_accounts(run / "data", [alice])
+    root = Account("root", "root-reads-the-choices-88", admin=True)
+    create_accounts(run / "data", [alice, root])
     gateway = start_gateway(run, config)
     try:
         browser = logged_in(gateway, alice)
@@ -223,6 +224,11 @@ def test_the_portal_offers_the_choices_and_the_session_gets_the_picked_ones(
         status = gateway.request("/v1/status").json()
         [cluster] = status["services"]
         assert cluster["choices"] == CHOICES
+        [session] = status["sessions"]
+        assert session["choices"] == {"time_limit": "24:00:00", "partition": "viz"}
+        # The administrator's page of the session says what was picked.
+        detail = logged_in(gateway, root).get(f"/status/{session['id']}/")
+        assert "1024x768; time_limit 24:00:00; partition viz" in detail.text
         bad = gateway.request("/v1/reserve/Cluster", {"partition": "nope"})
         assert bad.status == 400
         assert "partition 'nope' is not offered" in bad.text

@@ -110,6 +110,11 @@ class LiveSession:
             ends_at=wall(deadline[0]) if deadline else None,
             ends_because=deadline[1].value if deadline else None,
             watchers=sum(1 for viewer in self.attachments.values() if viewer.grant),
+            choices=tuple(
+                (name, str(self.options[name]))
+                for name in self.service.choices
+                if name in self.options
+            ),
         )
 
     def record(self, wall: Callable[[float | None], float | None]) -> SessionRecord:

@@ -78,6 +78,8 @@ class SessionInfo:
     ends_at: float | None = None
     ends_because: str | None = None
     watchers: int = 0
+    #: The type's launch choices as this session's user picked them: (name, value) pairs.
+    choices: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -177,6 +177,7 @@ def session_json(info: SessionInfo) -> dict[str, Any]:
         "connections": info.connections,
         "user": info.user,
         "size": info.size,
+        "choices": dict(info.choices),
         "since": _iso_utc(info.created),
         "host": info.host,
         "port": info.port,
