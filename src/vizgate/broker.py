@@ -19,7 +19,7 @@ import itertools
 import logging
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from vizgate.broker_views import BrokerViews
@@ -74,6 +74,8 @@ class Broker(BrokerViews):
             holds that had not ended (a restarted gateway keeps its users' desktops).
         max_sessions_per_user: the most sessions one user may hold over all types (see
             :mod:`vizgate.user_limits`); None for no limit.
+        paused: why new sessions are paused, or None (:mod:`vizgate.pause`); asked at each
+            reservation, except an administrator's.
     """
 
     def __init__(
@@ -84,8 +86,10 @@ class Broker(BrokerViews):
         probe_interval: float = 0.1,
         store: SessionStore | None = None,
         max_sessions_per_user: int | None = None,
+        paused: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.catalog = catalog
+        self.paused = paused
         self.max_sessions_per_user = max_sessions_per_user
         self._store = ThreadedStore(store) if store is not None else None
         self.timeouts = timeouts or Timeouts()
@@ -208,14 +212,16 @@ class Broker(BrokerViews):
             unlimited: ``user`` is not held to the per-user limits (an administrator).
 
         Raises:
-            ReservationError: unknown type, a size or a choice not offered, the user's limit
-                reached, or no free instance.
+            ReservationError: unknown type, a size or a choice not offered, new sessions
+                paused, the user's limit reached, or no free instance.
         """
         service = self.service(service_name)
         try:
             start_options = launch_options(service, options or {})
         except ValueError as exc:
             raise ReservationError(str(exc), reason="bad_option") from None
+        if not unlimited and (why := self.paused()):
+            raise ReservationError(f"new sessions are paused: {why}", reason="paused")
         if user and not unlimited:
             check_user_limits(self._live, service, user, self.max_sessions_per_user)
         index = self._live.free_index(service.name)

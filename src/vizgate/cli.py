@@ -33,6 +33,7 @@ from vizgate import __version__
 from vizgate.catalog import TIMEOUT_OPTIONS, Catalog, ServiceType, load_catalog
 from vizgate.choices import CHOICES_OPTION
 from vizgate.exceptions import ConfigError, ConfigProblem, ScriptError
+from vizgate.pause import PAUSE_FILE_NAME, PauseFile
 from vizgate.scripts import realize_instances
 from vizgate.window_sizes import DEFAULT_SIZES
 
@@ -337,6 +338,58 @@ def _add_group(subparsers: _Subparsers) -> None:
     add.set_defaults(func=_run_group_add)
 
 
+def _add_pause(subparsers: _Subparsers) -> None:
+    pause = subparsers.add_parser(
+        "pause",
+        help="pause new sessions (for maintenance); running ones go on",
+        description="Pause new sessions of the gateway whose data directory is given: users "
+        "see REASON and cannot launch (administrators still can); running sessions go on. "
+        "The pause outlives restarts until 'vizgate resume'.",
+    )
+    pause.add_argument("reason", metavar="REASON", nargs="?", default="", help="what users see")
+    _add_data_dir(pause)
+    pause.set_defaults(func=_run_pause)
+    resume = subparsers.add_parser(
+        "resume", help="accept new sessions again", description="Accept new sessions again."
+    )
+    _add_data_dir(resume)
+    resume.set_defaults(func=_run_resume)
+
+
+def _pause_file(args: argparse.Namespace) -> PauseFile:
+    from vizgate.web import default_data_dir
+
+    data_dir = Path(args.data_dir).expanduser() if args.data_dir else default_data_dir()
+    return PauseFile(data_dir.resolve() / PAUSE_FILE_NAME)
+
+
+def _run_pause(args: argparse.Namespace) -> int:
+    pause_file = _pause_file(args)
+    try:
+        reason = pause_file.pause(args.reason)
+    except OSError as exc:
+        print(
+            f"vizgate pause: cannot write {pause_file.path}: {exc.strerror or exc}", file=sys.stderr
+        )
+        return EXIT_FAILURE
+    print(f"new sessions are paused: {reason}")
+    return EXIT_OK
+
+
+def _run_resume(args: argparse.Namespace) -> int:
+    pause_file = _pause_file(args)
+    try:
+        resumed = pause_file.resume()
+    except OSError as exc:
+        print(
+            f"vizgate resume: cannot remove {pause_file.path}: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
+    print("new sessions are accepted again" if resumed else "new sessions were not paused")
+    return EXIT_OK
+
+
 def _open_database(args: argparse.Namespace, command: str) -> bool:
     from vizgate.web import default_data_dir, setup_django
 
@@ -507,6 +560,7 @@ _COMMANDS: tuple[Callable[[_Subparsers], None], ...] = (
     _add_serve,
     _add_user,
     _add_group,
+    _add_pause,
     _add_demo,
 )
 

@@ -40,6 +40,7 @@ from vizgate.exceptions import ConfigError, ScriptError
 from vizgate.fastpath import TakeoverProtocol
 from vizgate.lifecycle import Timeouts
 from vizgate.logs import LOG_FORMATS, configure_logging
+from vizgate.pause import PAUSE_FILE_NAME, PauseFile
 from vizgate.web.proxy_trust import (
     add_single_sign_on_arguments,
     logout_url_problem,
@@ -361,6 +362,7 @@ def run_serve(args: argparse.Namespace) -> int:
         ),
         store=DjangoSessionStore(),
         max_sessions_per_user=args.max_sessions_per_user or None,
+        paused=PauseFile(data_dir.resolve() / PAUSE_FILE_NAME).reason,
     )
     ping_interval = args.ping_interval or None
     application = build_application(

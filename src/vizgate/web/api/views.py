@@ -67,6 +67,7 @@ _STATUS_OF_REASON = {
     "forbidden": 403,
     "no_free_instance": 409,
     "user_limit": 409,
+    "paused": 503,
 }
 
 _View = Callable[..., Coroutine[Any, Any, HttpResponse]]
@@ -285,6 +286,7 @@ async def status(request: HttpRequest) -> HttpResponse:
     broker = runtime.get_broker()
     return JsonResponse(
         {
+            "paused": broker.paused(),
             "services": [service_json(info) for info in broker.services()],
             "sessions": [session_json(info) for info in broker.sessions()],
             "ended": [ended_session_json(info) for info in broker.history()],

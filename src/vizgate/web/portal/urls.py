@@ -39,6 +39,8 @@ urlpatterns = [
     path("share/", share_views.open_pending_share, name="open_pending_share"),
     path("share/<str:secret>/", share_views.open_share, name="open_share"),
     path("status/", views.status, name="status"),
+    path("status/pause", views.pause, name="pause"),
+    path("status/resume", views.resume, name="resume"),
     path("status/<str:session_id>/", views.session_detail, name="session_detail"),
     path("status/<str:session_id>/terminate", views.terminate, name="terminate"),
 ]

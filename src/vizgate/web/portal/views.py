@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -36,6 +37,7 @@ from vizgate.accounts import agroup_names, may_use_group
 from vizgate.broker import Broker
 from vizgate.choices import label
 from vizgate.exceptions import ReservationError
+from vizgate.pause import PAUSE_FILE_NAME, PauseFile
 from vizgate.sessions import ServiceInfo, SessionInfo
 from vizgate.web import runtime
 from vizgate.web.portal.assets import find_static
@@ -281,7 +283,7 @@ async def _render_catalogue(
     return render(
         request,
         "portal/catalogue.html",
-        {"cards": cards, "error": error, "staff": _is_staff(user)},
+        {"cards": cards, "error": error, "staff": _is_staff(user), "paused": broker.paused()},
         status=status,
     )
 
@@ -403,8 +405,31 @@ async def status(request: HttpRequest, user: PortalUser) -> HttpResponseBase:
             "services": broker.services(),
             "rows": [SessionRow.of(info) for info in broker.sessions()],
             "ended": [SessionRow.of(info) for info in broker.history()],
+            "paused": broker.paused(),
         },
     )
+
+
+@portal_view(staff=True, methods=("POST",))
+async def pause(request: HttpRequest, user: PortalUser) -> HttpResponseBase:
+    """``POST /status/pause``: pause new sessions (``reason``); running ones go on."""
+    reason = pause_file().pause(str(request.POST.get("reason", "")))
+    logger.warning("%s paused new sessions: %s", user.get_username(), reason)
+    return redirect("portal:status")
+
+
+@portal_view(staff=True, methods=("POST",))
+async def resume(request: HttpRequest, user: PortalUser) -> HttpResponseBase:
+    """``POST /status/resume``: accept new sessions again."""
+    if pause_file().resume():
+        logger.warning("%s resumed new sessions", user.get_username())
+    return redirect("portal:status")
+
+
+@functools.cache
+def pause_file() -> PauseFile:
+    """The pause of new sessions in the gateway's data directory (:mod:`vizgate.pause`)."""
+    return PauseFile(Path(settings.VIZGATE_DATA_DIR) / PAUSE_FILE_NAME)
 
 
 #: The most audit-trail lines the session page shows (the first ones, then the last ones).
