@@ -51,10 +51,11 @@ def test_every_family_has_one_help_and_one_type_line_before_its_samples() -> Non
             seen.append(name)
         elif not line.startswith("#"):
             # A sample of the family declared last (a histogram's carry suffixes).
-            name = line.split("{")[0]
+            name = line.split("{")[0].split(" ")[0]
             histogram = {seen[-1] + suffix for suffix in ("_bucket", "_sum", "_count")}
             assert name == seen[-1] or name in histogram, line
     assert seen == [
+        "vizgate_new_sessions_paused",
         "vizgate_instances",
         "vizgate_sessions",
         "vizgate_viewers",
@@ -126,3 +127,10 @@ def test_no_user_token_or_host_is_exposed() -> None:
     text = exposition([service("A")], [session("A")], SessionTally(), states=STATES)
     for secret in ("alice", "abcdef", "node7", "5901", "0123456789abcdef"):
         assert secret not in text
+
+
+def test_the_pause_of_new_sessions_is_a_gauge() -> None:
+    running = samples(exposition([service("A")], [], SessionTally(), states=STATES))
+    paused = samples(exposition([service("A")], [], SessionTally(), states=STATES, paused=True))
+    assert running["vizgate_new_sessions_paused"] == 0
+    assert paused["vizgate_new_sessions_paused"] == 1

@@ -92,6 +92,7 @@ def exposition(
     tally: SessionTally,
     *,
     states: Sequence[str],
+    paused: bool = False,
 ) -> str:
     """The metrics as Prometheus' text exposition format.
 
@@ -100,9 +101,17 @@ def exposition(
         sessions: every live session (:meth:`vizgate.broker.Broker.sessions`).
         tally: what happened since the process started.
         states: the live states, each reported for every type (0 when none is in it).
+        paused: new sessions are paused (:mod:`vizgate.pause`).
     """
     names = [service.name for service in services]
     lines: list[str] = []
+    _family(
+        lines,
+        "vizgate_new_sessions_paused",
+        "gauge",
+        "1 while new sessions are paused for maintenance, else 0.",
+        [("", 1 if paused else 0)],
+    )
     _family(
         lines,
         "vizgate_instances",

@@ -35,5 +35,11 @@ async def metrics(request: HttpRequest) -> HttpResponse:
         broker = runtime.get_broker()
     except runtime.BrokerUnavailable as exc:
         return HttpResponse(f"{exc}\n", status=503, content_type="text/plain; charset=utf-8")
-    text = exposition(broker.services(), broker.sessions(), broker.tally, states=_STATES)
+    text = exposition(
+        broker.services(),
+        broker.sessions(),
+        broker.tally,
+        states=_STATES,
+        paused=broker.paused() is not None,
+    )
     return HttpResponse(text, content_type=CONTENT_TYPE)
