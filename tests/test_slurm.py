@@ -273,7 +273,20 @@ def test_load_state_refuses_what_get_state_never_returns(state: dict[str, Any]) 
 
 
 def test_job_status_describes_state_and_reason() -> None:
-    assert JobStatus("PENDING", "Resources", "").describe() == "PENDING (Resources)"
+    assert (
+        JobStatus("PENDING", "Resources", "").describe()
+        == "PENDING (Resources): waiting for free resources"
+    )
+    assert (
+        JobStatus("PENDING", "ReqNodeNotAvail, UnavailableNodes:n1", "").describe()
+        == "PENDING (ReqNodeNotAvail, UnavailableNodes:n1): the nodes it needs are not available"
+    )
+    assert (
+        JobStatus("PENDING", "QOSMaxJobsPerUserLimit", "").describe()
+        == "PENDING (QOSMaxJobsPerUserLimit): a limit of its account or quality of service is "
+        "reached"
+    )
+    assert JobStatus("PENDING", "SomethingNew", "").describe() == "PENDING (SomethingNew)"
     assert JobStatus("RUNNING", "None", "n1").describe() == "RUNNING"
     pending = JobStatus("PENDING", "ReqNodeNotAvail, UnavailableNodes:n1", "")
     assert pending.reason_code == "ReqNodeNotAvail"
@@ -388,12 +401,18 @@ async def test_two_instances_are_two_concurrent_jobs_and_a_third_is_refused(
             id="impossible-constraint",
         ),
         pytest.param(
-            {"partition": DOWN_PARTITION}, "cannot run: PENDING (PartitionDown)", id="down"
+            {"partition": DOWN_PARTITION},
+            "cannot run: PENDING (PartitionDown): its partition is down",
+            id="down",
         ),
         pytest.param(
             {"partition": SHORT_PARTITION, "time_limit": 5},
             # Which of the two Slurm names depends on when its scheduler looks at the job.
-            ("cannot run: PENDING (PartitionConfig)", "cannot run: PENDING (PartitionTimeLimit)"),
+            (
+                "cannot run: PENDING (PartitionConfig): it asks for more than its partition allows",
+                "cannot run: PENDING (PartitionTimeLimit): it asks for more time than its "
+                "partition allows",
+            ),
             id="over-time-limit",
         ),
         pytest.param(

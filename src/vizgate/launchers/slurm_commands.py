@@ -43,6 +43,7 @@ __all__ = [
     "first_line",
     "job_environment",
     "job_status",
+    "reason_in_words",
     "run_command",
 ]
 
@@ -125,10 +126,51 @@ class JobStatus:
         return self.reason.split(",", 1)[0].strip()
 
     def describe(self) -> str:
-        """``PENDING (Resources)``, or the bare state when there is no reason."""
-        if self.reason and self.reason != "None":
-            return f"{self.state} ({self.reason})"
-        return self.state
+        """``PENDING (Resources): waiting for free resources``: the state, Slurm's reason and,
+        for the reasons users meet most, what it means in words (:func:`reason_in_words`);
+        the bare state when there is no reason."""
+        if not self.reason or self.reason == "None":
+            return self.state
+        words = reason_in_words(self.reason_code)
+        return f"{self.state} ({self.reason})" + (f": {words}" if words else "")
+
+
+#: Slurm's pending reasons that users meet most, in words (squeue(1), "JOB REASON CODES").
+_REASON_WORDS: dict[str, str] = {
+    "Resources": "waiting for free resources",
+    "Priority": "waiting behind jobs of higher priority",
+    "Dependency": "waiting for the jobs it depends on",
+    "BeginTime": "waiting for its earliest start time",
+    "JobHeldUser": "held by its user",
+    "JobHeldAdmin": "held by an administrator",
+    "Licenses": "waiting for licenses",
+    "Reservation": "waiting for its reservation",
+    "NodeDown": "a node it needs is down",
+    "ReqNodeNotAvail": "the nodes it needs are not available",
+    "BadConstraints": "no node has what it asks for",
+    "PartitionDown": "its partition is down",
+    "PartitionInactive": "its partition runs no jobs",
+    "PartitionConfig": "it asks for more than its partition allows",
+    "PartitionTimeLimit": "it asks for more time than its partition allows",
+    "PartitionNodeLimit": "it asks for more nodes than its partition allows",
+    "InvalidAccount": "its account is not valid",
+    "InvalidQOS": "its quality of service is not valid",
+    "AccountNotAllowed": "its account may not use the partition",
+    "QOSNotAllowed": "its quality of service may not use the partition",
+}
+
+
+def reason_in_words(code: str) -> str:
+    """What a pending reason code means for the person waiting; "" when it has no words here.
+
+    The limits of accounts and qualities of service (``QOSMaxJobsPerUserLimit``,
+    ``AssocGrpCpuLimit``, ...) all read as one: the user's share of the cluster is in use.
+    """
+    if code in _REASON_WORDS:
+        return _REASON_WORDS[code]
+    if code.startswith(("QOSMax", "QOSGrp", "AssocMax", "AssocGrp")) and code.endswith("Limit"):
+        return "a limit of its account or quality of service is reached"
+    return ""
 
 
 def job_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
