@@ -622,6 +622,15 @@ def test_the_viewer_shows_the_start_progress_and_why_a_start_failed(
     assert_no_script_problems(page)
 
 
+def warned(page: Any, words: str) -> int:
+    """Wait until the viewer warns that the session ends, in ``words``; the seconds it says
+    are left."""
+    warning = page.locator("#warning")
+    playwright_api.expect(warning).to_be_visible(timeout=scaled(15) * 1000)
+    playwright_api.expect(warning).to_contain_text(words)
+    return int(warning.inner_text().split(" in ", 1)[1].split(" s", 1)[0])
+
+
 def test_the_viewer_warns_a_minute_before_a_limit_ends_the_session(
     browser: Any, desktop: Desktop
 ) -> None:
@@ -629,12 +638,7 @@ def test_the_viewer_warns_a_minute_before_a_limit_ends_the_session(
     page = log_in(browser, gateway.url, BOB)
     session_id = launch(page, SHORT, "800x600")
     connected(page)
-    warning = page.locator("#warning")
-    playwright_api.expect(warning).to_be_visible(timeout=scaled(15) * 1000)
-    playwright_api.expect(warning).to_contain_text("maximum lifetime")
-    text = warning.inner_text()
-    seconds = int(text.split(" in ", 1)[1].split(" s", 1)[0])
-    assert 0 < seconds <= SHORT_LIFETIME
+    assert 0 < warned(page, "maximum lifetime") <= SHORT_LIFETIME
     screenshot(page, "viewer-warning")
     assert_no_script_problems(page)
     # The viewer asks before it ends a session: accept.

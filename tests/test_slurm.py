@@ -11,6 +11,7 @@ Slurm, MUNGE and TigerVNC: missing programs skip them, or fail them when ``CI`` 
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import os
 import re
@@ -574,3 +575,19 @@ def test_a_crashed_vnc_server_ends_the_job_and_its_x_lock_is_removed(
     assert not Path(f"/tmp/.X11-unix/X{display}").exists()
     session.stop()
     assert not Path(state["folder"]).exists()
+
+
+def test_job_status_reads_the_end_of_the_jobs_time() -> None:
+    end = JobStatus("RUNNING", "None", "n1", "2026-11-29T18:00:00").end_timestamp
+    assert end == datetime.datetime(2026, 11, 29, 18, 0, 0).timestamp()
+    for unknown in ("N/A", "Unknown", "NONE", ""):
+        assert JobStatus("RUNNING", "None", "n1", unknown).end_timestamp is None
+
+
+def test_a_script_reports_its_end_time_for_the_current_session_only() -> None:
+    session = SlurmSession(TYPE)
+    assert session.end_time() is None
+    session.set_end_time(1234.5)
+    assert session.end_time() == 1234.5
+    session.reset()
+    assert session.end_time() is None

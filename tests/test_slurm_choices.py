@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from support import scaled
 from vizgate.broker import Broker
 from vizgate.catalog import load_catalog
 from vizgate.launchers.slurm import realize_service
+from vizgate.script_calls import END_TIME_MARGIN
 
 
 def test_the_chosen_partition_and_time_limit_replace_the_types() -> None:
@@ -41,6 +43,12 @@ async def test_a_job_runs_in_the_partition_and_for_the_time_its_user_picked(
         attachment = await asyncio.wait_for(broker.attach(reservation.token), scaled(30))
         result = cluster.run("squeue", "-h", "-n", JOB_NAME_0, "-o", "%P %l %T")
         assert result.stdout.split() == [SHORT_PARTITION, "1:00", "RUNNING"]
+        # The job's time limit is the session's: the broker ends it a little before, and the
+        # viewer warns about it.
+        [info] = broker.sessions()
+        assert info.ends_because == "time_limit"
+        assert info.ends_at is not None
+        assert 0 < info.ends_at - time.time() < 60 - END_TIME_MARGIN + 1
         broker.detach(attachment)
         await asyncio.wait_for(broker.wait_until_idle(), scaled(20))
     finally:

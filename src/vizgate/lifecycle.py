@@ -77,6 +77,7 @@ class EndReason(enum.Enum):
     START_TIMEOUT = "start_timeout"
     IDLE_TIMEOUT = "idle_timeout"
     MAX_LIFETIME = "max_lifetime"
+    TIME_LIMIT = "time_limit"
     TERMINATED = "terminated"
     CRASHED = "crashed"
     SHUTDOWN = "shutdown"
@@ -221,6 +222,8 @@ class SessionLifecycle:
         self.reserved_at = self.now
         self.started_at: float | None = None
         self.ready_at: float | None = None
+        #: When the session's VNC server stops by itself (a batch job's time limit), if known.
+        self.ends_at: float | None = None
         self.ended_at: float | None = None
         self.last_activity = self.now
         self.connections: set[int] = set()
@@ -398,6 +401,12 @@ class SessionLifecycle:
         self._end_with(EndReason.START_FAILED, message, now)
         self._begin_stop(now)
 
+    def end_by(self, at: float) -> None:
+        """The session's VNC server stops by itself at ``at`` (a batch job's time limit, as
+        its script reported it): the session ends then with :attr:`EndReason.TIME_LIMIT`, and
+        viewers are warned before, as for the maximum lifetime."""
+        self.ends_at = at if self.ends_at is None else min(self.ends_at, at)
+
     def ready(self, now: float) -> None:
         """host:port accepted a TCP connection: the session runs."""
         if self._state is not State.WAITING_READY:
@@ -456,6 +465,8 @@ class SessionLifecycle:
             candidates.append((self.last_activity + self.timeouts.idle, EndReason.IDLE_TIMEOUT))
         if self.timeouts.max_lifetime is not None and self.ready_at is not None:
             candidates.append((self.ready_at + self.timeouts.max_lifetime, EndReason.MAX_LIFETIME))
+        if self.ends_at is not None:
+            candidates.append((self.ends_at, EndReason.TIME_LIMIT))
         return min(candidates, key=lambda c: c[0]) if candidates else None
 
     def next_deadline(self) -> float | None:
@@ -470,6 +481,8 @@ class SessionLifecycle:
                 candidates.append(self.last_activity + self.timeouts.idle)
             if self.timeouts.max_lifetime is not None and self.ready_at is not None:
                 candidates.append(self.ready_at + self.timeouts.max_lifetime)
+            if self.ends_at is not None:
+                candidates.append(self.ends_at)
         return min(candidates) if candidates else None
 
     def tick(self, now: float) -> None:
@@ -529,6 +542,8 @@ class SessionLifecycle:
                 f"the session reached its maximum lifetime of {_seconds(timeouts.max_lifetime)}",
                 now,
             )
+        elif self.ends_at is not None and now >= self.ends_at:
+            self._end_with(EndReason.TIME_LIMIT, "the session's time limit was reached", now)
         else:
             return
         self._begin_stop(now)

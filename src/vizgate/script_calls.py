@@ -22,7 +22,7 @@ from vizgate.lifecycle import State
 from vizgate.live import LiveSession
 from vizgate.script_hooks import script_state
 
-__all__ = ["ScriptCalls", "call_start", "call_stop"]
+__all__ = ["END_TIME_MARGIN", "ScriptCalls", "call_start", "call_stop"]
 
 T = TypeVar("T")
 
@@ -65,6 +65,10 @@ class ScriptCalls:
         return asyncio.wrap_future(result)
 
 
+#: A session whose script reported an end time ends this many seconds before it.
+END_TIME_MARGIN = 10.0
+
+
 async def call_start(session: LiveSession, calls: ScriptCalls, now: Callable[[], float]) -> None:
     """Call the session script's ``start()``; tell the lifecycle whether it started.
 
@@ -102,6 +106,11 @@ async def call_start(session: LiveSession, calls: ScriptCalls, now: Callable[[],
     else:
         logger.info("%s: start() returned after %.1f s", session.label, loop.time() - began)
         session.lifecycle.start_succeeded(*host_port, now())
+        end_time = script.end_time()
+        if end_time is not None:
+            # The script speaks wall-clock time; the lifecycle, the broker's clock. The session
+            # ends a little before, so that stop() rather than the end itself ends it.
+            session.lifecycle.end_by(now() + (end_time - time.time()) - END_TIME_MARGIN)
 
 
 async def call_stop(session: LiveSession, calls: ScriptCalls, now: Callable[[], float]) -> bool:

@@ -53,6 +53,9 @@ class RemoteServiceScript:
     * ``set_password(password)`` (provided): a per-session VNC password the script also gives to
       its VNC server (in a 0600 file). vizgate answers the VNC server's authentication with it,
       so the browser never holds it. It is kept only in memory.
+    * ``set_end_time(timestamp)`` (provided): when the session's VNC server will stop by itself
+      (a batch job's time limit), in seconds since the epoch. vizgate warns the viewers a minute
+      before and ends the session then, saying why, rather than letting it vanish.
     """
 
     def __init__(
@@ -73,6 +76,7 @@ class RemoteServiceScript:
         self._options: dict[str, Any] = {}
         self._password: bytes | None = None
         self._progress = ""
+        self._end_time: float | None = None
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -110,6 +114,17 @@ class RemoteServiceScript:
             raise ValueError("set_password: the password is empty")
         with self._lock:
             self._password = raw
+
+    def set_end_time(self, timestamp: float | None) -> None:
+        """Say when the session's VNC server will stop by itself (seconds since the epoch, e.g.
+        a batch job's time limit), or None when it will not."""
+        with self._lock:
+            self._end_time = None if timestamp is None else float(timestamp)
+
+    def end_time(self) -> float | None:
+        """The time given to :meth:`set_end_time` for the current session, if any."""
+        with self._lock:
+            return self._end_time
 
     def report_progress(self, message: str) -> None:
         """Tell the person waiting what ``start()`` is doing (e.g. ``"PENDING (Resources)"``).
@@ -163,6 +178,7 @@ class RemoteServiceScript:
             self._port = None
             self._password = None
             self._progress = ""
+            self._end_time = None
 
 
 _modules_lock = threading.Lock()

@@ -488,6 +488,8 @@ class SlurmSession(RemoteServiceScript):
                     connection = self._read_connection(self._files, folder)
                     if connection is not None:
                         self.set_host_port(*connection)
+                        # The job's time limit ends the desktop: the gateway warns before.
+                        self.set_end_time(status.end_timestamp)
                         self.report_progress(
                             f"Slurm job {job_id}: RUNNING on {status.node or connection[0]}"
                         )

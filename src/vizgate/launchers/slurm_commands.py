@@ -24,6 +24,7 @@ job more with ``"sbatch_args": ["--export=ALL,NAME=value"]``.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import os
 import re
 import subprocess
@@ -113,11 +114,22 @@ class JobStatus:
         state: the long state name, e.g. ``PENDING``, ``RUNNING``, ``CANCELLED``.
         reason: why it is in that state, e.g. ``Resources``; ``None`` when there is no reason.
         node: the node list, empty while pending.
+        end: when the job will end by its time limit, as squeue prints it (local time,
+            ``2026-11-29T18:00:00``), or ``N/A``, ``Unknown``, "".
     """
 
     state: str
     reason: str
     node: str
+    end: str = ""
+
+    @property
+    def end_timestamp(self) -> float | None:
+        """:attr:`end` in seconds since the epoch, or None when squeue gave no time."""
+        try:
+            return datetime.datetime.fromisoformat(self.end).timestamp()
+        except ValueError:
+            return None
 
     @property
     def reason_code(self) -> str:
@@ -243,7 +255,9 @@ def job_status(job_id: str, owner: JobOwner | None = None) -> JobStatus | None:
     Raises:
         SlurmUnavailableError: squeue is missing or cannot reach the controller.
     """
-    result = run_command(["squeue", "-h", "-t", "all", "-j", job_id, "-o", "%T|%r|%N"], owner=owner)
+    result = run_command(
+        ["squeue", "-h", "-t", "all", "-j", job_id, "-o", "%T|%r|%N|%e"], owner=owner
+    )
     if result.returncode != 0:
         if "Invalid job id" in result.stderr:
             return None
@@ -253,6 +267,5 @@ def job_status(job_id: str, owner: JobOwner | None = None) -> JobStatus | None:
     line = first_line(result.stdout)
     if not line:
         return None
-    state, _, rest = line.partition("|")
-    reason, _, node = rest.partition("|")
-    return JobStatus(state=state.strip(), reason=reason.strip(), node=node.strip())
+    state, reason, node, end = [field.strip() for field in [*line.split("|"), "", "", ""][:4]]
+    return JobStatus(state=state, reason=reason, node=node, end=end)

@@ -444,6 +444,9 @@ function describeLimit(because, seconds) {
         return `This session ends ${left} because nobody used it for a while. ` +
             'Move the mouse or type to keep it.';
     }
+    if (because === 'time_limit') {
+        return `This session ends ${left}: its time on the cluster is up. Save your work.`;
+    }
     return `This session ends ${left}: it reaches its maximum lifetime. Save your work.`;
 }
 

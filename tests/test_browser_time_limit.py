@@ -1,0 +1,93 @@
+"""A session whose script reports when it will end (``set_end_time``, as the Slurm launcher does
+with a job's time limit): in a real browser, the viewer warns, and the gateway ends the session
+itself before the end comes, with the reason ``time_limit``. Real TigerVNC started by the seed's
+``desktop_session.py`` (wrapped by ``tests/data/time_limited_desktop.py``)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway import start_gateway
+from portal_client import create_accounts
+from support import (
+    VncHome,
+    free_displays,
+    kill_pid_tree,
+    pids_on_display,
+    require_binaries,
+    scaled,
+    wait_until,
+)
+from test_browser import (
+    Desktop,
+    assert_no_script_problems,
+    browser,
+    connected,
+    ended,
+    launch,
+    log_in,
+    screenshot,
+    warned,
+)
+from test_portal import ALICE, GROUP
+from vizgate.script_calls import END_TIME_MARGIN
+
+pytestmark = [pytest.mark.browser, pytest.mark.integration]
+
+__all__ = ["browser"]  # the module's fixture, used here
+
+LIMITED = "Time-limited Desktop"
+SCRIPT = Path(__file__).resolve().parent / "data" / "time_limited_desktop.py"
+#: The desktop's time: the gateway ends it END_TIME_MARGIN before, so after a few seconds.
+TIME_LIMIT = END_TIME_MARGIN + 8
+
+
+@pytest.fixture
+def limited(vnc_home: VncHome, tmp_path: Path) -> Iterator[Desktop]:
+    require_binaries("vncserver", "Xvnc")
+    display_base = free_displays(1, start=480)
+    config = tmp_path / "config" / "external_services.json"
+    config.parent.mkdir()
+    options = {
+        "sizes": ["800x600"],
+        "display_base": display_base,
+        "vnc_password_file": "~/.vnc/passwd",
+        "time_limit_seconds": TIME_LIMIT,
+    }
+    config.write_text(
+        json.dumps({LIMITED: {"script": str(SCRIPT), "count": 1, "options": options}})
+    )
+    run = tmp_path / "run"
+    create_accounts(run / "data", [ALICE], groups=[GROUP])
+    gateway = start_gateway(run, config, "--stop-sessions-on-exit", "--ping-interval", "0")
+    try:
+        yield Desktop(gateway, display_base, vnc_home.path)
+    finally:
+        gateway.stop()
+        for pid in pids_on_display(display_base):
+            kill_pid_tree(pid)
+
+
+def test_the_viewer_warns_and_the_gateway_ends_the_session_before_its_time_limit(
+    browser: Any, limited: Desktop
+) -> None:
+    gateway = limited.gateway
+    page = log_in(browser, gateway.url, ALICE)
+    session_id = launch(page, LIMITED, "800x600")
+    connected(page)
+    assert 0 < warned(page, "its time on the cluster is up") <= TIME_LIMIT - END_TIME_MARGIN
+    screenshot(page, "viewer-time-limit")
+
+    record = wait_until(
+        lambda: ended(gateway, session_id),
+        TIME_LIMIT + scaled(15),
+        message="the session did not end at its time limit",
+    )
+    assert record["end_reason"] == "time_limit"
+    assert not pids_on_display(limited.display_base)
+    assert_no_script_problems(page)
