@@ -348,3 +348,33 @@ async def test_a_storm_of_connections_leaks_nothing_and_stops_once(tmp_path: Pat
             f"{len(asyncio.all_tasks())}",
         )
         assert threading.active_count() <= threads
+
+
+@pytest.mark.integration
+async def test_a_session_keeps_the_end_its_script_reported_across_a_killed_gateway(
+    vnc_home: VncHome, tmp_path: Path, gateways: list[GatewayProcess]
+) -> None:
+    require_binaries("vncserver", "Xvnc")
+    display = free_display(100)
+    limited = seed_desktop_type(display, ["800x600"], time_limit_seconds=600)
+    limited["script"] = str(Path(__file__).resolve().parent / "data" / "time_limited_desktop.py")
+    config = write_catalog(tmp_path / "config", {SERVICE: limited})
+    try:
+        first = start_gateway(tmp_path / "first", config, "--linger", str(LINGER))
+        gateways.append(first)
+        token = first.request("/v1/reserve/" + urllib.parse.quote(SERVICE)).json()["token"]
+        _, ws = await connect(first, token)
+        [running] = status(first)["sessions"]
+        assert running["ends_because"] == "time_limit"
+
+        second = restart(first, tmp_path, config, "second")
+        gateways.append(second)
+        await ws.close()
+        [adopted] = status(second)["sessions"]
+        assert adopted["state"] == "running"
+        assert (adopted["ends_because"], adopted["ends_at"]) == ("time_limit", running["ends_at"])
+    finally:
+        if pids_on_display(display):
+            subprocess.run(["vncserver", "-kill", f":{display}"], check=False, timeout=60)
+        for pid in pids_on_display(display):
+            kill_pid_tree(pid)

@@ -143,6 +143,7 @@ class LiveSession:
             bytes_to_server=info.bytes_to_server,
             stop_timed_out=lifecycle.stop_timed_out,
             script_state=dict(self.script_state),
+            ends_at=wall(lifecycle.ends_at),
         )
 
 

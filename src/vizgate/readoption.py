@@ -126,6 +126,8 @@ async def restored_lifecycle(
                 ready_at=monotonic(record.started),
                 last_activity=monotonic(record.last_activity),
             )
+            if record.ends_at is not None:
+                lifecycle.end_by(monotonic(record.ends_at))
         else:
             lifecycle = SessionLifecycle.adopt_interrupted(
                 now=now,

@@ -66,6 +66,8 @@ class SessionRecord:
         bytes_to_client, bytes_to_server: what the tunnel carried.
         stop_timed_out: ``stop()`` did not return in time; an admin should look.
         script_state: what the script's ``get_state()`` returned, for its ``load_state()``.
+        ends_at: when the gateway ends the session because its script reported an end
+            (``set_end_time``, e.g. a job's time limit), if it did.
     """
 
     id: str
@@ -88,6 +90,7 @@ class SessionRecord:
     bytes_to_server: int
     stop_timed_out: bool
     script_state: Mapping[str, Any] = field(default_factory=dict)
+    ends_at: float | None = None
 
 
 @dataclass(frozen=True)

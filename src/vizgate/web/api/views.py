@@ -185,6 +185,9 @@ def session_json(info: SessionInfo) -> dict[str, Any]:
         "progress": info.progress,
         "bytes_to_client": info.bytes_to_client,
         "bytes_to_server": info.bytes_to_server,
+        # When a limit will end it (idle_timeout, max_lifetime, time_limit), if one will.
+        "ends_at": _iso_utc(info.ends_at),
+        "ends_because": info.ends_because,
     }
 
 

@@ -43,6 +43,9 @@ class Session(models.Model):
     started = models.DateTimeField(blank=True, null=True)
     ended = models.DateTimeField(blank=True, null=True)
     last_activity = models.DateTimeField(blank=True, null=True)
+    ends_at = models.DateTimeField(
+        blank=True, null=True, help_text="when its script said it ends (a job's time limit)"
+    )
     end_reason = models.CharField(max_length=32, blank=True)
     message = models.TextField(blank=True)
     bytes_to_client = models.BigIntegerField(default=0)

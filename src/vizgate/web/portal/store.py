@@ -52,6 +52,7 @@ class DjangoSessionStore:
                 bytes_to_server=row.bytes_to_server,
                 stop_timed_out=row.stop_timed_out,
                 script_state=dict(row.script_state or {}),
+                ends_at=_seconds(row.ends_at),
             )
             for row in Session.objects.exclude(state="ended").order_by("created")
         ]
@@ -79,6 +80,7 @@ class DjangoSessionStore:
                 "bytes_to_server": record.bytes_to_server,
                 "stop_timed_out": record.stop_timed_out,
                 "script_state": dict(record.script_state),
+                "ends_at": _maybe_moment(record.ends_at),
             },
         )
 
