@@ -6,6 +6,7 @@ itself before the end comes, with the reason ``time_limit``. Real TigerVNC start
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 import pytest
 
 from gateway import start_gateway
-from portal_client import create_accounts
+from portal_client import create_accounts, logged_in
 from support import (
     VncHome,
     free_displays,
@@ -34,7 +35,7 @@ from test_browser import (
     screenshot,
     warned,
 )
-from test_portal import ALICE, GROUP
+from test_portal import ALICE, GROUP, ROOT
 from vizgate.script_calls import END_TIME_MARGIN
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
@@ -63,7 +64,7 @@ def limited(vnc_home: VncHome, tmp_path: Path) -> Iterator[Desktop]:
         json.dumps({LIMITED: {"script": str(SCRIPT), "count": 1, "options": options}})
     )
     run = tmp_path / "run"
-    create_accounts(run / "data", [ALICE], groups=[GROUP])
+    create_accounts(run / "data", [ALICE, ROOT], groups=[GROUP])
     gateway = start_gateway(run, config, "--stop-sessions-on-exit", "--ping-interval", "0")
     try:
         yield Desktop(gateway, display_base, vnc_home.path)
@@ -82,6 +83,9 @@ def test_the_viewer_warns_and_the_gateway_ends_the_session_before_its_time_limit
     connected(page)
     assert 0 < warned(page, "its time on the cluster is up") <= TIME_LIMIT - END_TIME_MARGIN
     screenshot(page, "viewer-time-limit")
+    # The administrator's page of the session says when and why it ends.
+    detail = logged_in(gateway, ROOT).get(f"/status/{session_id}/")
+    assert re.search(r"<th>Ends \(UTC\)</th><td>[0-9-]+ [0-9:]+ \(time_limit\)</td>", detail.text)
 
     record = wait_until(
         lambda: ended(gateway, session_id),

@@ -174,6 +174,8 @@ class SessionRow:
     created: datetime | None
     started: datetime | None
     ended: datetime | None
+    #: When a limit will end the session (``info.ends_because`` says which), if one will.
+    ends: datetime | None = None
 
     @classmethod
     def of(cls, info: SessionInfo) -> SessionRow:
@@ -183,6 +185,7 @@ class SessionRow:
             created=_when(info.created),
             started=_when(info.started),
             ended=_when(info.ended),
+            ends=_when(info.ends_at),
         )
 
 
