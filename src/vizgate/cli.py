@@ -26,14 +26,13 @@ import json
 import re
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, TextIO
 
 from vizgate import __version__
 from vizgate.catalog import TIMEOUT_OPTIONS, Catalog, ServiceType, load_catalog
 from vizgate.choices import CHOICES_OPTION
 from vizgate.exceptions import ConfigError, ConfigProblem, ScriptError
-from vizgate.pause import PAUSE_FILE_NAME, PauseFile
+from vizgate.pause import PauseFile
 from vizgate.scripts import realize_instances
 from vizgate.window_sizes import DEFAULT_SIZES
 
@@ -357,10 +356,9 @@ def _add_pause(subparsers: _Subparsers) -> None:
 
 
 def _pause_file(args: argparse.Namespace) -> PauseFile:
-    from vizgate.web import default_data_dir
+    from vizgate.web import data_dir_of
 
-    data_dir = Path(args.data_dir).expanduser() if args.data_dir else default_data_dir()
-    return PauseFile(data_dir.resolve() / PAUSE_FILE_NAME)
+    return PauseFile.in_data_dir(data_dir_of(args.data_dir).resolve())
 
 
 def _run_pause(args: argparse.Namespace) -> int:
@@ -391,9 +389,9 @@ def _run_resume(args: argparse.Namespace) -> int:
 
 
 def _open_database(args: argparse.Namespace, command: str) -> bool:
-    from vizgate.web import default_data_dir, setup_django
+    from vizgate.web import data_dir_of, setup_django
 
-    data_dir = Path(args.data_dir).expanduser() if args.data_dir else default_data_dir()
+    data_dir = data_dir_of(args.data_dir)
     try:
         setup_django(data_dir.resolve(), allowed_hosts=["localhost"])
     except OSError as exc:

@@ -114,7 +114,7 @@ def run_demo(args: argparse.Namespace) -> int:
         the server could not run, 2 when the catalog has problems.
     """
     from vizgate.server import add_serve_arguments, run_serve
-    from vizgate.web import default_data_dir, setup_django
+    from vizgate.web import data_dir_of, setup_django
 
     config = Path(args.config).expanduser() if args.config else DEFAULT_CONFIG
     try:
@@ -127,7 +127,7 @@ def run_demo(args: argparse.Namespace) -> int:
     if not _prepare_vnc():
         return EXIT_FAILURE
 
-    data_dir = (Path(args.data_dir).expanduser() if args.data_dir else default_data_dir()).resolve()
+    data_dir = data_dir_of(args.data_dir).resolve()
     url_host = _url_host(args.host)
     allowed_hosts = list(_LOOPBACK_NAMES)
     if url_host not in allowed_hosts:

@@ -36,6 +36,11 @@ class PauseFile:
         self._seen: tuple[int, int] | None = None
         self._reason: str | None = None
 
+    @classmethod
+    def in_data_dir(cls, data_dir: Path) -> PauseFile:
+        """The pause of the gateway whose data directory is ``data_dir``."""
+        return cls(data_dir / PAUSE_FILE_NAME)
+
     def reason(self) -> str | None:
         """Why new sessions are paused, or None when they are not."""
         try:

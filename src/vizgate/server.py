@@ -28,7 +28,6 @@ import socket
 import ssl
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from types import FrameType
 
 import uvicorn
@@ -40,7 +39,7 @@ from vizgate.exceptions import ConfigError, ScriptError
 from vizgate.fastpath import TakeoverProtocol
 from vizgate.lifecycle import Timeouts
 from vizgate.logs import LOG_FORMATS, configure_logging
-from vizgate.pause import PAUSE_FILE_NAME, PauseFile
+from vizgate.pause import PauseFile
 from vizgate.web.proxy_trust import (
     add_single_sign_on_arguments,
     logout_url_problem,
@@ -318,9 +317,9 @@ def run_serve(args: argparse.Namespace) -> int:
         _complain(f"--logout-url: {logout_problem}")
         return EXIT_USAGE
 
-    from vizgate.web import default_data_dir, setup_django
+    from vizgate.web import data_dir_of, setup_django
 
-    data_dir = Path(args.data_dir).expanduser() if args.data_dir else default_data_dir()
+    data_dir = data_dir_of(args.data_dir)
     allowed_hosts = args.allowed_host or _default_allowed_hosts(args.host)
     if not args.allowed_host and (not args.host or _is_wildcard(args.host)):
         logger.warning(
@@ -362,7 +361,7 @@ def run_serve(args: argparse.Namespace) -> int:
         ),
         store=DjangoSessionStore(),
         max_sessions_per_user=args.max_sessions_per_user or None,
-        paused=PauseFile(data_dir.resolve() / PAUSE_FILE_NAME).reason,
+        paused=PauseFile.in_data_dir(data_dir.resolve()).reason,
     )
     ping_interval = args.ping_interval or None
     application = build_application(

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from vizgate.web.proxy_trust import SingleSignOn
 
-__all__ = ["SETTINGS_MODULE", "default_data_dir", "setup_django"]
+__all__ = ["SETTINGS_MODULE", "data_dir_of", "default_data_dir", "setup_django"]
 
 SETTINGS_MODULE = "vizgate.web.settings"
 
@@ -31,6 +31,11 @@ def default_data_dir() -> Path:
     # The XDG spec says a relative value is invalid and must be ignored.
     root = Path(base) if os.path.isabs(base) else Path.home() / ".local" / "share"
     return root / "vizgate"
+
+
+def data_dir_of(given: str | None) -> Path:
+    """The data directory a ``--data-dir`` option names (``~`` expanded), or the default."""
+    return Path(given).expanduser() if given else default_data_dir()
 
 
 def setup_django(

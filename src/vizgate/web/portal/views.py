@@ -37,7 +37,7 @@ from vizgate.accounts import agroup_names, may_use_group
 from vizgate.broker import Broker
 from vizgate.choices import label
 from vizgate.exceptions import ReservationError
-from vizgate.pause import PAUSE_FILE_NAME, PauseFile
+from vizgate.pause import PauseFile
 from vizgate.sessions import ServiceInfo, SessionInfo
 from vizgate.web import runtime
 from vizgate.web.portal.assets import find_static
@@ -432,7 +432,7 @@ async def resume(request: HttpRequest, user: PortalUser) -> HttpResponseBase:
 @functools.cache
 def pause_file() -> PauseFile:
     """The pause of new sessions in the gateway's data directory (:mod:`vizgate.pause`)."""
-    return PauseFile(Path(settings.VIZGATE_DATA_DIR) / PAUSE_FILE_NAME)
+    return PauseFile.in_data_dir(Path(settings.VIZGATE_DATA_DIR))
 
 
 #: The most audit-trail lines the session page shows (the first ones, then the last ones).
