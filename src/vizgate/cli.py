@@ -284,7 +284,7 @@ def _add_user(subparsers: _Subparsers) -> None:
         "(vizgate serve --remote-user-header)",
     )
     _add_data_dir(add)
-    add.set_defaults(func=_run_user_add)
+    add.set_defaults(func=_account_action("user add", _user_add))
     passwd = actions.add_parser(
         "passwd",
         help="set a user's password",
@@ -293,7 +293,7 @@ def _add_user(subparsers: _Subparsers) -> None:
     )
     passwd.add_argument("name", metavar="NAME", help="the user name")
     _add_data_dir(passwd)
-    passwd.set_defaults(func=_run_user_passwd)
+    passwd.set_defaults(func=_account_action("user passwd", _user_passwd))
     listing = actions.add_parser(
         "list",
         help="list the users",
@@ -301,7 +301,7 @@ def _add_user(subparsers: _Subparsers) -> None:
         "or single sign-on only, groups, last login.",
     )
     _add_data_dir(listing)
-    listing.set_defaults(func=_run_user_list)
+    listing.set_defaults(func=_account_action("user list", _user_list))
     admin = actions.add_parser(
         "admin",
         help="make a user an administrator (or, with --revoke, no longer one)",
@@ -311,7 +311,7 @@ def _add_user(subparsers: _Subparsers) -> None:
     admin.add_argument("name", metavar="NAME", help="the user name")
     admin.add_argument("--revoke", action="store_true", help="no longer an administrator")
     _add_data_dir(admin)
-    admin.set_defaults(func=_run_user_admin)
+    admin.set_defaults(func=_account_action("user admin", _user_admin))
     for action, text in (
         ("disable", "stop a user from logging in; its logins stop working at once"),
         ("enable", "let a disabled user log in again"),
@@ -319,7 +319,9 @@ def _add_user(subparsers: _Subparsers) -> None:
         switch = actions.add_parser(action, help=text, description=text[0].upper() + text[1:] + ".")
         switch.add_argument("name", metavar="NAME", help="the user name")
         _add_data_dir(switch)
-        switch.set_defaults(func=_run_user_enable, enable=action == "enable")
+        switch.set_defaults(
+            func=_account_action(f"user {action}", _user_enable), enable=action == "enable"
+        )
 
 
 def _add_group(subparsers: _Subparsers) -> None:
@@ -334,7 +336,7 @@ def _add_group(subparsers: _Subparsers) -> None:
     add = actions.add_parser("add", help="create a group", description="Create the group G.")
     add.add_argument("name", metavar="G", help="the group name")
     _add_data_dir(add)
-    add.set_defaults(func=_run_group_add)
+    add.set_defaults(func=_account_action("group add", _group_add))
 
 
 def _add_pause(subparsers: _Subparsers) -> None:
@@ -403,34 +405,46 @@ def _open_database(args: argparse.Namespace, command: str) -> bool:
     return True
 
 
-def _run_user_add(args: argparse.Namespace) -> int:
+def _account_action(
+    command: str, action: Callable[[argparse.Namespace], int]
+) -> Callable[[argparse.Namespace], int]:
+    """A ``vizgate user|group`` action: the database opened first, and an account error said
+    as ``vizgate COMMAND: why`` (exit status 1)."""
+
+    def run(args: argparse.Namespace) -> int:
+        from vizgate.accounts import AccountError
+
+        if not _open_database(args, command):
+            return EXIT_FAILURE
+        try:
+            return action(args)
+        except AccountError as exc:
+            print(f"vizgate {command}: {exc}", file=sys.stderr)
+            return EXIT_FAILURE
+
+    return run
+
+
+def _user_add(args: argparse.Namespace) -> int:
     from vizgate import accounts
 
-    if not _open_database(args, "user add"):
-        return EXIT_FAILURE
-    try:
-        # Said before the password is asked for, so nobody types one in vain.
-        if accounts.user_exists(args.name):
-            raise accounts.AccountError(
-                f"the user {args.name!r} exists already (change its password with "
-                f"'vizgate user passwd {args.name}')"
-            )
-        missing = [group for group in args.group if not accounts.group_exists(group)]
-        if missing:
-            raise accounts.AccountError(
-                "no such group: "
-                + ", ".join(repr(group) for group in missing)
-                + " (create it with 'vizgate group add NAME')"
-            )
-        password = (
-            None
-            if args.no_password
-            else accounts.read_password(prompt=f"Password for {args.name}: ")
+    # Said before the password is asked for, so nobody types one in vain.
+    if accounts.user_exists(args.name):
+        raise accounts.AccountError(
+            f"the user {args.name!r} exists already (change its password with "
+            f"'vizgate user passwd {args.name}')"
         )
-        accounts.create_user(args.name, password, groups=args.group, admin=args.admin)
-    except accounts.AccountError as exc:
-        print(f"vizgate user add: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+    missing = [group for group in args.group if not accounts.group_exists(group)]
+    if missing:
+        raise accounts.AccountError(
+            "no such group: "
+            + ", ".join(repr(group) for group in missing)
+            + " (create it with 'vizgate group add NAME')"
+        )
+    password = (
+        None if args.no_password else accounts.read_password(prompt=f"Password for {args.name}: ")
+    )
+    accounts.create_user(args.name, password, groups=args.group, admin=args.admin)
     details = []
     if args.group:
         details.append("groups: " + ", ".join(sorted(set(args.group))))
@@ -442,28 +456,20 @@ def _run_user_add(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _run_user_passwd(args: argparse.Namespace) -> int:
+def _user_passwd(args: argparse.Namespace) -> int:
     from vizgate import accounts
 
-    if not _open_database(args, "user passwd"):
-        return EXIT_FAILURE
-    try:
-        if not accounts.user_exists(args.name):
-            raise accounts.AccountError(f"no user called {args.name!r}")
-        password = accounts.read_password(prompt=f"New password for {args.name}: ")
-        accounts.set_password(args.name, password)
-    except accounts.AccountError as exc:
-        print(f"vizgate user passwd: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+    if not accounts.user_exists(args.name):
+        raise accounts.AccountError(f"no user called {args.name!r}")
+    password = accounts.read_password(prompt=f"New password for {args.name}: ")
+    accounts.set_password(args.name, password)
     print(f"changed the password of {args.name}")
     return EXIT_OK
 
 
-def _run_user_list(args: argparse.Namespace) -> int:
+def _user_list(args: argparse.Namespace) -> int:
     from vizgate import accounts
 
-    if not _open_database(args, "user list"):
-        return EXIT_FAILURE
     rows = [("user", "role", "state", "login", "groups", "last login")]
     for user in accounts.list_users():
         rows.append(
@@ -484,16 +490,10 @@ def _run_user_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _run_user_admin(args: argparse.Namespace) -> int:
+def _user_admin(args: argparse.Namespace) -> int:
     from vizgate import accounts
 
-    if not _open_database(args, "user admin"):
-        return EXIT_FAILURE
-    try:
-        changed = accounts.set_admin(args.name, not args.revoke)
-    except accounts.AccountError as exc:
-        print(f"vizgate user admin: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+    changed = accounts.set_admin(args.name, not args.revoke)
     if args.revoke:
         print(f"{args.name} is {'no longer' if changed else 'not'} an administrator")
     else:
@@ -501,17 +501,10 @@ def _run_user_admin(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _run_user_enable(args: argparse.Namespace) -> int:
+def _user_enable(args: argparse.Namespace) -> int:
     from vizgate import accounts
 
-    command = "user enable" if args.enable else "user disable"
-    if not _open_database(args, command):
-        return EXIT_FAILURE
-    try:
-        changed = accounts.set_active(args.name, args.enable)
-    except accounts.AccountError as exc:
-        print(f"vizgate {command}: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+    changed = accounts.set_active(args.name, args.enable)
     state = "enabled" if args.enable else "disabled"
     print(f"{args.name} is {'now' if changed else 'already'} {state}")
     if changed and not args.enable:
@@ -522,16 +515,10 @@ def _run_user_enable(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _run_group_add(args: argparse.Namespace) -> int:
+def _group_add(args: argparse.Namespace) -> int:
     from vizgate import accounts
 
-    if not _open_database(args, "group add"):
-        return EXIT_FAILURE
-    try:
-        created = accounts.create_group(args.name)
-    except accounts.AccountError as exc:
-        print(f"vizgate group add: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+    created = accounts.create_group(args.name)
     print(f"created group {args.name}" if created else f"the group {args.name} exists already")
     return EXIT_OK
 
