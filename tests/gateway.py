@@ -240,15 +240,23 @@ def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
 
 #: The examples folder: the seed's config and scripts.
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+#: The seed's desktop script wrapped to report when its desktops end, as a batch job's do.
+TIME_LIMITED_DESKTOP = Path(__file__).resolve().parent / "data" / "time_limited_desktop.py"
 
 
 def seed_desktop_type(
-    display_base: int, sizes: Sequence[str], *, count: int = 1, **options: Any
+    display_base: int,
+    sizes: Sequence[str],
+    *,
+    count: int = 1,
+    script: Path = EXAMPLES / "desktop_session.py",
+    **options: Any,
 ) -> dict[str, Any]:
-    """A catalog entry for the seed's unmodified ``desktop_session.py`` (real TigerVNC) on
-    displays from ``display_base``, with the VNC password file the gateway answers with."""
+    """A catalog entry for the seed's unmodified ``desktop_session.py`` (real TigerVNC), or a
+    ``script`` that wraps it, on displays from ``display_base``, with the VNC password file the
+    gateway answers with."""
     return {
-        "script": str(EXAMPLES / "desktop_session.py"),
+        "script": str(script),
         "count": count,
         "options": {
             "sizes": list(sizes),

@@ -10,7 +10,6 @@ Screenshots of the pages are saved under ``test-artifacts/screenshots/`` for peo
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import selectors
@@ -26,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from gateway import GatewayProcess, start_gateway
+from gateway import GatewayProcess, seed_desktop_type, start_gateway, write_catalog
 from portal_client import Account, create_accounts
 from support import (
     VncHome,
@@ -186,64 +185,55 @@ def desktop(vnc_home: VncHome, tmp_path: Path) -> Iterator[Desktop]:
     require_binaries("vncserver", "Xvnc", "xsetroot")
     # Above the displays other tests use, so that their servers do not take these ports.
     display_base = free_displays(3, start=400)
-    config = tmp_path / "config" / "external_services.json"
-    config.parent.mkdir()
-    config.write_text(
-        json.dumps(
-            {
-                DESKTOP: {
-                    "script": str(EXAMPLES / "desktop_session.py"),
-                    "count": 2,
-                    "options": {
-                        "sizes": ["1024x768", "1600x1200"],
-                        "display_base": display_base,
-                        "vnc_password_file": "~/.vnc/passwd",
-                    },
-                },
-                CLUSTER: {
-                    "script": str(DOUBLE_SESSION_SCRIPT),
-                    "count": 1,
-                    "options": {"behaviour": "starts", "group": GROUP},
-                },
-                SLOW: {
-                    "script": str(DOUBLE_SESSION_SCRIPT),
-                    "count": 1,
-                    "options": {"behaviour": "slow", "delay": SLOW_DELAY},
-                },
-                BROKEN: {
-                    "script": str(DOUBLE_SESSION_SCRIPT),
-                    "count": 1,
-                    "options": {"behaviour": "false"},
-                },
-                SHORT: {
-                    "script": str(EXAMPLES / "desktop_session.py"),
-                    "count": 1,
-                    "options": {
-                        "sizes": ["800x600"],
-                        "display_base": display_base + 2,
-                        "vnc_password_file": "~/.vnc/passwd",
-                        "max_lifetime": SHORT_LIFETIME,
-                    },
-                },
-            }
-        )
+    config = write_catalog(
+        tmp_path / "config",
+        {
+            DESKTOP: seed_desktop_type(display_base, ["1024x768", "1600x1200"], count=2),
+            CLUSTER: {
+                "script": str(DOUBLE_SESSION_SCRIPT),
+                "count": 1,
+                "options": {"behaviour": "starts", "group": GROUP},
+            },
+            SLOW: {
+                "script": str(DOUBLE_SESSION_SCRIPT),
+                "count": 1,
+                "options": {"behaviour": "slow", "delay": SLOW_DELAY},
+            },
+            BROKEN: {
+                "script": str(DOUBLE_SESSION_SCRIPT),
+                "count": 1,
+                "options": {"behaviour": "false"},
+            },
+            SHORT: seed_desktop_type(display_base + 2, ["800x600"], max_lifetime=SHORT_LIFETIME),
+        },
     )
     run = tmp_path / "run"
     create_accounts(run / "data", [ALICE, BOB, ROOT], groups=[GROUP])
-    gateway = start_gateway(
-        run, config, "--linger", str(LINGER), "--stop-sessions-on-exit", "--ping-interval", "0"
-    )
+    with desktop_gateway(
+        run, config, vnc_home, display_base, 3,
+        "--linger", str(LINGER), "--stop-sessions-on-exit", "--ping-interval", "0",
+    ) as desktop:  # fmt: skip
+        yield desktop
+    log = desktop.gateway.output()
+    for account in (ALICE, BOB, ROOT):
+        assert account.password not in log
+    assert vnc_home.password.decode() not in log
+
+
+@contextlib.contextmanager
+def desktop_gateway(
+    run: Path, config: Path, vnc_home: VncHome, display_base: int, displays: int, *args: str
+) -> Iterator[Desktop]:
+    """A gateway serving desktops on ``displays`` X displays from ``display_base``; when it
+    stops, whatever still runs on those displays is stopped too."""
+    gateway = start_gateway(run, config, *args)
     try:
         yield Desktop(gateway, display_base, vnc_home.path)
     finally:
         gateway.stop()
-        for index in range(3):
-            for pid in pids_on_display(display_base + index):
+        for display in range(display_base, display_base + displays):
+            for pid in pids_on_display(display):
                 kill_pid_tree(pid)
-        log = gateway.output()
-        for account in (ALICE, BOB, ROOT):
-            assert account.password not in log
-        assert vnc_home.password.decode() not in log
 
 
 PROBLEMS: dict[Any, list[str]] = {}

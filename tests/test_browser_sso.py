@@ -5,23 +5,22 @@ desktop and sees it."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from gateway import run_python, start_gateway
-from support import VncHome, free_displays, kill_pid_tree, pids_on_display, require_binaries
+from gateway import run_python, seed_desktop_type, write_catalog
+from support import VncHome, free_displays, require_binaries
 from test_browser import (
     DESKTOP,
-    EXAMPLES,
     PROBLEMS,
     Desktop,
     assert_no_script_problems,
     browser,
     connected,
+    desktop_gateway,
     launch,
     paint,
     playwright_api,
@@ -42,37 +41,24 @@ GROUP = "renderers"
 def sso_desktop(vnc_home: VncHome, tmp_path: Path) -> Iterator[Desktop]:
     require_binaries("vncserver", "Xvnc", "xsetroot")
     display_base = free_displays(1, start=460)
-    config = tmp_path / "config" / "external_services.json"
-    config.parent.mkdir()
-    desktop_type = {
-        "script": str(EXAMPLES / "desktop_session.py"),
-        "count": 1,
-        "options": {
-            "sizes": ["1024x768"],
-            "display_base": display_base,
-            "vnc_password_file": "~/.vnc/passwd",
+    config = write_catalog(
+        tmp_path / "config",
+        {
+            DESKTOP: seed_desktop_type(display_base, ["1024x768"]),
+            GATED: seed_desktop_type(display_base, ["1024x768"], group=GROUP),
         },
-    }
-    gated_options = {"sizes": ["1024x768"], "display_base": display_base, "group": GROUP}
-    gated_type = {**desktop_type, "options": gated_options}
-    config.write_text(json.dumps({DESKTOP: desktop_type, GATED: gated_type}))
+    )
     run = tmp_path / "run"
     (run / "data").mkdir(parents=True)
     # The group exists in vizgate: membership of it follows the proxy's header.
     run_python("-m", "vizgate", "group", "add", GROUP, "--data-dir", str(run / "data"))
-    gateway = start_gateway(
-        run,
-        config,
+    with desktop_gateway(
+        run, config, vnc_home, display_base, 1,
         "--remote-user-header", "X-Remote-User",
         "--remote-groups-header", "X-Remote-Groups",
         "--stop-sessions-on-exit", "--ping-interval", "0", "--linger", "1",
-    )  # fmt: skip
-    try:
-        yield Desktop(gateway, display_base, vnc_home.path)
-    finally:
-        gateway.stop()
-        for pid in pids_on_display(display_base):
-            kill_pid_tree(pid)
+    ) as desktop:  # fmt: skip
+        yield desktop
 
 
 def test_a_user_signed_in_by_the_proxy_launches_and_sees_the_desktop(

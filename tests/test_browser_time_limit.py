@@ -5,7 +5,6 @@ itself before the end comes, with the reason ``time_limit``. Real TigerVNC start
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,12 +12,11 @@ from typing import Any
 
 import pytest
 
-from gateway import start_gateway
+from gateway import TIME_LIMITED_DESKTOP, seed_desktop_type, write_catalog
 from portal_client import create_accounts, logged_in
 from support import (
     VncHome,
     free_displays,
-    kill_pid_tree,
     pids_on_display,
     require_binaries,
     scaled,
@@ -29,6 +27,7 @@ from test_browser import (
     assert_no_script_problems,
     browser,
     connected,
+    desktop_gateway,
     ended,
     launch,
     log_in,
@@ -43,7 +42,6 @@ pytestmark = [pytest.mark.browser, pytest.mark.integration]
 __all__ = ["browser"]  # the module's fixture, used here
 
 LIMITED = "Time-limited Desktop"
-SCRIPT = Path(__file__).resolve().parent / "data" / "time_limited_desktop.py"
 #: The desktop's time: the gateway ends it END_TIME_MARGIN before, so after a few seconds.
 TIME_LIMIT = END_TIME_MARGIN + 8
 
@@ -52,26 +50,16 @@ TIME_LIMIT = END_TIME_MARGIN + 8
 def limited(vnc_home: VncHome, tmp_path: Path) -> Iterator[Desktop]:
     require_binaries("vncserver", "Xvnc")
     display_base = free_displays(1, start=480)
-    config = tmp_path / "config" / "external_services.json"
-    config.parent.mkdir()
-    options = {
-        "sizes": ["800x600"],
-        "display_base": display_base,
-        "vnc_password_file": "~/.vnc/passwd",
-        "time_limit_seconds": TIME_LIMIT,
-    }
-    config.write_text(
-        json.dumps({LIMITED: {"script": str(SCRIPT), "count": 1, "options": options}})
+    limited_type = seed_desktop_type(
+        display_base, ["800x600"], script=TIME_LIMITED_DESKTOP, time_limit_seconds=TIME_LIMIT
     )
+    config = write_catalog(tmp_path / "config", {LIMITED: limited_type})
     run = tmp_path / "run"
     create_accounts(run / "data", [ALICE, ROOT], groups=[GROUP])
-    gateway = start_gateway(run, config, "--stop-sessions-on-exit", "--ping-interval", "0")
-    try:
-        yield Desktop(gateway, display_base, vnc_home.path)
-    finally:
-        gateway.stop()
-        for pid in pids_on_display(display_base):
-            kill_pid_tree(pid)
+    with desktop_gateway(
+        run, config, vnc_home, display_base, 1, "--stop-sessions-on-exit", "--ping-interval", "0"
+    ) as desktop:
+        yield desktop
 
 
 def test_the_viewer_warns_and_the_gateway_ends_the_session_before_its_time_limit(

@@ -15,7 +15,13 @@ from pathlib import Path
 import pytest
 import websockets
 
-from gateway import GatewayProcess, seed_desktop_type, start_gateway, write_catalog
+from gateway import (
+    TIME_LIMITED_DESKTOP,
+    GatewayProcess,
+    seed_desktop_type,
+    start_gateway,
+    write_catalog,
+)
 from inprocess import closed_with, serve, serve_catalog, unique
 from rfb_client import RfbClient, WebSocketSource
 from support import (
@@ -356,8 +362,9 @@ async def test_a_session_keeps_the_end_its_script_reported_across_a_killed_gatew
 ) -> None:
     require_binaries("vncserver", "Xvnc")
     display = free_display(100)
-    limited = seed_desktop_type(display, ["800x600"], time_limit_seconds=600)
-    limited["script"] = str(Path(__file__).resolve().parent / "data" / "time_limited_desktop.py")
+    limited = seed_desktop_type(
+        display, ["800x600"], script=TIME_LIMITED_DESKTOP, time_limit_seconds=600
+    )
     config = write_catalog(tmp_path / "config", {SERVICE: limited})
     try:
         first = start_gateway(tmp_path / "first", config, "--linger", str(LINGER))
