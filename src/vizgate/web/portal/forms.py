@@ -8,7 +8,6 @@ from typing import Any
 from django import forms
 from django.contrib.auth.forms import AuthenticationForm
 
-from vizgate.choices import settle
 from vizgate.sessions import ServiceInfo
 from vizgate.web.portal.throttle import ThrottledLoginMixin
 
@@ -33,7 +32,7 @@ CHOICE_FIELD_PREFIX = "choice_"
 
 class LaunchForm(forms.Form):
     """Launch a session: which type, at which size and with which choices
-    (``choice_NAME`` fields), among the types the user may use.
+    (``choice_NAME`` fields, passed on as picked), among the types the user may use.
 
     Args:
         data: the POST data.
@@ -62,9 +61,8 @@ class LaunchForm(forms.Form):
                 code="bad_option",
             )
         cleaned["size"] = size
-        picked = {name: str(self.data.get(CHOICE_FIELD_PREFIX + name, "")) for name in info.choices}
-        try:
-            cleaned["choices"] = settle(name, info.choices, picked)
-        except ValueError as exc:
-            raise forms.ValidationError(str(exc), code="bad_option") from None
+        # Only the type's own choices go on; the broker settles them (vizgate.choices).
+        cleaned["choices"] = {
+            choice: str(self.data.get(CHOICE_FIELD_PREFIX + choice, "")) for choice in info.choices
+        }
         return cleaned
