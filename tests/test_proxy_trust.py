@@ -12,6 +12,7 @@ import pytest
 
 from vizgate.web.proxy_trust import (
     SingleSignOn,
+    account_name,
     add_single_sign_on_arguments,
     header_name_problem,
     logout_url_problem,
@@ -173,6 +174,39 @@ def test_single_sign_on_options() -> None:
     assert sign_on.headers == ["X-Remote-User", "X-Groups"]
     assert sign_on.environment()["VIZGATE_REMOTE_USER_CREATE"] == "0"
     assert sign_on.environment()["VIZGATE_REMOTE_ADMIN_GROUP"] == "viz-admins"
+    assert sign_on.environment()["VIZGATE_REMOTE_USER_PATTERN"] == ""
+    pattern = r"(?P<user>[^@]+)@EXAMPLE\.ORG"
+    with_pattern = single_sign_on_of(
+        parsed("--remote-user-header", "X-U", "--remote-user-pattern", pattern), "127.0.0.1"
+    )
+    assert with_pattern is not None
+    assert with_pattern.environment()["VIZGATE_REMOTE_USER_PATTERN"] == pattern
+
+
+REALM = r"(?P<user>[^@]+)@EXAMPLE\.ORG"
+
+
+@pytest.mark.parametrize(
+    ("value", "pattern", "account"),
+    [
+        (" alice ", "", "alice"),
+        ("alice@EXAMPLE.ORG", "", "alice@EXAMPLE.ORG"),
+        ("alice@EXAMPLE.ORG", REALM, "alice"),
+        (" alice@EXAMPLE.ORG\t", REALM, "alice"),
+        # The whole value must match: not a prefix, not a suffix, not another realm.
+        ("alice@EXAMPLE.ORG.evil", REALM, None),
+        ("mallory@OTHER.ORG", REALM, None),
+        ("alice", REALM, None),
+        ("eve@attacker@EXAMPLE.ORG", REALM, None),
+        # A pattern without groups only filters.
+        ("alice", "[a-z]+", "alice"),
+        ("Alice", "[a-z]+", None),
+        # An optional group that took no part: an empty name, which accounts refuse.
+        ("@EXAMPLE.ORG", r"(?:(?P<user>[^@]+))?@EXAMPLE\.ORG", ""),
+    ],
+)
+def test_the_account_a_user_header_names(value: str, pattern: str, account: str | None) -> None:
+    assert account_name(value, pattern) == account
 
 
 @pytest.mark.parametrize(
@@ -185,6 +219,17 @@ def test_single_sign_on_options() -> None:
         (("--remote-user-header", "X-U"), "127.0.0.1, *", "trusts every address"),
         (("--remote-user-header", "X-U"), "0.0.0.0/0", "trusts every address"),
         (("--remote-user-header", "Host"), "127.0.0.1", "--remote-user-header: 'Host'"),
+        (("--remote-user-pattern", "(?P<user>.+)"), "127.0.0.1", "needs --remote-user-header"),
+        (
+            ("--remote-user-header", "X-U", "--remote-user-pattern", "(?P<user>[a-z]+"),
+            "127.0.0.1",
+            "is not a regular expression: missing ), unterminated subpattern",
+        ),
+        (
+            ("--remote-user-header", "X-U", "--remote-user-pattern", "([a-z]+)@(EXAMPLE|TEST)"),
+            "127.0.0.1",
+            "none named 'user'",
+        ),
     ],
 )
 def test_bad_single_sign_on_options(argv: tuple[str, ...], trusted: str, said: str) -> None:

@@ -255,6 +255,37 @@ def test_the_tunnel_refuses_a_cookie_of_another_user_than_the_proxy_names(
     assert open_socket(gateway, query, browser, headers={USER: "carol"}) == RFB_GREETING
 
 
+def test_a_user_pattern_maps_the_proxys_names_to_accounts_and_refuses_the_rest(
+    tmp_path: Path,
+) -> None:
+    gateway = start(tmp_path, *SSO, "--remote-user-pattern", r"(?P<user>[^@]+)@EXAMPLE\.ORG")
+    try:
+        browser = Browser(gateway.port)
+        alice = {USER: "alice@EXAMPLE.ORG"}
+        catalogue = browser.get("/", alice)
+        assert catalogue.status == 200, catalogue.text
+        assert signed_in_as(catalogue) == "alice"
+        stranger = Browser(gateway.port).get("/", {USER: "alice@OTHER.ORG"})
+        assert stranger.status == 403
+        assert "is not one this gateway serves" in html.unescape(stranger.text)
+        assert "alice@OTHER.ORG" in html.unescape(stranger.text)
+        assert "does not match --remote-user-pattern" in gateway.output()
+        # The tunnel maps the header as the portal does.
+        launched = browser.post(
+            "/launch",
+            {"service": DESKTOP, "size": "", "csrfmiddlewaretoken": catalogue.csrf_token()},
+            alice,
+        )
+        assert launched.status == 302, launched.text
+        query = "session=" + urllib.parse.quote(launched.location.rstrip("/").rsplit("/", 1)[-1])
+        assert open_socket(gateway, query, browser, headers=alice) == RFB_GREETING
+        for other in ("alice@OTHER.ORG", "erin@EXAMPLE.ORG"):
+            refused = open_socket(gateway, query, browser, headers={USER: other})
+            assert refused == (1008, SIGNED_IN_ELSEWHERE_REFUSAL)
+    finally:
+        gateway.stop()
+
+
 @pytest.mark.parametrize(
     ("args", "env", "said"),
     [
@@ -267,6 +298,7 @@ def test_the_tunnel_refuses_a_cookie_of_another_user_than_the_proxy_names(
         (("--remote-user-header", "Authorization"), {}, "already means something else"),
         (SSO, {"FORWARDED_ALLOW_IPS": "*"}, "trusts every address"),
         (("--logout-url", "javascript:alert(1)"), {}, "--logout-url"),
+        ((*SSO, "--remote-user-pattern", "(?P<user>"), {}, "is not a regular expression"),
     ],
 )
 def test_bad_single_sign_on_options_stop_the_server_with_why(

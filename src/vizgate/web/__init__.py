@@ -73,6 +73,7 @@ def setup_django(
         "VIZGATE_REMOTE_USER_HEADER",
         "VIZGATE_REMOTE_GROUPS_HEADER",
         "VIZGATE_REMOTE_ADMIN_GROUP",
+        "VIZGATE_REMOTE_USER_PATTERN",
     ):
         os.environ.pop(name, None)
     if single_sign_on is not None:

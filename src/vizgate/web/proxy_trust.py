@@ -15,6 +15,7 @@ This module does not need Django: the server checks the header names before Djan
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import re
 from collections.abc import Awaitable, Callable, Iterable
@@ -27,11 +28,13 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 __all__ = [
     "IdentityHeaderGuard",
     "SingleSignOn",
+    "account_name",
     "add_single_sign_on_arguments",
     "header_name_problem",
     "logout_url_problem",
     "single_sign_on_of",
     "trusted_proxy_layers",
+    "user_pattern_problem",
 ]
 
 logger = logging.getLogger(__name__)
@@ -160,6 +163,8 @@ class SingleSignOn:
             without one).
         admin_group: the group in the groups header that makes its members administrators,
             or "" to manage administrators in vizgate.
+        user_pattern: what the user header's value must match, its group ``user`` naming the
+            account (:func:`account_name`), or "" to take the value as it is.
     """
 
     user_header: str
@@ -167,6 +172,7 @@ class SingleSignOn:
     groups_separator: str = ","
     create_users: bool = True
     admin_group: str = ""
+    user_pattern: str = ""
 
     @property
     def headers(self) -> list[str]:
@@ -181,6 +187,7 @@ class SingleSignOn:
             "VIZGATE_REMOTE_GROUPS_SEPARATOR": self.groups_separator,
             "VIZGATE_REMOTE_USER_CREATE": "1" if self.create_users else "0",
             "VIZGATE_REMOTE_ADMIN_GROUP": self.admin_group,
+            "VIZGATE_REMOTE_USER_PATTERN": self.user_pattern,
         }
 
 
@@ -196,6 +203,14 @@ def add_single_sign_on_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAME",
         default="",
         help="the header in which the proxy names the signed-in user, e.g. X-Remote-User",
+    )
+    group.add_argument(
+        "--remote-user-pattern",
+        metavar="REGEX",
+        default="",
+        help="what the user header's whole value must match (others are refused); its group "
+        "named 'user' is the account, e.g. '(?P<user>[^@]+)@EXAMPLE\\.ORG' makes "
+        "alice@EXAMPLE.ORG the account alice (default: the value is the account)",
     )
     group.add_argument(
         "--remote-groups-header",
@@ -252,6 +267,8 @@ def single_sign_on_of(args: argparse.Namespace, trusted_hosts: str) -> SingleSig
             raise ValueError("--remote-groups-header needs --remote-user-header")
         if not args.create_remote_users:
             raise ValueError("--no-create-remote-users needs --remote-user-header")
+        if args.remote_user_pattern:
+            raise ValueError("--remote-user-pattern needs --remote-user-header")
         return None
     for option, name in (
         ("--remote-user-header", user_header),
@@ -264,6 +281,9 @@ def single_sign_on_of(args: argparse.Namespace, trusted_hosts: str) -> SingleSig
         raise ValueError("--remote-user-header and --remote-groups-header name the same header")
     if not args.remote_groups_separator.strip():
         raise ValueError("--remote-groups-separator is empty")
+    pattern_problem = user_pattern_problem(args.remote_user_pattern)
+    if pattern_problem is not None:
+        raise ValueError(f"--remote-user-pattern: {pattern_problem}")
     everyone = {"*", "0.0.0.0/0", "::/0"}
     if everyone & {host.strip() for host in trusted_hosts.split(",")}:
         raise ValueError(
@@ -276,7 +296,49 @@ def single_sign_on_of(args: argparse.Namespace, trusted_hosts: str) -> SingleSig
         args.remote_groups_separator.strip(),
         args.create_remote_users,
         admin_group,
+        args.remote_user_pattern,
     )
+
+
+def user_pattern_problem(pattern: str) -> str | None:
+    """Why ``pattern`` cannot be ``--remote-user-pattern`` (None if it can)."""
+    if not pattern:
+        return None
+    try:
+        compiled = _compiled(pattern)
+    except re.error as exc:
+        return f"{pattern!r} is not a regular expression: {exc}"
+    if compiled.groups and "user" not in compiled.groupindex:
+        return (
+            f"{pattern!r} has groups but none named 'user' to say which part is the account; "
+            "write (?P<user>...) around it"
+        )
+    return None
+
+
+def account_name(value: str, pattern: str) -> str | None:
+    """The vizgate account a proxy's user header names.
+
+    Without ``pattern`` it is the value itself (stripped). With one, the whole value must match
+    it: the account is the match's group ``user``, or the whole value when the pattern has no
+    groups; None when it does not match (the proxy named someone this gateway does not serve,
+    e.g. a user of another realm).
+    """
+    value = value.strip()
+    if not pattern:
+        return value
+    match = _compiled(pattern).fullmatch(value)
+    if match is None:
+        return None
+    if "user" not in match.re.groupindex:
+        return value
+    # An optional group that took no part in the match is None: an empty name, refused later.
+    return match.group("user") or ""
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern)
 
 
 def logout_url_problem(url: str) -> str | None:

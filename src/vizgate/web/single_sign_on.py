@@ -18,6 +18,10 @@ groups (``--remote-groups-header X-Remote-Groups``):
   in the header ends the portal session of the previous one. Requests without the header are
   left as they are: an administrator may keep a local password login for when the proxy's
   identity provider is down.
+* **Names.** The header's value is the account's name, unless ``--remote-user-pattern`` says
+  which part of it is: ``(?P<user>[^@]+)@EXAMPLE\\.ORG`` makes the Kerberos principal
+  ``alice@EXAMPLE.ORG`` the account ``alice`` (the name of her Unix account, which Slurm
+  sessions run as with ``"run_as": "user"``) and refuses users of other realms.
 * **Groups.** With a groups header, the user's membership of vizgate's groups follows it
   whenever its value changes: a user is in exactly those of vizgate's groups that the header
   names. Groups vizgate does not have are ignored (a directory has many groups; the catalog
@@ -48,6 +52,8 @@ from django.contrib.auth.models import AnonymousUser, Group, User
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.shortcuts import render
+
+from vizgate.web.proxy_trust import account_name
 
 __all__ = [
     "GROUPS_SESSION_KEY",
@@ -122,14 +128,24 @@ class SingleSignOnMiddleware:
         self.admin_group = settings.VIZGATE_REMOTE_ADMIN_GROUP
 
     async def __call__(self, request: HttpRequest) -> HttpResponseBase:
-        name = request.META.get(self.user_key)
-        if name is not None:
-            refused = await self._sign_in(request, name.strip())
+        value = request.META.get(self.user_key)
+        if value is not None:
+            refused = await self._sign_in(request, value)
             if refused is not None:
                 return refused
         return await self.get_response(request)
 
-    async def _sign_in(self, request: HttpRequest, name: str) -> HttpResponse | None:
+    async def _sign_in(self, request: HttpRequest, value: str) -> HttpResponse | None:
+        name = account_name(value, settings.VIZGATE_REMOTE_USER_PATTERN)
+        if name is None:
+            logger.warning(
+                "single sign-on name %r refused: it does not match --remote-user-pattern", value
+            )
+            return await _refusal(
+                request,
+                f"Your account name at the site, “{value.strip()}”, is not one this gateway "
+                "serves. Ask the site's administrators for access.",
+            )
         problem = username_problem(name)
         if problem is not None:
             logger.warning("single sign-on name %r refused: %s", name, problem)

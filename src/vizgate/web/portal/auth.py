@@ -42,6 +42,7 @@ from vizgate.broker import Broker
 from vizgate.sessions import SessionInfo
 from vizgate.tunnel import FULL_ACCESS, Access, Authorizer
 from vizgate.web.portal.shares import SHARES_KEY, live_share
+from vizgate.web.proxy_trust import account_name
 
 __all__ = [
     "Viewer",
@@ -168,8 +169,10 @@ async def viewer_of_scope(scope: Mapping[str, Any]) -> Viewer:
         return Viewer()
     if settings.VIZGATE_REMOTE_USER_HEADER:
         # The guard has removed the header unless a trusted proxy sent it.
-        signed_in = headers.get(settings.VIZGATE_REMOTE_USER_HEADER.lower())
-        if signed_in is not None and signed_in.strip() != user.get_username():
+        named = headers.get(settings.VIZGATE_REMOTE_USER_HEADER.lower())
+        if named is not None and (
+            account_name(named, settings.VIZGATE_REMOTE_USER_PATTERN) != user.get_username()
+        ):
             return Viewer(cookie_refused=SIGNED_IN_ELSEWHERE_REFUSAL)
     shares = await request.session.aget(SHARES_KEY)
     return Viewer(
