@@ -175,12 +175,18 @@ def test_single_sign_on_options() -> None:
     assert sign_on.environment()["VIZGATE_REMOTE_USER_CREATE"] == "0"
     assert sign_on.environment()["VIZGATE_REMOTE_ADMIN_GROUP"] == "viz-admins"
     assert sign_on.environment()["VIZGATE_REMOTE_USER_PATTERN"] == ""
+    assert sign_on.environment()["VIZGATE_REMOTE_USER_LOWERCASE"] == ""
     pattern = r"(?P<user>[^@]+)@EXAMPLE\.ORG"
     with_pattern = single_sign_on_of(
-        parsed("--remote-user-header", "X-U", "--remote-user-pattern", pattern), "127.0.0.1"
-    )
+        parsed(
+            "--remote-user-header", "X-U", "--remote-user-pattern", pattern,
+            "--remote-user-lowercase",
+        ),
+        "127.0.0.1",
+    )  # fmt: skip
     assert with_pattern is not None
     assert with_pattern.environment()["VIZGATE_REMOTE_USER_PATTERN"] == pattern
+    assert with_pattern.environment()["VIZGATE_REMOTE_USER_LOWERCASE"] == "1"
 
 
 REALM = r"(?P<user>[^@]+)@EXAMPLE\.ORG"
@@ -209,6 +215,13 @@ def test_the_account_a_user_header_names(value: str, pattern: str, account: str 
     assert account_name(value, pattern) == account
 
 
+def test_lower_case_accounts_keep_the_pattern_on_the_value_as_sent() -> None:
+    assert account_name(" Alice ", "", lowercase=True) == "alice"
+    realm = r"(?P<user>[^@]+)@EXAMPLE\.ORG"
+    assert account_name("Alice@EXAMPLE.ORG", realm, lowercase=True) == "alice"
+    assert account_name("alice@example.org", realm, lowercase=True) is None
+
+
 @pytest.mark.parametrize(
     ("argv", "trusted", "said"),
     [
@@ -220,6 +233,7 @@ def test_the_account_a_user_header_names(value: str, pattern: str, account: str 
         (("--remote-user-header", "X-U"), "0.0.0.0/0", "trusts every address"),
         (("--remote-user-header", "Host"), "127.0.0.1", "--remote-user-header: 'Host'"),
         (("--remote-user-pattern", "(?P<user>.+)"), "127.0.0.1", "needs --remote-user-header"),
+        (("--remote-user-lowercase",), "127.0.0.1", "needs --remote-user-header"),
         (
             ("--remote-user-header", "X-U", "--remote-user-pattern", "(?P<user>[a-z]+"),
             "127.0.0.1",

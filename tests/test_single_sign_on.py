@@ -258,13 +258,18 @@ def test_the_tunnel_refuses_a_cookie_of_another_user_than_the_proxy_names(
 def test_a_user_pattern_maps_the_proxys_names_to_accounts_and_refuses_the_rest(
     tmp_path: Path,
 ) -> None:
-    gateway = start(tmp_path, *SSO, "--remote-user-pattern", r"(?P<user>[^@]+)@EXAMPLE\.ORG")
+    gateway = start(
+        tmp_path, *SSO, "--remote-user-pattern", r"(?P<user>[^@]+)@EXAMPLE\.ORG",
+        "--remote-user-lowercase",
+    )  # fmt: skip
     try:
         browser = Browser(gateway.port)
         alice = {USER: "alice@EXAMPLE.ORG"}
         catalogue = browser.get("/", alice)
         assert catalogue.status == 200, catalogue.text
         assert signed_in_as(catalogue) == "alice"
+        # As typed at the identity provider: the same account.
+        assert signed_in_as(Browser(gateway.port).get("/", {USER: "Alice@EXAMPLE.ORG"})) == "alice"
         stranger = Browser(gateway.port).get("/", {USER: "alice@OTHER.ORG"})
         assert stranger.status == 403
         assert "is not one this gateway serves" in html.unescape(stranger.text)
@@ -279,6 +284,9 @@ def test_a_user_pattern_maps_the_proxys_names_to_accounts_and_refuses_the_rest(
         assert launched.status == 302, launched.text
         query = "session=" + urllib.parse.quote(launched.location.rstrip("/").rsplit("/", 1)[-1])
         assert open_socket(gateway, query, browser, headers=alice) == RFB_GREETING
+        assert open_socket(gateway, query, browser, headers={USER: "ALICE@EXAMPLE.ORG"}) == (
+            RFB_GREETING
+        )
         for other in ("alice@OTHER.ORG", "erin@EXAMPLE.ORG"):
             refused = open_socket(gateway, query, browser, headers={USER: other})
             assert refused == (1008, SIGNED_IN_ELSEWHERE_REFUSAL)

@@ -74,6 +74,7 @@ def setup_django(
         "VIZGATE_REMOTE_GROUPS_HEADER",
         "VIZGATE_REMOTE_ADMIN_GROUP",
         "VIZGATE_REMOTE_USER_PATTERN",
+        "VIZGATE_REMOTE_USER_LOWERCASE",
     ):
         os.environ.pop(name, None)
     if single_sign_on is not None:

@@ -165,6 +165,7 @@ class SingleSignOn:
             or "" to manage administrators in vizgate.
         user_pattern: what the user header's value must match, its group ``user`` naming the
             account (:func:`account_name`), or "" to take the value as it is.
+        lowercase: the account is that name in lower case.
     """
 
     user_header: str
@@ -173,6 +174,7 @@ class SingleSignOn:
     create_users: bool = True
     admin_group: str = ""
     user_pattern: str = ""
+    lowercase: bool = False
 
     @property
     def headers(self) -> list[str]:
@@ -188,6 +190,7 @@ class SingleSignOn:
             "VIZGATE_REMOTE_USER_CREATE": "1" if self.create_users else "0",
             "VIZGATE_REMOTE_ADMIN_GROUP": self.admin_group,
             "VIZGATE_REMOTE_USER_PATTERN": self.user_pattern,
+            "VIZGATE_REMOTE_USER_LOWERCASE": "1" if self.lowercase else "",
         }
 
 
@@ -211,6 +214,12 @@ def add_single_sign_on_arguments(parser: argparse.ArgumentParser) -> None:
         help="what the user header's whole value must match (others are refused); its group "
         "named 'user' is the account, e.g. '(?P<user>[^@]+)@EXAMPLE\\.ORG' makes "
         "alice@EXAMPLE.ORG the account alice (default: the value is the account)",
+    )
+    group.add_argument(
+        "--remote-user-lowercase",
+        action="store_true",
+        help="make that account name lower case, so that Alice and alice are one account "
+        "(for identity providers that pass names as the user typed them)",
     )
     group.add_argument(
         "--remote-groups-header",
@@ -269,6 +278,8 @@ def single_sign_on_of(args: argparse.Namespace, trusted_hosts: str) -> SingleSig
             raise ValueError("--no-create-remote-users needs --remote-user-header")
         if args.remote_user_pattern:
             raise ValueError("--remote-user-pattern needs --remote-user-header")
+        if args.remote_user_lowercase:
+            raise ValueError("--remote-user-lowercase needs --remote-user-header")
         return None
     for option, name in (
         ("--remote-user-header", user_header),
@@ -297,6 +308,7 @@ def single_sign_on_of(args: argparse.Namespace, trusted_hosts: str) -> SingleSig
         args.create_remote_users,
         admin_group,
         args.remote_user_pattern,
+        args.remote_user_lowercase,
     )
 
 
@@ -316,24 +328,26 @@ def user_pattern_problem(pattern: str) -> str | None:
     return None
 
 
-def account_name(value: str, pattern: str) -> str | None:
+def account_name(value: str, pattern: str, *, lowercase: bool = False) -> str | None:
     """The vizgate account a proxy's user header names.
 
     Without ``pattern`` it is the value itself (stripped). With one, the whole value must match
     it: the account is the match's group ``user``, or the whole value when the pattern has no
     groups; None when it does not match (the proxy named someone this gateway does not serve,
-    e.g. a user of another realm).
+    e.g. a user of another realm). With ``lowercase``, the account is that name in lower case
+    (the pattern still sees the value as sent).
     """
     value = value.strip()
-    if not pattern:
-        return value
-    match = _compiled(pattern).fullmatch(value)
-    if match is None:
-        return None
-    if "user" not in match.re.groupindex:
-        return value
-    # An optional group that took no part in the match is None: an empty name, refused later.
-    return match.group("user") or ""
+    name: str | None = value
+    if pattern:
+        match = _compiled(pattern).fullmatch(value)
+        if match is None:
+            return None
+        if "user" in match.re.groupindex:
+            # An optional group that took no part in the match is None: an empty name, which
+            # accounts refuse.
+            name = match.group("user") or ""
+    return name.lower() if lowercase and name is not None else name
 
 
 @functools.lru_cache(maxsize=8)

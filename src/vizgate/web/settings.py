@@ -13,7 +13,8 @@ They are read from a few environment variables, which ``vizgate serve`` sets (th
     The path the gateway is served under behind a reverse proxy (``/vizgate``), or empty.
 ``VIZGATE_REMOTE_USER_HEADER``, ``VIZGATE_REMOTE_GROUPS_HEADER``,
 ``VIZGATE_REMOTE_GROUPS_SEPARATOR``, ``VIZGATE_REMOTE_USER_CREATE``,
-``VIZGATE_REMOTE_ADMIN_GROUP``, ``VIZGATE_REMOTE_USER_PATTERN``, ``VIZGATE_LOGOUT_URL``
+``VIZGATE_REMOTE_ADMIN_GROUP``, ``VIZGATE_REMOTE_USER_PATTERN``,
+``VIZGATE_REMOTE_USER_LOWERCASE``, ``VIZGATE_LOGOUT_URL``
     Single sign-on through an authenticating reverse proxy (:mod:`vizgate.web.single_sign_on`).
 ``VIZGATE_DATABASE_URL``
     Set by the admin, not by the server: the database, when not SQLite in the data
@@ -104,6 +105,9 @@ VIZGATE_REMOTE_ADMIN_GROUP: str = os.environ.get("VIZGATE_REMOTE_ADMIN_GROUP", "
 VIZGATE_REMOTE_USER_PATTERN: str = os.environ.get("VIZGATE_REMOTE_USER_PATTERN", "")
 """What the user header's value must match, its group ``user`` naming the account
 (``--remote-user-pattern``); "" to take the value as the account's name."""
+
+VIZGATE_REMOTE_USER_LOWERCASE: bool = os.environ.get("VIZGATE_REMOTE_USER_LOWERCASE") == "1"
+"""Make the account name the proxy gives lower case (``--remote-user-lowercase``)."""
 
 VIZGATE_LOGOUT_URL: str = os.environ.get("VIZGATE_LOGOUT_URL", "")
 """Where the browser goes after logging out of the portal (``--logout-url``), e.g. the proxy's

@@ -21,7 +21,8 @@ groups (``--remote-groups-header X-Remote-Groups``):
 * **Names.** The header's value is the account's name, unless ``--remote-user-pattern`` says
   which part of it is: ``(?P<user>[^@]+)@EXAMPLE\\.ORG`` makes the Kerberos principal
   ``alice@EXAMPLE.ORG`` the account ``alice`` (the name of her Unix account, which Slurm
-  sessions run as with ``"run_as": "user"``) and refuses users of other realms.
+  sessions run as with ``"run_as": "user"``) and refuses users of other realms;
+  ``--remote-user-lowercase`` makes ``Alice`` and ``alice`` one account.
 * **Groups.** With a groups header, the user's membership of vizgate's groups follows it
   whenever its value changes: a user is in exactly those of vizgate's groups that the header
   names. Groups vizgate does not have are ignored (a directory has many groups; the catalog
@@ -136,7 +137,11 @@ class SingleSignOnMiddleware:
         return await self.get_response(request)
 
     async def _sign_in(self, request: HttpRequest, value: str) -> HttpResponse | None:
-        name = account_name(value, settings.VIZGATE_REMOTE_USER_PATTERN)
+        name = account_name(
+            value,
+            settings.VIZGATE_REMOTE_USER_PATTERN,
+            lowercase=settings.VIZGATE_REMOTE_USER_LOWERCASE,
+        )
         if name is None:
             logger.warning(
                 "single sign-on name %r refused: it does not match --remote-user-pattern", value

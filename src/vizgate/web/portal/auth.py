@@ -170,8 +170,10 @@ async def viewer_of_scope(scope: Mapping[str, Any]) -> Viewer:
     if settings.VIZGATE_REMOTE_USER_HEADER:
         # The guard has removed the header unless a trusted proxy sent it.
         named = headers.get(settings.VIZGATE_REMOTE_USER_HEADER.lower())
-        if named is not None and (
-            account_name(named, settings.VIZGATE_REMOTE_USER_PATTERN) != user.get_username()
+        if named is not None and user.get_username() != account_name(
+            named,
+            settings.VIZGATE_REMOTE_USER_PATTERN,
+            lowercase=settings.VIZGATE_REMOTE_USER_LOWERCASE,
         ):
             return Viewer(cookie_refused=SIGNED_IN_ELSEWHERE_REFUSAL)
     shares = await request.session.aget(SHARES_KEY)
