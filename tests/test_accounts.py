@@ -1,4 +1,4 @@
-"""``vizgate user add | passwd`` and ``vizgate group add`` as the commands they are (subprocesses
+"""``vizgate user ...`` and ``vizgate group ...`` as the commands they are (subprocesses
 with the password on stdin), checked against the SQLite database they write; and the account
 helpers that need no database.
 """
@@ -252,9 +252,7 @@ def test_user_list_shows_role_state_login_and_groups(data_dir: Path) -> None:
     assert made.returncode == 0, made.stderr
     listed = vizgate(data_dir, "user", "list")
     assert listed.returncode == 0, listed.stderr
-    rows = [line.split("  ") for line in listed.stdout.splitlines()]
-    cells = [[cell.strip() for cell in row if cell.strip()] for row in rows]
-    assert cells == [
+    assert table(listed.stdout) == [
         ["user", "role", "state", "login", "groups", "last login"],
         ["carol", "user", "enabled", "single sign-on", "Viz", "never"],
         ["root", "administrator", "enabled", "password", "-", "never"],
@@ -278,3 +276,48 @@ def test_user_admin_and_disable_change_the_account(data_dir: Path) -> None:
     missing = vizgate(data_dir, "user", "disable", "nobody-here")
     assert missing.returncode == 1
     assert "no user called 'nobody-here'" in missing.stderr
+
+
+def table(output: str) -> list[list[str]]:
+    """The cells of a table the commands print (columns two spaces or more apart)."""
+    return [
+        [cell.strip() for cell in line.split("  ") if cell.strip()] for line in output.splitlines()
+    ]
+
+
+def test_group_add_user_and_remove_user_change_memberships_all_or_nothing(
+    data_dir: Path,
+) -> None:
+    for group in ("Viz", "Render"):
+        assert vizgate(data_dir, "group", "add", group).returncode == 0
+    for name in ("erin", "frank", "gina"):
+        made = vizgate(data_dir, "user", "add", name, "--no-password")
+        assert made.returncode == 0, made.stderr
+    joined = vizgate(data_dir, "group", "add-user", "Viz", "frank", "erin")
+    assert joined.returncode == 0, joined.stderr
+    assert joined.stdout == "erin, frank joined Viz\n"
+    again = vizgate(data_dir, "group", "add-user", "Viz", "erin", "gina")
+    assert again.stdout == "gina joined Viz\nerin was in it already\n"
+    assert groups_of(data_dir, "erin") == {"Viz"}
+    # A missing user or group changes nothing and names what is missing.
+    missing_user = vizgate(data_dir, "group", "add-user", "Render", "erin", "zed", "yan")
+    assert missing_user.returncode == 1
+    assert "no such user: 'yan', 'zed'" in missing_user.stderr
+    assert groups_of(data_dir, "erin") == {"Viz"}
+    missing_group = vizgate(data_dir, "group", "add-user", "Nowhere", "erin")
+    assert missing_group.returncode == 1
+    assert "no group called 'Nowhere' (create it with 'vizgate group add Nowhere')" in (
+        missing_group.stderr
+    )
+    left = vizgate(data_dir, "group", "remove-user", "Viz", "erin", "frank")
+    assert left.stdout == "erin, frank left Viz\n"
+    assert groups_of(data_dir, "erin") == set()
+    assert groups_of(data_dir, "gina") == {"Viz"}
+    assert vizgate(data_dir, "group", "remove-user", "Viz", "erin").stdout == (
+        "erin was not in it\n"
+    )
+    listed = vizgate(data_dir, "group", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert table(listed.stdout) == [["group", "members"], ["Render", "-"], ["Viz", "gina"]]
+    # Naming no user is bad usage.
+    assert vizgate(data_dir, "group", "add-user", "Viz").returncode == 2

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AccountError",
+    "GroupSummary",
     "UserSummary",
     "agroup_names",
     "amay_use",
@@ -33,11 +34,13 @@ __all__ = [
     "create_user",
     "forbidden_message",
     "group_exists",
+    "list_groups",
     "list_users",
     "may_use_group",
     "read_password",
     "set_active",
     "set_admin",
+    "set_members",
     "set_password",
     "user_exists",
 ]
@@ -229,6 +232,59 @@ def list_users() -> list[UserSummary]:
         )
         for user in User.objects.order_by("username").prefetch_related("groups")
     ]
+
+
+@dataclass(frozen=True)
+class GroupSummary:
+    """A group as ``vizgate group list`` shows it."""
+
+    name: str
+    members: tuple[str, ...]
+
+
+def list_groups() -> list[GroupSummary]:
+    """Every group, by name, with its members."""
+    from django.contrib.auth.models import Group
+
+    return [
+        GroupSummary(group.name, tuple(sorted(user.username for user in group.user_set.all())))
+        for group in Group.objects.order_by("name").prefetch_related("user_set")
+    ]
+
+
+def set_members(group: str, names: Iterable[str], *, member: bool) -> list[str]:
+    """Put the users ``names`` in ``group`` (or, with ``member=False``, take them out of it).
+
+    Returns:
+        The names whose membership changed, sorted; the others were (or were not) members
+        already.
+
+    Raises:
+        AccountError: no such group, or no such user (each missing one is named). Nothing
+            was changed.
+    """
+    from django.contrib.auth.models import Group, User
+    from django.db import transaction
+
+    wanted = sorted(set(names))
+    with transaction.atomic():
+        try:
+            found_group = Group.objects.get(name=group)
+        except Group.DoesNotExist:
+            raise AccountError(
+                f"no group called {group!r} (create it with 'vizgate group add {group}')"
+            ) from None
+        users = list(User.objects.filter(username__in=wanted))
+        missing = sorted(set(wanted) - {user.username for user in users})
+        if missing:
+            raise AccountError("no such user: " + ", ".join(repr(name) for name in missing))
+        already = set(found_group.user_set.filter(pk__in=[user.pk for user in users]))
+        changing = [user for user in users if (user in already) != member]
+        if member:
+            found_group.user_set.add(*changing)
+        else:
+            found_group.user_set.remove(*changing)
+    return sorted(user.username for user in changing)
 
 
 def set_admin(name: str, admin: bool) -> bool:

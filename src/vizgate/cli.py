@@ -1,11 +1,10 @@
-"""The ``vizgate`` command line: ``check``, ``serve``, ``user``, ``group`` and ``demo``.
+"""The ``vizgate`` command line: ``check``, ``serve``, ``user``, ``group``, ``pause``, ``resume``
+and ``demo``.
 
 ``vizgate check CONFIG`` validates a catalog; ``vizgate serve --config CONFIG`` runs the gateway;
-``vizgate user add NAME [--group G ...] [--admin]``, ``vizgate user passwd NAME`` and
-``vizgate group add G`` manage the portal's accounts in the database of ``--data-dir`` (the same
-default as ``serve``); ``vizgate demo`` serves the examples (see :mod:`vizgate.demo`).
-Passwords are read from a hidden prompt, or from the first line of stdin when it is not a
-terminal; never from the command line, which other users can read in the process list.
+``vizgate user ...`` and ``vizgate group ...`` manage the portal's accounts in the database of
+``--data-dir`` (:mod:`vizgate.account_commands`); ``vizgate pause`` and ``resume`` stop and
+allow new sessions; ``vizgate demo`` serves the examples (see :mod:`vizgate.demo`).
 
 Each subcommand is one ``_add_<name>`` function that declares its arguments and binds one
 ``_run_<name>(args) -> int`` with ``set_defaults(func=...)``; adding a command means writing
@@ -29,8 +28,16 @@ from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 from vizgate import __version__
+from vizgate.account_commands import add_group_command, add_user_command
 from vizgate.catalog import TIMEOUT_OPTIONS, Catalog, ServiceType, load_catalog
 from vizgate.choices import CHOICES_OPTION
+from vizgate.cli_support import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_PROBLEMS,
+    Subparsers,
+    add_data_dir,
+)
 from vizgate.exceptions import ConfigError, ConfigProblem, ScriptError
 from vizgate.pause import PauseFile
 from vizgate.scripts import realize_instances
@@ -38,11 +45,6 @@ from vizgate.window_sizes import DEFAULT_SIZES
 
 __all__ = ["EXIT_FAILURE", "EXIT_OK", "EXIT_PROBLEMS", "build_parser", "main"]
 
-EXIT_OK = 0
-#: A command that could not do what it was asked (the message on stderr says why).
-EXIT_FAILURE = 1
-#: argparse's own status for bad usage; a configuration with problems is "bad input" too.
-EXIT_PROBLEMS = 2
 
 # Options vizgate itself reads; they get their own lines in ``check`` and are not repeated
 # under "other options".
@@ -51,8 +53,6 @@ _SHOWN_OPTIONS = frozenset({"sizes", "group", "file_ext", CHOICES_OPTION, *TIMEO
 # Option values under keys like these are not printed: a site may pass credentials to its
 # scripts through options, and the output of ``check`` ends up in tickets and chat.
 _SECRET_KEY = re.compile(r"pass|secret|token|key|credential", re.IGNORECASE)
-
-_Subparsers = Any  # argparse's _SubParsersAction is private; its type adds nothing here
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 # --- vizgate check --------------------------------------------------------------------------
 
 
-def _add_check(subparsers: _Subparsers) -> None:
+def _add_check(subparsers: Subparsers) -> None:
     check = subparsers.add_parser(
         "check",
         help="validate a session catalog and realize every script instance",
@@ -109,7 +109,7 @@ def _add_check(subparsers: _Subparsers) -> None:
     check.set_defaults(func=_run_check)
 
 
-def _add_serve(subparsers: _Subparsers) -> None:
+def _add_serve(subparsers: Subparsers) -> None:
     from vizgate.server import add_serve_arguments, run_serve
 
     serve = subparsers.add_parser(
@@ -225,121 +225,10 @@ def _plural(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
-# --- vizgate user / group -------------------------------------------------------------------
+# --- vizgate pause / resume ------------------------------------------------------------------
 
 
-def _add_data_dir(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--data-dir",
-        metavar="DIR",
-        default=None,
-        help="the gateway's data directory, as given to serve (default: $XDG_DATA_HOME/vizgate "
-        "or ~/.local/share/vizgate)",
-    )
-
-
-def _usage(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
-    """A command's function when no action was named: its help, and bad usage."""
-
-    def usage(args: argparse.Namespace) -> int:
-        parser.print_help(sys.stderr)
-        return EXIT_PROBLEMS
-
-    return usage
-
-
-def _add_user(subparsers: _Subparsers) -> None:
-    user = subparsers.add_parser(
-        "user",
-        help="add portal users and set their passwords",
-        description="Manage the portal's users in the gateway's database. Passwords are read "
-        "from a hidden prompt, or from the first line of stdin when it is not a terminal.",
-    )
-    user.set_defaults(func=_usage(user))
-    actions = user.add_subparsers(title="actions", metavar="ACTION")
-    add = actions.add_parser(
-        "add",
-        help="create a user",
-        description="Create the user NAME with a password read from the terminal (or stdin), "
-        "or with none (--no-password).",
-    )
-    add.add_argument("name", metavar="NAME", help="the user name")
-    add.add_argument(
-        "--group",
-        action="append",
-        default=[],
-        metavar="G",
-        help="a group the user joins (it must exist: vizgate group add G); repeat for more",
-    )
-    add.add_argument(
-        "--admin",
-        action="store_true",
-        help="an administrator: may use every session type, sees and ends every session, "
-        "and may use the admin pages",
-    )
-    add.add_argument(
-        "--no-password",
-        action="store_true",
-        help="no password: the user signs in only through the single sign-on proxy "
-        "(vizgate serve --remote-user-header)",
-    )
-    _add_data_dir(add)
-    add.set_defaults(func=_account_action("user add", _user_add))
-    passwd = actions.add_parser(
-        "passwd",
-        help="set a user's password",
-        description="Set the password of the user NAME, read from the terminal (or stdin). "
-        "The user's logged-in browsers are logged out.",
-    )
-    passwd.add_argument("name", metavar="NAME", help="the user name")
-    _add_data_dir(passwd)
-    passwd.set_defaults(func=_account_action("user passwd", _user_passwd))
-    listing = actions.add_parser(
-        "list",
-        help="list the users",
-        description="List every user: administrator or not, enabled or not, with a password "
-        "or single sign-on only, groups, last login.",
-    )
-    _add_data_dir(listing)
-    listing.set_defaults(func=_account_action("user list", _user_list))
-    admin = actions.add_parser(
-        "admin",
-        help="make a user an administrator (or, with --revoke, no longer one)",
-        description="Make the user NAME an administrator: it may use every session type, sees "
-        "and ends every session and may use the admin pages. With --revoke, no longer.",
-    )
-    admin.add_argument("name", metavar="NAME", help="the user name")
-    admin.add_argument("--revoke", action="store_true", help="no longer an administrator")
-    _add_data_dir(admin)
-    admin.set_defaults(func=_account_action("user admin", _user_admin))
-    for action, text in (
-        ("disable", "stop a user from logging in; its logins stop working at once"),
-        ("enable", "let a disabled user log in again"),
-    ):
-        switch = actions.add_parser(action, help=text, description=text[0].upper() + text[1:] + ".")
-        switch.add_argument("name", metavar="NAME", help="the user name")
-        _add_data_dir(switch)
-        switch.set_defaults(
-            func=_account_action(f"user {action}", _user_enable), enable=action == "enable"
-        )
-
-
-def _add_group(subparsers: _Subparsers) -> None:
-    group = subparsers.add_parser(
-        "group",
-        help="add portal groups",
-        description="Manage the portal's groups. A session type whose options.group names a "
-        "group is only offered to its members.",
-    )
-    group.set_defaults(func=_usage(group))
-    actions = group.add_subparsers(title="actions", metavar="ACTION")
-    add = actions.add_parser("add", help="create a group", description="Create the group G.")
-    add.add_argument("name", metavar="G", help="the group name")
-    _add_data_dir(add)
-    add.set_defaults(func=_account_action("group add", _group_add))
-
-
-def _add_pause(subparsers: _Subparsers) -> None:
+def _add_pause(subparsers: Subparsers) -> None:
     pause = subparsers.add_parser(
         "pause",
         help="pause new sessions (for maintenance); running ones go on",
@@ -348,12 +237,12 @@ def _add_pause(subparsers: _Subparsers) -> None:
         "The pause outlives restarts until 'vizgate resume'.",
     )
     pause.add_argument("reason", metavar="REASON", nargs="?", default="", help="what users see")
-    _add_data_dir(pause)
+    add_data_dir(pause)
     pause.set_defaults(func=_run_pause)
     resume = subparsers.add_parser(
         "resume", help="accept new sessions again", description="Accept new sessions again."
     )
-    _add_data_dir(resume)
+    add_data_dir(resume)
     resume.set_defaults(func=_run_resume)
 
 
@@ -390,143 +279,10 @@ def _run_resume(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _open_database(args: argparse.Namespace, command: str) -> bool:
-    from vizgate.web import data_dir_of, setup_django
-
-    data_dir = data_dir_of(args.data_dir)
-    try:
-        setup_django(data_dir.resolve(), allowed_hosts=["localhost"])
-    except OSError as exc:
-        print(
-            f"vizgate {command}: cannot use the data directory {data_dir}: {exc.strerror or exc}",
-            file=sys.stderr,
-        )
-        return False
-    return True
-
-
-def _account_action(
-    command: str, action: Callable[[argparse.Namespace], int]
-) -> Callable[[argparse.Namespace], int]:
-    """A ``vizgate user|group`` action: the database opened first, and an account error said
-    as ``vizgate COMMAND: why`` (exit status 1)."""
-
-    def run(args: argparse.Namespace) -> int:
-        from vizgate.accounts import AccountError
-
-        if not _open_database(args, command):
-            return EXIT_FAILURE
-        try:
-            return action(args)
-        except AccountError as exc:
-            print(f"vizgate {command}: {exc}", file=sys.stderr)
-            return EXIT_FAILURE
-
-    return run
-
-
-def _user_add(args: argparse.Namespace) -> int:
-    from vizgate import accounts
-
-    # Said before the password is asked for, so nobody types one in vain.
-    if accounts.user_exists(args.name):
-        raise accounts.AccountError(
-            f"the user {args.name!r} exists already (change its password with "
-            f"'vizgate user passwd {args.name}')"
-        )
-    missing = [group for group in args.group if not accounts.group_exists(group)]
-    if missing:
-        raise accounts.AccountError(
-            "no such group: "
-            + ", ".join(repr(group) for group in missing)
-            + " (create it with 'vizgate group add NAME')"
-        )
-    password = (
-        None if args.no_password else accounts.read_password(prompt=f"Password for {args.name}: ")
-    )
-    accounts.create_user(args.name, password, groups=args.group, admin=args.admin)
-    details = []
-    if args.group:
-        details.append("groups: " + ", ".join(sorted(set(args.group))))
-    if args.admin:
-        details.append("administrator")
-    if args.no_password:
-        details.append("no password: signs in through single sign-on")
-    print(f"created user {args.name}" + (f" ({'; '.join(details)})" if details else ""))
-    return EXIT_OK
-
-
-def _user_passwd(args: argparse.Namespace) -> int:
-    from vizgate import accounts
-
-    if not accounts.user_exists(args.name):
-        raise accounts.AccountError(f"no user called {args.name!r}")
-    password = accounts.read_password(prompt=f"New password for {args.name}: ")
-    accounts.set_password(args.name, password)
-    print(f"changed the password of {args.name}")
-    return EXIT_OK
-
-
-def _user_list(args: argparse.Namespace) -> int:
-    from vizgate import accounts
-
-    rows = [("user", "role", "state", "login", "groups", "last login")]
-    for user in accounts.list_users():
-        rows.append(
-            (
-                user.name,
-                "administrator" if user.admin else "user",
-                "enabled" if user.active else "disabled",
-                "password" if user.has_password else "single sign-on",
-                ", ".join(user.groups) or "-",
-                user.last_login.strftime("%Y-%m-%d %H:%M UTC") if user.last_login else "never",
-            )
-        )
-    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
-    for row in rows:
-        print(
-            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        )
-    return EXIT_OK
-
-
-def _user_admin(args: argparse.Namespace) -> int:
-    from vizgate import accounts
-
-    changed = accounts.set_admin(args.name, not args.revoke)
-    if args.revoke:
-        print(f"{args.name} is {'no longer' if changed else 'not'} an administrator")
-    else:
-        print(f"{args.name} is {'now' if changed else 'already'} an administrator")
-    return EXIT_OK
-
-
-def _user_enable(args: argparse.Namespace) -> int:
-    from vizgate import accounts
-
-    changed = accounts.set_active(args.name, args.enable)
-    state = "enabled" if args.enable else "disabled"
-    print(f"{args.name} is {'now' if changed else 'already'} {state}")
-    if changed and not args.enable:
-        print(
-            "  its portal logins no longer work; sessions it runs go on until they end or an "
-            "administrator terminates them (Status page)"
-        )
-    return EXIT_OK
-
-
-def _group_add(args: argparse.Namespace) -> int:
-    from vizgate import accounts
-
-    created = accounts.create_group(args.name)
-    print(f"created group {args.name}" if created else f"the group {args.name} exists already")
-    return EXIT_OK
-
-
 # --- vizgate demo -----------------------------------------------------------------------------
 
 
-def _add_demo(subparsers: _Subparsers) -> None:
+def _add_demo(subparsers: Subparsers) -> None:
     from vizgate.demo import add_demo_arguments, run_demo
 
     demo = subparsers.add_parser(
@@ -540,11 +296,11 @@ def _add_demo(subparsers: _Subparsers) -> None:
     demo.set_defaults(func=run_demo)
 
 
-_COMMANDS: tuple[Callable[[_Subparsers], None], ...] = (
+_COMMANDS: tuple[Callable[[Subparsers], None], ...] = (
     _add_check,
     _add_serve,
-    _add_user,
-    _add_group,
+    add_user_command,
+    add_group_command,
     _add_pause,
     _add_demo,
 )
