@@ -112,15 +112,17 @@ def gateway_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def run_python(*argv: str, stdin: str = "", check: bool = True) -> subprocess.CompletedProcess[str]:
-    """``python ARGV`` in the gateway's environment (a vizgate command, a snippet of setup):
-    its output is returned, and with ``check`` its status asserted 0."""
+def run_python(
+    *argv: str, stdin: str = "", check: bool = True, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``python ARGV`` in the gateway's environment (a vizgate command, a snippet of setup),
+    with ``env`` added: its output is returned, and with ``check`` its status asserted 0."""
     result = subprocess.run(
         [sys.executable, *argv],
         input=stdin,
         capture_output=True,
         text=True,
-        env=gateway_env(),
+        env=gateway_env(env),
         timeout=scaled(60),
         check=False,
     )

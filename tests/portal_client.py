@@ -40,9 +40,13 @@ for argv in json.loads(sys.argv[1]):
 
 
 def create_accounts(
-    data_dir: Path, accounts: Sequence[Account], groups: Sequence[str] = ()
+    data_dir: Path,
+    accounts: Sequence[Account],
+    groups: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
 ) -> None:
-    """Create groups and users with the ``vizgate`` CLI, passwords on stdin, in one process."""
+    """Create groups and users with the ``vizgate`` CLI, passwords on stdin, in one process
+    (with ``env`` added to its environment)."""
     commands: list[list[str]] = [["group", "add", g, "--data-dir", str(data_dir)] for g in groups]
     for account in accounts:
         command = ["user", "add", account.name, "--data-dir", str(data_dir)]
@@ -56,6 +60,7 @@ def create_accounts(
         _CREATE_ACCOUNTS,
         json.dumps(commands),
         stdin="".join(account.password + "\n" for account in accounts),
+        env=env,
     )
     for account in accounts:
         assert account.password not in result.stdout + result.stderr

@@ -140,6 +140,7 @@ def add_group_command(subparsers: Subparsers) -> None:
 
 
 def _open_database(args: argparse.Namespace, command: str) -> bool:
+    from vizgate.exceptions import DatabaseSetupError
     from vizgate.web import data_dir_of, setup_django
 
     data_dir = data_dir_of(args.data_dir)
@@ -150,6 +151,9 @@ def _open_database(args: argparse.Namespace, command: str) -> bool:
             f"vizgate {command}: cannot use the data directory {data_dir}: {exc.strerror or exc}",
             file=sys.stderr,
         )
+        return False
+    except DatabaseSetupError as exc:
+        print(f"vizgate {command}: {exc}", file=sys.stderr)
         return False
     return True
 

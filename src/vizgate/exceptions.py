@@ -13,6 +13,7 @@ from dataclasses import dataclass
 __all__ = [
     "ConfigError",
     "ConfigProblem",
+    "DatabaseSetupError",
     "ReservationError",
     "ScriptError",
     "StartError",
@@ -98,3 +99,8 @@ class StartError(VizgateError):
 
 class TunnelError(VizgateError):
     """The relay between a WebSocket and a VNC server failed."""
+
+
+class DatabaseSetupError(VizgateError):
+    """The gateway's database cannot be used: a bad ``VIZGATE_DATABASE_URL``, a missing driver,
+    a server that refuses or cannot be reached. The message says why, never with the password."""

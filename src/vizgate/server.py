@@ -35,7 +35,7 @@ import uvloop
 
 from vizgate.broker import Broker
 from vizgate.catalog import load_catalog
-from vizgate.exceptions import ConfigError, ScriptError
+from vizgate.exceptions import ConfigError, DatabaseSetupError, ScriptError
 from vizgate.fastpath import TakeoverProtocol
 from vizgate.lifecycle import Timeouts
 from vizgate.logs import LOG_FORMATS, configure_logging
@@ -338,6 +338,9 @@ def run_serve(args: argparse.Namespace) -> int:
         )
     except OSError as exc:
         _complain(f"cannot use the data directory {data_dir}: {exc.strerror or exc}")
+        return EXIT_FAILURE
+    except DatabaseSetupError as exc:
+        _complain(str(exc))
         return EXIT_FAILURE
 
     from vizgate.web import runtime

@@ -9,7 +9,8 @@ it again after a restart.
 :class:`MemoryStore` keeps everything in memory (tests, and a gateway run without a database);
 the gateway's Django store lives in :mod:`vizgate.web.portal.store`. :class:`ThreadedStore` runs
 any store's blocking calls on one writer thread, in order, so the event loop never waits for a
-database.
+database, and holds them while the database is away (restarted, failing over): a store raises
+:class:`StoreUnavailable` for a write that may succeed later.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -27,6 +29,7 @@ __all__ = [
     "SessionEventRecord",
     "SessionRecord",
     "SessionStore",
+    "StoreUnavailable",
     "ThreadedStore",
 ]
 
@@ -147,16 +150,34 @@ class MemoryStore:
 _STOP = object()
 
 
+class StoreUnavailable(Exception):
+    """The store cannot reach its database now: the write was not made, and may be tried
+    again later. The message says why, without credentials."""
+
+
+#: How long the writer waits before trying a write again while the database is away: doubling
+#: from the first to the last, then the last until it is back.
+RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0)
+
+
 class ThreadedStore:
     """Runs a store's writes on one thread, in the order they were asked for.
 
-    Writes never block the caller; :meth:`flush` waits until every write so far is done.
-    A write that fails is logged and dropped: a database hiccup must not take sessions down.
+    Writes never block the caller; :meth:`flush` waits until every write so far is done. While
+    the store is unavailable (:class:`StoreUnavailable`) the write is tried again after
+    :data:`RETRY_DELAYS` and the ones behind it wait, so the database ends up as it would have
+    without the outage; the outage and its end are logged once each. A write that fails
+    otherwise is logged and dropped: a bad record must not hold up the others, and a database
+    hiccup must not take sessions down.
     """
 
-    def __init__(self, store: SessionStore) -> None:
+    def __init__(self, store: SessionStore, retry_delays: tuple[float, ...] = RETRY_DELAYS) -> None:
         self.store = store
+        self.retry_delays = retry_delays
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        #: Set when :meth:`close` gives up on an unavailable store: what is left is dropped.
+        self._giving_up = threading.Event()
+        self._dropped = 0
         self._thread = threading.Thread(target=self._run, name="vizgate-store", daemon=True)
         self._thread.start()
 
@@ -178,18 +199,54 @@ class ThreadedStore:
         return done.wait(timeout)
 
     def close(self, timeout: float | None = 10.0) -> None:
-        """Finish the pending writes and stop the thread."""
+        """Finish the pending writes and stop the thread; after ``timeout`` seconds of an
+        unavailable store, drop what is left (and say how much)."""
         self._queue.put(_STOP)
         self._thread.join(timeout)
+        if self._thread.is_alive():
+            self._giving_up.set()
+            self._thread.join(timeout)
 
     def _run(self) -> None:
         while True:
             item = self._queue.get()
             if item is _STOP:
-                return
+                break
             write: Callable[[Any], None]
             write, argument = item
+            self._write(write, argument)
+        if self._dropped:
+            logger.error(
+                "%d session store write(s) were not saved: the database did not come back "
+                "before the gateway stopped",
+                self._dropped,
+            )
+
+    def _write(self, write: Callable[[Any], None], argument: Any) -> None:
+        attempt = 0
+        away_since: float | None = None
+        while True:
             try:
                 write(argument)
+            except StoreUnavailable as exc:
+                if away_since is None:
+                    away_since = time.monotonic()
+                    logger.warning(
+                        "the session store cannot reach the database (%s); its writes wait and "
+                        "are tried again",
+                        exc,
+                    )
+                delay = self.retry_delays[min(attempt, len(self.retry_delays) - 1)]
+                attempt += 1
+                if self._giving_up.is_set() or self._giving_up.wait(delay):
+                    self._dropped += 1
+                    return
+                continue
             except Exception:
                 logger.exception("the session store failed to save; continuing")
+            if away_since is not None:
+                logger.warning(
+                    "the session store reaches the database again after %.0f s",
+                    time.monotonic() - away_since,
+                )
+            return

@@ -62,6 +62,8 @@ def setup_django(
 
     Raises:
         OSError: the data directory cannot be created, or the secret key cannot be written.
+        DatabaseSetupError: the database cannot be used (a bad URL, no driver, a server that
+            refuses or cannot be reached).
     """
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.environ["VIZGATE_DATA_DIR"] = str(data_dir)
@@ -84,8 +86,33 @@ def setup_django(
     os.environ["DJANGO_SETTINGS_MODULE"] = SETTINGS_MODULE
 
     import django
+    from django.core.exceptions import ImproperlyConfigured
     from django.core.management import call_command
+    from django.db import Error as DjangoDatabaseError
 
-    django.setup()
+    from vizgate.exceptions import DatabaseSetupError
+
+    try:
+        django.setup()
+    except ValueError as exc:
+        # vizgate.web.database refuses a bad VIZGATE_DATABASE_URL (without repeating it).
+        raise DatabaseSetupError(str(exc)) from None
     if migrate:
-        call_command("migrate", interactive=False, verbosity=0)
+        from django.conf import settings
+
+        from vizgate.web.database import describe_database
+
+        where = describe_database(settings.DATABASES["default"])
+        try:
+            call_command("migrate", interactive=False, verbosity=0)
+        except ImproperlyConfigured as exc:
+            # The driver is missing: "Error loading psycopg2 or psycopg module".
+            raise DatabaseSetupError(
+                f"cannot use the {where}: {exc} (install vizgate's postgres extra: "
+                "pip install 'vizgate[postgres]')"
+            ) from None
+        except DjangoDatabaseError as exc:
+            lines = str(exc).strip().splitlines()
+            raise DatabaseSetupError(
+                f"cannot use the {where}: {lines[0] if lines else type(exc).__name__}"
+            ) from None

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-__all__ = ["DATABASE_URL_ENV", "database_settings"]
+__all__ = ["DATABASE_URL_ENV", "database_settings", "describe_database"]
 
 DATABASE_URL_ENV = "VIZGATE_DATABASE_URL"
 
@@ -68,3 +68,15 @@ def _sqlite(path: Path) -> dict[str, Any]:
             "timeout": 20,
         },
     }
+
+
+def describe_database(settings: dict[str, Any]) -> str:
+    """Which database ``settings`` (Django's ``DATABASES["default"]``) name, for messages: the
+    file, or the server, database and account; never the password."""
+    if settings["ENGINE"].endswith("sqlite3"):
+        return f"SQLite {settings['NAME']}"
+    where = settings.get("HOST") or "the local socket"
+    if settings.get("PORT"):
+        where += f":{settings['PORT']}"
+    account = f" as {settings['USER']}" if settings.get("USER") else ""
+    return f"PostgreSQL database {settings['NAME']} on {where}{account}"

@@ -1,14 +1,21 @@
 """The broker's session store in the gateway's database (SQLite by default, PostgreSQL by URL).
 
 Its methods block on the database; the broker calls them from its store thread, never from the
-event loop.
+event loop. Django closes a broken or old connection only around requests: each method does it
+first, as a request would, so that a restarted database server is reconnected to; a database
+that cannot be reached raises :class:`~vizgate.store.StoreUnavailable`, and the store thread
+tries again later.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+from collections.abc import Iterator
 
-from vizgate.store import SessionEventRecord, SessionRecord
+from django.db import InterfaceError, OperationalError, close_old_connections
+
+from vizgate.store import SessionEventRecord, SessionRecord, StoreUnavailable
 from vizgate.web.portal.models import Session, SessionEvent
 
 __all__ = ["DjangoSessionStore"]
@@ -26,10 +33,33 @@ def _seconds(moment: datetime.datetime | None) -> float | None:
     return moment.timestamp() if moment is not None else None
 
 
+@contextlib.contextmanager
+def _database() -> Iterator[None]:
+    close_old_connections()
+    try:
+        yield
+    except (OperationalError, InterfaceError) as exc:
+        # The driver's first line says why (refused, shut down, authentication); no password.
+        lines = str(exc).strip().splitlines()
+        raise StoreUnavailable(lines[0] if lines else type(exc).__name__) from exc
+
+
 class DjangoSessionStore:
     """A :class:`vizgate.store.SessionStore` over the portal's Session and SessionEvent."""
 
     def load_live(self) -> list[SessionRecord]:
+        with _database():
+            return self._load_live()
+
+    def save(self, record: SessionRecord) -> None:
+        with _database():
+            self._save(record)
+
+    def add_event(self, event: SessionEventRecord) -> None:
+        with _database():
+            self._add_event(event)
+
+    def _load_live(self) -> list[SessionRecord]:
         return [
             SessionRecord(
                 id=row.id,
@@ -57,7 +87,7 @@ class DjangoSessionStore:
             for row in Session.objects.exclude(state="ended").order_by("created")
         ]
 
-    def save(self, record: SessionRecord) -> None:
+    def _save(self, record: SessionRecord) -> None:
         Session.objects.update_or_create(
             id=record.id,
             defaults={
@@ -84,7 +114,7 @@ class DjangoSessionStore:
             },
         )
 
-    def add_event(self, event: SessionEventRecord) -> None:
+    def _add_event(self, event: SessionEventRecord) -> None:
         SessionEvent.objects.create(
             session_id=event.session_id,
             kind=event.kind,

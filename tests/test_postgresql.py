@@ -1,0 +1,192 @@
+"""The gateway on PostgreSQL (``VIZGATE_DATABASE_URL``): a real server started for the test, the
+real gateway process and its commands, rows checked in PostgreSQL itself."""
+
+from __future__ import annotations
+
+import signal
+import urllib.parse
+from pathlib import Path
+
+import pytest
+
+from gateway import GatewayProcess, launch_gateway, run_python, start_gateway, write_config
+from portal_client import Account, Browser, create_accounts, open_socket
+from postgresql_server import postgres_server
+from support import scaled, wait_until
+from vizgate.testing.doubles import RFB_GREETING
+
+pytestmark = pytest.mark.integration
+
+DESKTOP = "Desktop"
+ALICE = Account("alice", "alice-on-postgres-42")
+
+
+def session_row(server: object, session_id: str) -> dict[str, object] | None:
+    rows = server.rows(  # type: ignore[attr-defined]
+        'SELECT state, end_reason, "user", bytes_to_client, started IS NOT NULL '
+        "FROM portal_session WHERE id = %s",
+        session_id,
+    )
+    if not rows:
+        return None
+    state, reason, user, to_client, started = rows[0]
+    return {"state": state, "reason": reason, "user": user, "bytes": to_client, "started": started}
+
+
+def test_accounts_sessions_and_history_live_in_postgresql_across_a_killed_gateway(
+    tmp_path: Path,
+) -> None:
+    config = write_config(tmp_path / "config", {DESKTOP: {"options": {"behaviour": "starts"}}})
+    data = tmp_path / "data"
+    gateways: list[GatewayProcess] = []
+    with postgres_server() as server:
+        env = {"VIZGATE_DATABASE_URL": server.url}
+        try:
+            create_accounts(data, [ALICE], groups=["viz"], env=env)
+            assert server.rows("SELECT username FROM auth_user") == [("alice",)]
+            assert not (data / "vizgate.sqlite3").exists(), "the accounts went to SQLite"
+            joined = run_python(
+                "-m", "vizgate", "group", "add-user", "viz", "alice", "--data-dir", str(data),
+                env=env,
+            )  # fmt: skip
+            assert joined.stdout == "alice joined viz\n"
+
+            first = start_gateway(
+                tmp_path / "first", config, "--data-dir", str(data), "--linger", "0", env=env
+            )
+            gateways.append(first)
+            # A session started and ended through the portal: its row and history.
+            browser = Browser(first.port)
+            assert browser.login(ALICE).status == 302
+            catalogue = browser.get("/")
+            launched = browser.post(
+                "/launch",
+                {"service": DESKTOP, "size": "", "csrfmiddlewaretoken": catalogue.csrf_token()},
+            )
+            assert launched.status == 302, launched.text
+            session_id = launched.location.rstrip("/").rsplit("/", 1)[-1]
+            query = "session=" + urllib.parse.quote(session_id)
+            assert open_socket(first, query, browser) == RFB_GREETING
+
+            def ended() -> dict[str, object] | None:
+                row = session_row(server, session_id)
+                return row if row is not None and row["state"] == "ended" else None
+
+            row = wait_until(ended, scaled(20), message="the session's row never ended")
+            assert row["user"] == "alice"
+            assert row["started"] is True
+            assert row["reason"] == "disconnected"
+            assert row["bytes"] == len(RFB_GREETING)
+            kinds = server.rows(
+                "SELECT kind FROM portal_sessionevent WHERE session_id = %s ORDER BY at, id",
+                session_id,
+            )
+            assert ("connected",) in kinds, kinds
+
+            # A reservation outlives a killed gateway: the next one adopts it from PostgreSQL.
+            reserved = first.request("/v1/reserve/" + DESKTOP).json()
+            wait_until(
+                lambda: session_row(server, reserved["session_id"]),
+                scaled(10),
+                message="the reservation never reached PostgreSQL",
+            )
+            first.process.send_signal(signal.SIGKILL)
+            first.process.wait(timeout=scaled(10))
+            second = start_gateway(
+                tmp_path / "second", config, "--data-dir", str(data), "--linger", "0", env=env
+            )
+            gateways.append(second)
+            [adopted] = second.request("/v1/status").json()["sessions"]
+            assert (adopted["id"], adopted["state"]) == (reserved["session_id"], "reserved")
+            assert second.request(f"/v1/release/{reserved['token']}").status == 200
+            released = session_row(server, reserved["session_id"])
+            assert released is not None
+            assert (released["state"], released["reason"]) == ("ended", "released")
+            for gateway in gateways:
+                assert server.password not in gateway.output()
+                assert "Traceback" not in gateway.output()
+        finally:
+            for gateway in gateways:
+                gateway.stop()
+
+
+def test_a_wrong_database_password_stops_the_gateway_with_why_and_without_the_password(
+    tmp_path: Path,
+) -> None:
+    config = write_config(tmp_path / "config", {DESKTOP: {}})
+    with postgres_server() as server:
+        wrong = server.url.replace(server.password, "not-the-password-31")
+        result = run_python(
+            "-m", "vizgate", "user", "list", "--data-dir", str(tmp_path / "data"),
+            env={"VIZGATE_DATABASE_URL": wrong}, check=False,
+        )  # fmt: skip
+        said = result.stdout + result.stderr
+        assert result.returncode == 1
+        where = f"cannot use the PostgreSQL database vizgate on 127.0.0.1:{server.port} as vizgate"
+        assert f"vizgate user list: {where}: connection failed" in said, said
+        assert "password authentication failed" in said, said
+        assert "not-the-password-31" not in said
+        assert "Traceback" not in said
+        gateway = launch_gateway(tmp_path / "run", config, env={"VIZGATE_DATABASE_URL": wrong})
+        try:
+            assert gateway.wait(60) == 1
+            said = gateway.output()
+            assert where in said, said
+            assert "password authentication failed" in said
+            assert "not-the-password-31" not in said
+            assert "Traceback" not in said
+        finally:
+            gateway.stop()
+
+
+def test_sessions_changed_while_postgresql_restarts_are_saved_when_it_is_back(
+    tmp_path: Path,
+) -> None:
+    config = write_config(tmp_path / "config", {DESKTOP: {"count": 3}})
+    with postgres_server() as server:
+        gateway = start_gateway(
+            tmp_path / "run", config, "--linger", "0",
+            env={"VIZGATE_DATABASE_URL": server.url},
+        )  # fmt: skip
+        try:
+            before = gateway.request("/v1/reserve/" + DESKTOP).json()
+            wait_until(
+                lambda: session_row(server, before["session_id"]),
+                scaled(10),
+                message="the first reservation never reached PostgreSQL",
+            )
+            server.stop()
+            assert gateway.request("/healthz").status == 503
+            # The broker goes on while the database is away; its writes wait.
+            during = gateway.request("/v1/reserve/" + DESKTOP).json()
+            assert gateway.request(f"/v1/release/{before['token']}").status == 200
+            wait_until(
+                lambda: "the session store cannot reach the database" in gateway.output(),
+                scaled(20),
+                message="the outage was not logged",
+            )
+            server.start()
+
+            def saved() -> bool:
+                first = session_row(server, before["session_id"])
+                second = session_row(server, during["session_id"])
+                return (
+                    first is not None
+                    and (first["state"], first["reason"]) == ("ended", "released")
+                    and second is not None
+                    and second["state"] == "reserved"
+                )
+
+            wait_until(saved, scaled(60), message="the writes made during the outage were lost")
+            # And the store's connection works again for what comes next.
+            after = gateway.request("/v1/reserve/" + DESKTOP).json()
+            wait_until(
+                lambda: session_row(server, after["session_id"]),
+                scaled(10),
+                message="a reservation after the outage never reached PostgreSQL",
+            )
+            assert "the session store reaches the database again" in gateway.output()
+            assert gateway.request("/healthz").status == 200
+            assert server.password not in gateway.output()
+        finally:
+            gateway.stop()
