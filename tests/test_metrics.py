@@ -56,6 +56,7 @@ def test_every_family_has_one_help_and_one_type_line_before_its_samples() -> Non
             assert name == seen[-1] or name in histogram, line
     assert seen == [
         "vizgate_new_sessions_paused",
+        "vizgate_store_writes_waiting",
         "vizgate_instances",
         "vizgate_sessions",
         "vizgate_viewers",
@@ -134,3 +135,10 @@ def test_the_pause_of_new_sessions_is_a_gauge() -> None:
     paused = samples(exposition([service("A")], [], SessionTally(), states=STATES, paused=True))
     assert running["vizgate_new_sessions_paused"] == 0
     assert paused["vizgate_new_sessions_paused"] == 1
+
+
+def test_the_writes_waiting_for_the_database_are_a_gauge() -> None:
+    none = samples(exposition([service("A")], [], SessionTally(), states=STATES))
+    some = samples(exposition([service("A")], [], SessionTally(), states=STATES, store_waiting=7))
+    assert none["vizgate_store_writes_waiting"] == 0
+    assert some["vizgate_store_writes_waiting"] == 7

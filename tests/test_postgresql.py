@@ -33,6 +33,14 @@ def session_row(server: object, session_id: str) -> dict[str, object] | None:
     return {"state": state, "reason": reason, "user": user, "bytes": to_client, "started": started}
 
 
+def waiting_writes(gateway: GatewayProcess) -> int:
+    """The gateway's ``vizgate_store_writes_waiting`` gauge."""
+    for line in gateway.request("/metrics").text.splitlines():
+        if line.startswith("vizgate_store_writes_waiting "):
+            return int(float(line.split()[1]))
+    raise AssertionError("/metrics has no vizgate_store_writes_waiting")
+
+
 def test_accounts_sessions_and_history_live_in_postgresql_across_a_killed_gateway(
     tmp_path: Path,
 ) -> None:
@@ -165,6 +173,8 @@ def test_sessions_changed_while_postgresql_restarts_are_saved_when_it_is_back(
                 scaled(20),
                 message="the outage was not logged",
             )
+            # At least the new reservation and the release, each a record and an event.
+            assert waiting_writes(gateway) >= 4
             server.start()
 
             def saved() -> bool:
@@ -187,6 +197,7 @@ def test_sessions_changed_while_postgresql_restarts_are_saved_when_it_is_back(
             )
             assert "the session store reaches the database again" in gateway.output()
             assert gateway.request("/healthz").status == 200
+            assert waiting_writes(gateway) == 0
             assert server.password not in gateway.output()
         finally:
             gateway.stop()

@@ -83,11 +83,13 @@ def test_writes_made_while_the_database_is_away_are_saved_in_order_when_it_is_ba
         store.save(record("b"))
         wait_until(lambda: flaky.attempts >= 5, scaled(10), message="no write was tried again")
         assert flaky.load_live() == []
+        assert store.waiting() == 4
         flaky.away.clear()
         assert store.flush(scaled(10))
         # "a" ended after it was reserved: the order held, so it is not live.
         assert [live.id for live in flaky.load_live()] == ["b"]
         assert [event.kind for event in flaky.events] == ["released"]
+        assert store.waiting() == 0
     finally:
         store.close()
     messages = [entry.getMessage() for entry in caplog.records]

@@ -91,7 +91,8 @@ class Broker(BrokerViews):
         self.catalog = catalog
         self.paused = paused
         self.max_sessions_per_user = max_sessions_per_user
-        self._store = ThreadedStore(store) if store is not None else None
+        #: Where sessions are saved (None: nowhere); ``/metrics`` reads its backlog.
+        self.store = ThreadedStore(store) if store is not None else None
         self.timeouts = timeouts or Timeouts()
         self.probe_interval = probe_interval
         self._instances: dict[str, list[RemoteServiceScript]] = {}
@@ -129,8 +130,8 @@ class Broker(BrokerViews):
             )
             self._instances[service.name] = instances
             self._live.add_type(service.name, service.count)
-        if self._store is not None:
-            for record in await asyncio.to_thread(self._store.load_live):
+        if self.store is not None:
+            for record in await asyncio.to_thread(self.store.load_live):
                 await self._adopt(record)
         self._timer_task = asyncio.create_task(self._run_timers(), name="vizgate-broker-timers")
 
@@ -168,10 +169,10 @@ class Broker(BrokerViews):
                     current = asyncio.current_task()
                     if current is not None and current.cancelling():
                         raise
-            if self._store is not None:
+            if self.store is not None:
                 for session in self._live:
                     self._save(session)
-                await asyncio.to_thread(self._store.close)
+                await asyncio.to_thread(self.store.close)
 
     # -- the public operations -------------------------------------------------------------------
 
@@ -432,8 +433,8 @@ class Broker(BrokerViews):
                 record.service,
                 record.index,
             )
-            if self._store is not None:
-                self._store.save(left_the_catalog(record, time.time()))
+            if self.store is not None:
+                self.store.save(left_the_catalog(record, time.time()))
             return
         session = await adopted_session(
             record,
@@ -452,8 +453,8 @@ class Broker(BrokerViews):
         self._drive(session)
 
     def _save(self, session: LiveSession) -> None:
-        if self._store is not None:
-            self._store.save(session.record(self._wall))
+        if self.store is not None:
+            self.store.save(session.record(self._wall))
 
     def record_event(self, session_id: str, kind: str, *, user: str, detail: str = "") -> None:
         """Add a line to a live session's audit trail (what the portal did to it, e.g. a share
@@ -472,8 +473,8 @@ class Broker(BrokerViews):
         detail: str = "",
     ) -> None:
         """``user``: who did it; None for the session's own user, "" when nobody knows."""
-        if self._store is not None:
-            self._store.add_event(
+        if self.store is not None:
+            self.store.add_event(
                 SessionEventRecord(
                     session_id=session.id,
                     kind=kind,

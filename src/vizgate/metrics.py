@@ -93,6 +93,7 @@ def exposition(
     *,
     states: Sequence[str],
     paused: bool = False,
+    store_waiting: int = 0,
 ) -> str:
     """The metrics as Prometheus' text exposition format.
 
@@ -102,6 +103,7 @@ def exposition(
         tally: what happened since the process started.
         states: the live states, each reported for every type (0 when none is in it).
         paused: new sessions are paused (:mod:`vizgate.pause`).
+        store_waiting: session changes not yet written to the database.
     """
     names = [service.name for service in services]
     lines: list[str] = []
@@ -111,6 +113,13 @@ def exposition(
         "gauge",
         "1 while new sessions are paused for maintenance, else 0.",
         [("", 1 if paused else 0)],
+    )
+    _family(
+        lines,
+        "vizgate_store_writes_waiting",
+        "gauge",
+        "Session changes not yet written to the database; they pile up while it is away.",
+        [("", store_waiting)],
     )
     _family(
         lines,

@@ -150,6 +150,10 @@ class MemoryStore:
 _STOP = object()
 
 
+def _flushed(done: threading.Event) -> None:
+    done.set()
+
+
 class StoreUnavailable(Exception):
     """The store cannot reach its database now: the write was not made, and may be tried
     again later. The message says why, without credentials."""
@@ -178,6 +182,8 @@ class ThreadedStore:
         #: Set when :meth:`close` gives up on an unavailable store: what is left is dropped.
         self._giving_up = threading.Event()
         self._dropped = 0
+        self._waiting = 0
+        self._waiting_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="vizgate-store", daemon=True)
         self._thread.start()
 
@@ -187,15 +193,25 @@ class ThreadedStore:
         return self.store.load_live()
 
     def save(self, record: SessionRecord) -> None:
-        self._queue.put((self.store.save, record))
+        self._put(self.store.save, record)
 
     def add_event(self, event: SessionEventRecord) -> None:
-        self._queue.put((self.store.add_event, event))
+        self._put(self.store.add_event, event)
+
+    def waiting(self) -> int:
+        """How many writes are not done yet (they pile up while the store is unavailable)."""
+        with self._waiting_lock:
+            return self._waiting
+
+    def _put(self, write: Callable[[Any], None], argument: Any) -> None:
+        with self._waiting_lock:
+            self._waiting += 1
+        self._queue.put((write, argument))
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until the writes asked for so far are done; False on timeout."""
         done = threading.Event()
-        self._queue.put((lambda _: done.set(), None))
+        self._queue.put((_flushed, done))
         return done.wait(timeout)
 
     def close(self, timeout: float | None = 10.0) -> None:
@@ -215,6 +231,9 @@ class ThreadedStore:
             write: Callable[[Any], None]
             write, argument = item
             self._write(write, argument)
+            if write is not _flushed:
+                with self._waiting_lock:
+                    self._waiting -= 1
         if self._dropped:
             logger.error(
                 "%d session store write(s) were not saved: the database did not come back "

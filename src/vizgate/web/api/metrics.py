@@ -41,5 +41,6 @@ async def metrics(request: HttpRequest) -> HttpResponse:
         broker.tally,
         states=_STATES,
         paused=broker.paused() is not None,
+        store_waiting=broker.store.waiting() if broker.store is not None else 0,
     )
     return HttpResponse(text, content_type=CONTENT_TYPE)
