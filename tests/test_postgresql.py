@@ -3,6 +3,7 @@ real gateway process and its commands, rows checked in PostgreSQL itself."""
 
 from __future__ import annotations
 
+import html
 import signal
 import urllib.parse
 from pathlib import Path
@@ -14,6 +15,7 @@ from portal_client import Account, Browser, create_accounts, open_socket
 from postgresql_server import postgres_server
 from support import scaled, wait_until
 from vizgate.testing.doubles import RFB_GREETING
+from vizgate.web.database_outage import DATABASE_AWAY_MESSAGE
 
 pytestmark = pytest.mark.integration
 
@@ -31,6 +33,18 @@ def session_row(server: object, session_id: str) -> dict[str, object] | None:
         return None
     state, reason, user, to_client, started = rows[0]
     return {"state": state, "reason": reason, "user": user, "bytes": to_client, "started": started}
+
+
+def launch_as_alice(browser: Browser) -> str:
+    """Log in as alice and launch the desktop from the catalogue: the session's id."""
+    assert browser.login(ALICE).status == 302
+    catalogue = browser.get("/")
+    launched = browser.post(
+        "/launch",
+        {"service": DESKTOP, "size": "", "csrfmiddlewaretoken": catalogue.csrf_token()},
+    )
+    assert launched.status == 302, launched.text
+    return launched.location.rstrip("/").rsplit("/", 1)[-1]
 
 
 def waiting_writes(gateway: GatewayProcess) -> int:
@@ -65,14 +79,7 @@ def test_accounts_sessions_and_history_live_in_postgresql_across_a_killed_gatewa
             gateways.append(first)
             # A session started and ended through the portal: its row and history.
             browser = Browser(first.port)
-            assert browser.login(ALICE).status == 302
-            catalogue = browser.get("/")
-            launched = browser.post(
-                "/launch",
-                {"service": DESKTOP, "size": "", "csrfmiddlewaretoken": catalogue.csrf_token()},
-            )
-            assert launched.status == 302, launched.text
-            session_id = launched.location.rstrip("/").rsplit("/", 1)[-1]
+            session_id = launch_as_alice(browser)
             query = "session=" + urllib.parse.quote(session_id)
             assert open_socket(first, query, browser) == RFB_GREETING
 
@@ -150,13 +157,19 @@ def test_a_wrong_database_password_stops_the_gateway_with_why_and_without_the_pa
 def test_sessions_changed_while_postgresql_restarts_are_saved_when_it_is_back(
     tmp_path: Path,
 ) -> None:
-    config = write_config(tmp_path / "config", {DESKTOP: {"count": 3}})
+    config = write_config(
+        tmp_path / "config", {DESKTOP: {"count": 3, "options": {"behaviour": "starts"}}}
+    )
+    data = tmp_path / "data"
     with postgres_server() as server:
+        env = {"VIZGATE_DATABASE_URL": server.url}
+        create_accounts(data, [ALICE], env=env)
         gateway = start_gateway(
-            tmp_path / "run", config, "--linger", "0",
-            env={"VIZGATE_DATABASE_URL": server.url},
-        )  # fmt: skip
+            tmp_path / "run", config, "--linger", "0", "--data-dir", str(data), env=env
+        )
         try:
+            browser = Browser(gateway.port)
+            query = "session=" + urllib.parse.quote(launch_as_alice(browser))
             before = gateway.request("/v1/reserve/" + DESKTOP).json()
             wait_until(
                 lambda: session_row(server, before["session_id"]),
@@ -165,6 +178,12 @@ def test_sessions_changed_while_postgresql_restarts_are_saved_when_it_is_back(
             )
             server.stop()
             assert gateway.request("/healthz").status == 503
+            # What needs the database says so, and asks to come back.
+            page = browser.get("/")
+            assert page.status == 503
+            assert DATABASE_AWAY_MESSAGE in html.unescape(page.text)
+            assert page.headers["Retry-After"] == "30"
+            assert open_socket(gateway, query, browser) == (1008, DATABASE_AWAY_MESSAGE)
             # The broker goes on while the database is away; its writes wait.
             during = gateway.request("/v1/reserve/" + DESKTOP).json()
             assert gateway.request(f"/v1/release/{before['token']}").status == 200
@@ -198,6 +217,15 @@ def test_sessions_changed_while_postgresql_restarts_are_saved_when_it_is_back(
             assert "the session store reaches the database again" in gateway.output()
             assert gateway.request("/healthz").status == 200
             assert waiting_writes(gateway) == 0
+            # The portal login outlived the outage, and so did the way to the desktop.
+            assert browser.get("/").status == 200
+            assert open_socket(gateway, query, browser) == RFB_GREETING
+            output = gateway.output()
+            assert "Traceback" not in output
+            assert "ERROR django.request" not in output
+            assert (
+                "Service Unavailable: /: the database is not answering (connection failed" in output
+            )
             assert server.password not in gateway.output()
         finally:
             gateway.stop()

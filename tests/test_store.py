@@ -122,3 +122,5 @@ def test_a_store_stopping_during_an_outage_gives_up_and_says_how_much_was_lost(
     store.close(timeout=0.2)
     assert not store._thread.is_alive()
     assert "2 session store write(s) were not saved" in caplog.text
+    # One outage, one warning, however many writes it held up.
+    assert caplog.text.count("cannot reach the database") == 1

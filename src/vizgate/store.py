@@ -182,6 +182,8 @@ class ThreadedStore:
         #: Set when :meth:`close` gives up on an unavailable store: what is left is dropped.
         self._giving_up = threading.Event()
         self._dropped = 0
+        #: When the store became unavailable (monotonic), while it is.
+        self._away_since: float | None = None
         self._waiting = 0
         self._waiting_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="vizgate-store", daemon=True)
@@ -243,13 +245,12 @@ class ThreadedStore:
 
     def _write(self, write: Callable[[Any], None], argument: Any) -> None:
         attempt = 0
-        away_since: float | None = None
         while True:
             try:
                 write(argument)
             except StoreUnavailable as exc:
-                if away_since is None:
-                    away_since = time.monotonic()
+                if self._away_since is None:
+                    self._away_since = time.monotonic()
                     logger.warning(
                         "the session store cannot reach the database (%s); its writes wait and "
                         "are tried again",
@@ -263,9 +264,10 @@ class ThreadedStore:
                 continue
             except Exception:
                 logger.exception("the session store failed to save; continuing")
-            if away_since is not None:
+            if self._away_since is not None:
                 logger.warning(
                     "the session store reaches the database again after %.0f s",
-                    time.monotonic() - away_since,
+                    time.monotonic() - self._away_since,
                 )
+                self._away_since = None
             return

@@ -9,6 +9,7 @@ Importing this package does not import Django.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -97,6 +98,11 @@ def setup_django(
     except ValueError as exc:
         # vizgate.web.database refuses a bad VIZGATE_DATABASE_URL (without repeating it).
         raise DatabaseSetupError(str(exc)) from None
+    from vizgate.web.database_outage import OutageLogFilter, outage_reason
+
+    request_log = logging.getLogger("django.request")
+    if not any(isinstance(f, OutageLogFilter) for f in request_log.filters):
+        request_log.addFilter(OutageLogFilter())
     if migrate:
         from django.conf import settings
 
@@ -112,7 +118,4 @@ def setup_django(
                 "pip install 'vizgate[postgres]')"
             ) from None
         except DjangoDatabaseError as exc:
-            lines = str(exc).strip().splitlines()
-            raise DatabaseSetupError(
-                f"cannot use the {where}: {lines[0] if lines else type(exc).__name__}"
-            ) from None
+            raise DatabaseSetupError(f"cannot use the {where}: {outage_reason(exc)}") from None

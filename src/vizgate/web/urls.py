@@ -11,7 +11,10 @@ from vizgate.web.api.health import healthz
 from vizgate.web.api.metrics import metrics
 from vizgate.web.portal import assets
 
-__all__ = ["urlpatterns"]
+__all__ = ["handler500", "urlpatterns"]
+
+# A 503 that says so while the database is away; Django's own 500 page otherwise.
+handler500 = "vizgate.web.database_outage.server_error"
 
 urlpatterns = [
     path("", include("vizgate.web.portal.urls")),

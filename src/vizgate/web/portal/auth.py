@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.contrib.auth import aget_user
+from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest
 from django.http.cookie import parse_cookie
 from django.http.request import split_domain_port, validate_host
@@ -41,6 +42,7 @@ from vizgate.accounts import agroup_names, forbidden_message
 from vizgate.broker import Broker
 from vizgate.sessions import SessionInfo
 from vizgate.tunnel import FULL_ACCESS, Access, Authorizer
+from vizgate.web.database_outage import DATABASE_AWAY_MESSAGE, outage_reason
 from vizgate.web.portal.shares import SHARES_KEY, live_share
 from vizgate.web.proxy_trust import account_name
 
@@ -194,30 +196,43 @@ def make_authorizer(broker: Broker) -> Authorizer:
         if not session.bound and group is None:
             # A bearer token for everyone: no need to look at cookies at all.
             return FULL_ACCESS
-        viewer = await viewer_of_scope(scope)
-        reason = refusal(viewer, session, group)
-        if reason is None:
-            return Access(user=viewer.username)
-        if reason == OWNER_REFUSAL and session.id in viewer.shares:
-            share = await live_share(viewer.shares[session.id], session.id)
-            if share is not None:
-                # Watching does not lift the type's group gate.
-                reason = _group_refusal(viewer, session, group)
-                if reason is None:
-                    return Access(
-                        view_only=True,
-                        until=share.expires.timestamp(),
-                        grant=share.grant,
-                        user=viewer.username,
-                    )
-            else:
-                reason = SHARE_ENDED_REFUSAL
-        logger.info(
-            "refused %s a viewer of session %s: %s",
-            viewer.username or "an anonymous user",
-            session.id,
-            reason,
-        )
-        return Access(refusal=reason)
+        try:
+            return await _decide(scope, session, group)
+        except (OperationalError, InterfaceError) as exc:
+            logger.warning(
+                "refused a viewer of session %s: the database is not answering (%s)",
+                session.id,
+                outage_reason(exc),
+            )
+            return Access(refusal=DATABASE_AWAY_MESSAGE)
 
     return authorize
+
+
+async def _decide(scope: Any, session: SessionInfo, group: str | None) -> Access:
+    """Whether the viewer of ``scope`` may use ``session`` (of a type gated by ``group``)."""
+    viewer = await viewer_of_scope(scope)
+    reason = refusal(viewer, session, group)
+    if reason is None:
+        return Access(user=viewer.username)
+    if reason == OWNER_REFUSAL and session.id in viewer.shares:
+        share = await live_share(viewer.shares[session.id], session.id)
+        if share is not None:
+            # Watching does not lift the type's group gate.
+            reason = _group_refusal(viewer, session, group)
+            if reason is None:
+                return Access(
+                    view_only=True,
+                    until=share.expires.timestamp(),
+                    grant=share.grant,
+                    user=viewer.username,
+                )
+        else:
+            reason = SHARE_ENDED_REFUSAL
+    logger.info(
+        "refused %s a viewer of session %s: %s",
+        viewer.username or "an anonymous user",
+        session.id,
+        reason,
+    )
+    return Access(refusal=reason)

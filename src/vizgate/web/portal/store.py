@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from django.db import InterfaceError, OperationalError, close_old_connections
 
 from vizgate.store import SessionEventRecord, SessionRecord, StoreUnavailable
+from vizgate.web.database_outage import outage_reason
 from vizgate.web.portal.models import Session, SessionEvent
 
 __all__ = ["DjangoSessionStore"]
@@ -39,9 +40,7 @@ def _database() -> Iterator[None]:
     try:
         yield
     except (OperationalError, InterfaceError) as exc:
-        # The driver's first line says why (refused, shut down, authentication); no password.
-        lines = str(exc).strip().splitlines()
-        raise StoreUnavailable(lines[0] if lines else type(exc).__name__) from exc
+        raise StoreUnavailable(outage_reason(exc)) from exc
 
 
 class DjangoSessionStore:
