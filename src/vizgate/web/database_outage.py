@@ -16,6 +16,7 @@ import sys
 
 from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import render
 from django.views import defaults
 
 __all__ = [
@@ -33,11 +34,6 @@ DATABASE_AWAY_MESSAGE = (
 
 #: Seconds a client is asked to wait before trying again.
 RETRY_AFTER = 30
-
-_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>vizgate: try again in a minute</title></head>
-<body><h1>Try again in a minute</h1><p>{message}</p></body></html>
-"""
 
 
 def is_database_outage(exc: BaseException | None) -> bool:
@@ -66,10 +62,21 @@ def server_error(request: HttpRequest) -> HttpResponse:
             {"error": "database_unavailable", "message": DATABASE_AWAY_MESSAGE}, status=503
         )
     else:
-        response = HttpResponse(
-            _PAGE.format(message=DATABASE_AWAY_MESSAGE),
+        # Imported here: this module is imported before Django is set up (by the tunnel's
+        # authorizer), and the auth models cannot be.
+        from django.contrib.auth.models import AnonymousUser
+
+        # The portal's own page, for an anonymous user: finding out who is signed in would ask
+        # the database again.
+        response = render(
+            request,
+            "portal/message.html",
+            {
+                "title": "Try again in a minute",
+                "text": DATABASE_AWAY_MESSAGE,
+                "user": AnonymousUser(),
+            },
             status=503,
-            content_type="text/html; charset=utf-8",
         )
     response["Retry-After"] = str(RETRY_AFTER)
     return response
