@@ -8,14 +8,24 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from gateway import start_gateway
+from portal_client import Browser, open_socket
 from slurm_cluster import SlurmCluster, processes_mentioning
 from slurm_sessions import JOB_NAME_0, SIZE, TYPE, handshake_through_bridge, write_catalog
-from support import kill_pid_tree, port_accepts, require_binaries, scaled, vnc_authenticate
+from support import (
+    kill_pid_tree,
+    port_accepts,
+    require_binaries,
+    scaled,
+    vnc_authenticate,
+    wait_until,
+)
 from unix_accounts import UnixAccount, temporary_account
 from vizgate.broker import Broker
 from vizgate.catalog import load_catalog
@@ -274,3 +284,44 @@ def test_without_root_a_users_job_is_submitted_and_cancelled_through_sudo(
     assert status.state == "CANCELLED"
     assert not port_accepts(state["host"], state["port"])
     assert not Path(state["folder"]).exists()
+
+
+@pytest.mark.integration
+def test_the_account_single_sign_on_names_is_the_one_a_gateways_slurm_job_runs_as(
+    cluster: SlurmCluster, account: UnixAccount, tmp_path: Path
+) -> None:
+    (tmp_path / "config").mkdir()
+    catalog = write_catalog(tmp_path / "config", Path(STATE_DIR), run_as="user")
+    gateway = start_gateway(
+        tmp_path / "run", catalog,
+        "--remote-user-header", "X-Remote-User",
+        "--remote-user-pattern", r"(?P<user>[^@]+)@EXAMPLE\.ORG", "--remote-user-lowercase",
+        env=cluster.env,
+    )  # fmt: skip
+    try:
+        # A Kerberos principal, as a user typed it at the identity provider.
+        header = {"X-Remote-User": account.name.upper() + "@EXAMPLE.ORG"}
+        browser = Browser(gateway.port)
+        catalogue = browser.get("/", header)
+        assert catalogue.status == 200, catalogue.text
+        launched = browser.post(
+            "/launch",
+            {"service": TYPE, "size": SIZE, "csrfmiddlewaretoken": catalogue.csrf_token()},
+            header,
+        )
+        assert launched.status == 302, launched.text
+        query = "session=" + urllib.parse.quote(launched.location.rstrip("/").rsplit("/", 1)[-1])
+        greeting = open_socket(gateway, query, browser, headers=header)
+        assert isinstance(greeting, bytes), greeting
+        assert greeting.startswith(b"RFB "), greeting
+        ran_as = cluster.run("squeue", "-h", "-t", "all", "-u", account.name, "-n", JOB_NAME_0)
+        assert ran_as.returncode == 0, ran_as.stderr
+        assert ran_as.stdout.strip(), f"no job of {account.name}"
+        # The viewer left: the job is cancelled and its processes end.
+        wait_until(
+            lambda: not processes_mentioning(account.home),
+            scaled(30),
+            message="the session's processes outlived its last viewer",
+        )
+    finally:
+        gateway.stop()
