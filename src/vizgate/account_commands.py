@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 from vizgate.cli_support import (
     EXIT_FAILURE,
     EXIT_OK,
     Subparsers,
     add_data_dir,
+    open_database,
+    print_table,
     usage,
 )
 
@@ -139,25 +141,6 @@ def add_group_command(subparsers: Subparsers) -> None:
         )
 
 
-def _open_database(args: argparse.Namespace, command: str) -> bool:
-    from vizgate.exceptions import DatabaseSetupError
-    from vizgate.web import data_dir_of, setup_django
-
-    data_dir = data_dir_of(args.data_dir)
-    try:
-        setup_django(data_dir.resolve(), allowed_hosts=["localhost"])
-    except OSError as exc:
-        print(
-            f"vizgate {command}: cannot use the data directory {data_dir}: {exc.strerror or exc}",
-            file=sys.stderr,
-        )
-        return False
-    except DatabaseSetupError as exc:
-        print(f"vizgate {command}: {exc}", file=sys.stderr)
-        return False
-    return True
-
-
 def _account_action(
     command: str, action: Callable[[argparse.Namespace], int]
 ) -> Callable[[argparse.Namespace], int]:
@@ -167,7 +150,7 @@ def _account_action(
     def run(args: argparse.Namespace) -> int:
         from vizgate.accounts import AccountError
 
-        if not _open_database(args, command):
+        if not open_database(args, command):
             return EXIT_FAILURE
         try:
             return action(args)
@@ -235,7 +218,7 @@ def _user_list(args: argparse.Namespace) -> int:
                 user.last_login.strftime("%Y-%m-%d %H:%M UTC") if user.last_login else "never",
             )
         )
-    _print_table(rows)
+    print_table(rows)
     return EXIT_OK
 
 
@@ -277,7 +260,7 @@ def _group_list(args: argparse.Namespace) -> int:
 
     rows = [("group", "members")]
     rows += [(group.name, ", ".join(group.members) or "-") for group in accounts.list_groups()]
-    _print_table(rows)
+    print_table(rows)
     return EXIT_OK
 
 
@@ -293,11 +276,3 @@ def _group_members(args: argparse.Namespace) -> int:
         state = "in it already" if args.member else "not in it"
         print(f"{', '.join(unchanged)} {'was' if len(unchanged) == 1 else 'were'} {state}")
     return EXIT_OK
-
-
-def _print_table(rows: Sequence[tuple[str, ...]]) -> None:
-    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
-    for row in rows:
-        print(
-            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        )

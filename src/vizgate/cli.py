@@ -1,9 +1,10 @@
-"""The ``vizgate`` command line: ``check``, ``serve``, ``user``, ``group``, ``pause``, ``resume``
-and ``demo``.
+"""The ``vizgate`` command line: ``check``, ``serve``, ``user``, ``group``, ``sessions``,
+``usage``, ``pause``, ``resume`` and ``demo``.
 
 ``vizgate check CONFIG`` validates a catalog; ``vizgate serve --config CONFIG`` runs the gateway;
 ``vizgate user ...`` and ``vizgate group ...`` manage the portal's accounts in the database of
-``--data-dir`` (:mod:`vizgate.account_commands`); ``vizgate pause`` and ``resume`` stop and
+``--data-dir`` (:mod:`vizgate.account_commands`); ``vizgate sessions`` and ``usage`` report on
+the history (:mod:`vizgate.report_commands`); ``vizgate pause`` and ``resume`` stop and
 allow new sessions; ``vizgate demo`` serves the examples (see :mod:`vizgate.demo`).
 
 Each subcommand is one ``_add_<name>`` function that declares its arguments and binds one
@@ -40,6 +41,7 @@ from vizgate.cli_support import (
 )
 from vizgate.exceptions import ConfigError, ConfigProblem, ScriptError
 from vizgate.pause import PauseFile
+from vizgate.report_commands import add_sessions_command, add_usage_command
 from vizgate.scripts import realize_instances
 from vizgate.window_sizes import DEFAULT_SIZES
 
@@ -301,6 +303,8 @@ _COMMANDS: tuple[Callable[[Subparsers], None], ...] = (
     _add_serve,
     add_user_command,
     add_group_command,
+    add_sessions_command,
+    add_usage_command,
     _add_pause,
     _add_demo,
 )

@@ -1,0 +1,218 @@
+"""Reports on the history: the arithmetic of run time in a window (:mod:`vizgate.usage`), and
+``vizgate sessions`` / ``vizgate usage`` as commands over a database with known rows and over
+one a real gateway wrote."""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import io
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from gateway import run_python, start_gateway, write_config
+from portal_client import open_socket
+from support import scaled, wait_until
+from vizgate.testing.doubles import RFB_GREETING
+from vizgate.usage import SessionUse, parse_moment, run_seconds, usage_by
+
+UTC = datetime.UTC
+
+
+def at(hour: int, minute: int = 0, day: int = 1) -> datetime.datetime:
+    return datetime.datetime(2026, 11, day, hour, minute, tzinfo=UTC)
+
+
+def use(
+    session_id: str,
+    user: str,
+    started: datetime.datetime | None,
+    ended: datetime.datetime | None,
+    service: str = "Desktop",
+) -> SessionUse:
+    return SessionUse(
+        id=session_id,
+        service=service,
+        user=user,
+        state="ended" if ended else "running",
+        created=started or at(0),
+        started=started,
+        ended=ended,
+        end_reason="disconnected" if ended else "",
+        bytes_to_client=0,
+        bytes_to_server=0,
+    )
+
+
+DAY_ONE = (at(0), at(0, day=2))
+NOW = at(12, day=3)
+
+
+def test_run_time_is_the_part_of_the_run_inside_the_window() -> None:
+    assert run_seconds(use("a", "u", at(9), at(11)), *DAY_ONE, NOW) == 7200
+    # Across midnight: an hour on each day.
+    night = use("b", "u", at(23), at(1, day=2))
+    assert run_seconds(night, *DAY_ONE, NOW) == 3600
+    assert run_seconds(night, at(0, day=2), at(0, day=3), NOW) == 3600
+    # Reserved, never started; and a run entirely outside the window.
+    assert run_seconds(use("c", "u", None, at(10)), *DAY_ONE, NOW) == 0
+    assert run_seconds(use("d", "u", at(9, day=2), at(10, day=2)), *DAY_ONE, NOW) == 0
+    # Still running: until now, or the window's end.
+    live = use("e", "u", at(12, day=2), None)
+    assert run_seconds(live, at(0, day=2), at(0, day=4), NOW) == 24 * 3600
+
+
+def test_usage_sums_by_user_or_type_most_used_first() -> None:
+    uses = [
+        use("a", "alice", at(9), at(11)),
+        use("b", "bob", at(8), at(13), service="Render"),
+        use("c", "alice", at(14), at(15), service="Render"),
+        use("d", "", at(16), at(16, 30)),
+        use("e", "carol", None, at(10)),
+    ]
+    by_user = usage_by(uses, "user", *DAY_ONE, NOW)
+    assert [(t.key, t.sessions, t.seconds) for t in by_user] == [
+        ("bob", 1, 5 * 3600),
+        ("alice", 2, 3 * 3600),
+        ("-", 1, 1800),
+    ]
+    by_type = usage_by(uses, "type", *DAY_ONE, NOW)
+    assert [(t.key, t.sessions, t.hours) for t in by_type] == [
+        ("Render", 2, 6.0),
+        ("Desktop", 2, 2.5),
+    ]
+    with pytest.raises(ValueError, match="cannot group by 'host'"):
+        usage_by(uses, "host", *DAY_ONE, NOW)
+
+
+def test_dates_on_the_command_line() -> None:
+    assert parse_moment("2026-11-01") == at(0)
+    assert parse_moment("2026-11-01", end_of_day=True) == at(0, day=2)
+    assert parse_moment("2026-11-01T08:30") == at(8, 30)
+    assert parse_moment("2026-11-01T08:30+01:00") == at(7, 30)
+    with pytest.raises(ValueError, match="'yesterday' is not a date: use YYYY-MM-DD"):
+        parse_moment("yesterday")
+
+
+# ---------------------------------------------------------------------------------------
+# The commands
+
+
+_ROWS = """
+import datetime, pathlib, sys
+from vizgate.web import setup_django
+setup_django(pathlib.Path(sys.argv[1]), allowed_hosts=["localhost"])
+from vizgate.web.portal.models import Session
+U = datetime.UTC
+def at(h, m=0, day=1):
+    return datetime.datetime(2026, 11, day, h, m, tzinfo=U)
+for number, (service, index, user, created, started, ended, reason) in enumerate([
+    ("Desktop", 0, "alice", at(8), at(9), at(11), "disconnected"),
+    ("Desktop", 1, "bob", at(22), at(23), at(1, day=2), "idle"),
+    ("Render", 0, "alice", at(10), None, at(10, 5), "released"),
+    ("Render", 0, "alice", at(12), at(12), None, ""),
+]):
+    Session.objects.create(
+        id=f"s{number + 1}", token_hash=f"{number:064x}", service=service, index=index,
+        user=user, state="ended" if ended else "running", created=created, started=started,
+        ended=ended, end_reason=reason, bytes_to_client=1000 * (number + 1),
+    )
+"""
+
+
+def vizgate(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return run_python("-m", "vizgate", *args, "--data-dir", str(data_dir), check=False)
+
+
+@pytest.fixture
+def history(tmp_path: Path) -> Path:
+    data_dir = tmp_path / "data"
+    run_python("-c", _ROWS, str(data_dir))
+    return data_dir
+
+
+def test_usage_by_user_and_by_type_over_a_day(history: Path) -> None:
+    day = ("--since", "2026-11-01", "--until", "2026-11-01")
+    by_user = vizgate(history, "usage", *day, "--format", "json")
+    assert by_user.returncode == 0, by_user.stderr
+    # alice: 9-11 and the live session from noon to the day's end; bob: 23-24.
+    assert json.loads(by_user.stdout) == [
+        {"user": "alice", "sessions": 2, "hours": 14.0},
+        {"user": "bob", "sessions": 1, "hours": 1.0},
+    ]
+    by_type = vizgate(history, "usage", *day, "--by", "type", "--format", "csv")
+    assert list(csv.DictReader(io.StringIO(by_type.stdout))) == [
+        {"type": "Render", "sessions": "1", "hours": "12.0"},
+        {"type": "Desktop", "sessions": "2", "hours": "3.0"},
+    ]
+    table = vizgate(history, "usage", *day)
+    assert table.stdout.splitlines()[0] == "2026-11-01T00:00:00Z to 2026-11-02T00:00:00Z"
+    assert table.stdout.splitlines()[2].split() == ["alice", "2", "14.00"]
+    next_day = vizgate(history, "usage", "--since", "2026-11-02", "--until", "2026-11-02")
+    assert [line.split() for line in next_day.stdout.splitlines()[2:]] == [
+        ["alice", "1", "24.00"],
+        ["bob", "1", "1.00"],
+    ]
+
+
+def test_sessions_lists_a_users_sessions_of_a_window(history: Path) -> None:
+    listed = vizgate(
+        history, "sessions", "--since", "2026-11-01", "--until", "2026-11-01",
+        "--user", "alice", "--format", "csv",
+    )  # fmt: skip
+    assert listed.returncode == 0, listed.stderr
+    rows = list(csv.DictReader(io.StringIO(listed.stdout)))
+    assert [(r["id"], r["type"], r["seconds"], r["end_reason"]) for r in rows] == [
+        ("s1", "Desktop", "7200", "disconnected"),
+        ("s3", "Render", "0", "released"),
+        ("s4", "Render", "43200", ""),
+    ]
+    assert rows[0]["started"] == "2026-11-01T09:00:00Z"
+    assert rows[0]["bytes_to_viewer"] == "1000"
+    table = vizgate(history, "sessions", "--since", "2026-11-01", "--type", "Desktop")
+    lines = [line.split() for line in table.stdout.splitlines()]
+    assert lines[0][:4] == ["session", "type", "user", "state"]
+    assert [line[0] for line in lines[1:]] == ["s1", "s2"]
+    assert "2:00:00" in lines[1]
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (("--since", "yesterday"), "'yesterday' is not a date"),
+        (("--since", "2026-11-02", "--until", "2026-11-01T00:00"), "--until must come after"),
+    ],
+)
+def test_a_bad_window_is_refused_with_why(history: Path, args: tuple[str, ...], said: str) -> None:
+    for command in ("usage", "sessions"):
+        result = vizgate(history, command, *args)
+        assert result.returncode == 2
+        assert said in result.stderr
+
+
+@pytest.mark.integration
+def test_a_session_a_real_gateway_ran_is_in_the_report(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "config", {"Desktop": {"options": {"behaviour": "starts"}}})
+    data_dir = tmp_path / "run" / "data"
+    gateway = start_gateway(tmp_path / "run", config, "--linger", "0")
+    try:
+        reserved = gateway.request("/v1/reserve/Desktop", {"username": "dora"}).json()
+        assert open_socket(gateway, f"token={reserved['token']}", None) == RFB_GREETING
+
+        def reported() -> list[dict[str, object]]:
+            result = vizgate(data_dir, "sessions", "--format", "json")
+            rows: list[dict[str, object]] = json.loads(result.stdout or "[]")
+            return [row for row in rows if row["state"] == "ended"]
+
+        [row] = wait_until(reported, scaled(20), message="the session never showed as ended")
+        assert (row["id"], row["type"], row["user"]) == (reserved["session_id"], "Desktop", "dora")
+        assert row["end_reason"] == "disconnected"
+        assert row["started"]
+        assert row["bytes_to_viewer"] == len(RFB_GREETING)
+        usage = json.loads(vizgate(data_dir, "usage", "--format", "json").stdout)
+        assert [(u["user"], u["sessions"]) for u in usage] == [("dora", 1)]
+    finally:
+        gateway.stop()
