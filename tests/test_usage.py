@@ -74,18 +74,35 @@ def test_usage_sums_by_user_or_type_most_used_first() -> None:
         use("e", "carol", None, at(10)),
     ]
     by_user = usage_by(uses, "user", *DAY_ONE, NOW)
-    assert [(t.key, t.sessions, t.seconds) for t in by_user] == [
-        ("bob", 1, 5 * 3600),
-        ("alice", 2, 3 * 3600),
-        ("-", 1, 1800),
+    assert [(t.key, t.sessions, t.seconds, t.peak) for t in by_user] == [
+        ("bob", 1, 5 * 3600, 1),
+        ("alice", 2, 3 * 3600, 1),
+        ("-", 1, 1800, 1),
     ]
     by_type = usage_by(uses, "type", *DAY_ONE, NOW)
-    assert [(t.key, t.sessions, t.hours) for t in by_type] == [
-        ("Render", 2, 6.0),
-        ("Desktop", 2, 2.5),
+    # Render: bob 8-13 and alice 14-15 never overlap; Desktop: 9-11 and 16-16:30 neither.
+    assert [(t.key, t.sessions, t.hours, t.peak) for t in by_type] == [
+        ("Render", 2, 6.0, 1),
+        ("Desktop", 2, 2.5, 1),
     ]
-    with pytest.raises(ValueError, match="cannot group by 'host'"):
-        usage_by(uses, "host", *DAY_ONE, NOW)
+
+
+def test_the_peak_is_the_most_runs_at_once() -> None:
+    uses = [
+        use("a", "alice", at(9), at(12)),
+        use("c", "carol", at(10, 30), at(12)),
+        # Still running, begun the day before.
+        use("e", "erin", at(20) - datetime.timedelta(days=1), None),
+        # Both begin as "a" and "c" end: not beside them.
+        use("d", "dan", at(12), at(14)),
+        use("f", "fay", at(12), at(13)),
+    ]
+    [desktop] = usage_by(uses, "type", *DAY_ONE, NOW)
+    assert desktop.peak == 3
+    assert desktop.sessions == 5
+    # One more beside a and c makes four.
+    [busier] = usage_by([*uses, use("b", "bob", at(10), at(11))], "type", *DAY_ONE, NOW)
+    assert busier.peak == 4
 
 
 def test_dates_on_the_command_line() -> None:
@@ -140,21 +157,25 @@ def test_usage_by_user_and_by_type_over_a_day(history: Path) -> None:
     assert by_user.returncode == 0, by_user.stderr
     # alice: 9-11 and the live session from noon to the day's end; bob: 23-24.
     assert json.loads(by_user.stdout) == [
-        {"user": "alice", "sessions": 2, "hours": 14.0},
-        {"user": "bob", "sessions": 1, "hours": 1.0},
+        {"user": "alice", "sessions": 2, "hours": 14.0, "peak": 1},
+        {"user": "bob", "sessions": 1, "hours": 1.0, "peak": 1},
     ]
     by_type = vizgate(history, "usage", *day, "--by", "type", "--format", "csv")
     assert list(csv.DictReader(io.StringIO(by_type.stdout))) == [
-        {"type": "Render", "sessions": "1", "hours": "12.0"},
-        {"type": "Desktop", "sessions": "2", "hours": "3.0"},
+        {"type": "Render", "sessions": "1", "hours": "12.0", "peak": "1"},
+        {"type": "Desktop", "sessions": "2", "hours": "3.0", "peak": "1"},
     ]
     table = vizgate(history, "usage", *day)
     assert table.stdout.splitlines()[0] == "2026-11-01T00:00:00Z to 2026-11-02T00:00:00Z"
-    assert table.stdout.splitlines()[2].split() == ["alice", "2", "14.00"]
-    next_day = vizgate(history, "usage", "--since", "2026-11-02", "--until", "2026-11-02")
+    assert table.stdout.splitlines()[1].split("  ")[-1].strip() == "most at once"
+    assert table.stdout.splitlines()[2].split() == ["alice", "2", "14.00", "1"]
+    next_day = vizgate(
+        history, "usage", "--since", "2026-11-02", "--until", "2026-11-02", "--by", "type"
+    )
+    # 00:00-01:00 bob's Desktop and alice's Render both run, each alone in its type.
     assert [line.split() for line in next_day.stdout.splitlines()[2:]] == [
-        ["alice", "1", "24.00"],
-        ["bob", "1", "1.00"],
+        ["Render", "1", "24.00", "1"],
+        ["Desktop", "1", "1.00", "1"],
     ]
 
 

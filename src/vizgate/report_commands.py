@@ -61,9 +61,10 @@ def add_usage_command(subparsers: Subparsers) -> None:
     """Declare ``vizgate usage``."""
     usage = subparsers.add_parser(
         "usage",
-        help="hours of sessions by user or by session type, for accounting",
+        help="hours of sessions by user or by session type, and the most at once",
         description="Sum the hours sessions ran between --since and --until (default: the "
-        f"last {DEFAULT_DAYS} days), by user or by session type, most used first. A session "
+        f"last {DEFAULT_DAYS} days), by user or by session type, most used first, with the "
+        "most that ran at once (for a type: the licences or nodes it needed). A session "
         "runs from a successful start() to its end; only the part inside the window counts, "
         "so consecutive windows add up. Times in UTC.",
     )
@@ -218,14 +219,22 @@ def _run_usage(args: argparse.Namespace) -> int:
     since, until = report.since, report.until
     totals = usage_by(report.uses, args.by, since, until, report.now)
     records = [
-        {args.by: total.key, "sessions": total.sessions, "hours": round(total.hours, 2)}
+        {
+            args.by: total.key,
+            "sessions": total.sessions,
+            "hours": round(total.hours, 2),
+            "peak": total.peak,
+        }
         for total in totals
     ]
     if args.format == "table":
         print(f"{_stamp(since)} to {_stamp(until)}")
         print_table(
-            [(args.by, "sessions", "hours")]
-            + [(str(r[args.by]), str(r["sessions"]), f"{r['hours']:.2f}") for r in records]
+            [(args.by, "sessions", "hours", "most at once")]
+            + [
+                (str(r[args.by]), str(r["sessions"]), f"{r['hours']:.2f}", str(r["peak"]))
+                for r in records
+            ]
         )
     else:
         _write(records, args.format)

@@ -54,6 +54,8 @@ class UsageTotal:
     key: str
     sessions: int
     seconds: float
+    #: The most of them running at once (for a type: the licences or nodes it needed).
+    peak: int = 0
 
     @property
     def hours(self) -> float:
@@ -93,15 +95,29 @@ def usage_by(
         raise ValueError(f"cannot group by {by!r}: use one of {', '.join(GROUPINGS)}")
     sessions: dict[str, int] = defaultdict(int)
     seconds: dict[str, float] = defaultdict(float)
+    # (moment, +1 or -1) as runs begin and end inside the window, for the peak.
+    changes: dict[str, list[tuple[datetime.datetime, int]]] = defaultdict(list)
     for use in uses:
         ran = run_seconds(use, since, until, now)
-        if ran <= 0:
+        if ran <= 0 or use.started is None:
             continue
         key = (use.user or "-") if by == "user" else use.service
         sessions[key] += 1
         seconds[key] += ran
-    totals = [UsageTotal(key, sessions[key], seconds[key]) for key in sessions]
+        end = use.ended if use.ended is not None else now
+        changes[key] += [(max(use.started, since), 1), (min(end, until), -1)]
+    totals = [UsageTotal(key, sessions[key], seconds[key], _peak(changes[key])) for key in sessions]
     return sorted(totals, key=lambda total: (-total.seconds, total.key))
+
+
+def _peak(changes: list[tuple[datetime.datetime, int]]) -> int:
+    """The most runs at once; a run that ends when another begins is not beside it."""
+    running = peak = 0
+    # Ends (-1) sort before beginnings (+1) at the same moment.
+    for _, change in sorted(changes):
+        running += change
+        peak = max(peak, running)
+    return peak
 
 
 def parse_moment(text: str, *, end_of_day: bool = False) -> datetime.datetime:
