@@ -8,13 +8,14 @@ import csv
 import datetime
 import io
 import json
+import re
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from gateway import run_python, start_gateway, write_config
-from portal_client import open_socket
+from portal_client import Account, Browser, create_accounts, open_socket
 from support import scaled, wait_until
 from vizgate.testing.doubles import RFB_GREETING
 from vizgate.usage import SessionUse, parse_moment, run_seconds, usage_by
@@ -237,3 +238,47 @@ def test_a_session_a_real_gateway_ran_is_in_the_report(tmp_path: Path) -> None:
         assert [(u["user"], u["sessions"]) for u in usage] == [("dora", 1)]
     finally:
         gateway.stop()
+
+
+@pytest.mark.integration
+def test_administrators_see_usage_by_type_and_user_on_the_usage_page(tmp_path: Path) -> None:
+    admin = Account("root", "root-reads-the-usage-41", admin=True)
+    user = Account("erin", "erin-may-not-read-it-57")
+    data_dir = tmp_path / "run" / "data"
+    create_accounts(data_dir, [admin, user])
+    run_python("-c", _ROWS, str(data_dir))
+    config = write_config(tmp_path / "config", {"Desktop": {"count": 2}})
+    gateway = start_gateway(tmp_path / "run", config)
+    try:
+        browser = Browser(gateway.port)
+        assert browser.login(admin).status == 302
+        assert 'href="/status/usage"' in browser.get("/status/").text
+        page = browser.get("/status/usage?days=90")
+        assert page.status == 200, page.text
+        types = table_rows(page.text, "usage-types")
+        # Desktop: alice 9-11 and bob 23-01. Render: alice's live session, ended when this
+        # gateway found its type gone from the catalog; her reservation that never started
+        # does not count.
+        assert types[1] == ["Desktop", "2", "4.00", "1"]
+        assert types[0][:2] == ["Render", "1"]
+        users = table_rows(page.text, "usage-users")
+        assert ["bob", "1", "2.00", "1"] in users
+        assert [row[0] for row in users] == ["alice", "bob"]
+        assert "<strong>90 days</strong>" in page.text
+        assert browser.get("/status/usage?days=12").status == 400
+
+        other = Browser(gateway.port)
+        assert other.login(user).status == 302
+        assert other.get("/status/usage").status == 403
+    finally:
+        gateway.stop()
+
+
+def table_rows(page: str, table_class: str) -> list[list[str]]:
+    """The body rows of the page's table of that class, as cell texts."""
+    table = page.split(f'<table class="{table_class}">', 1)[1].split("</table>", 1)[0]
+    body = table.split("<tbody>", 1)[1]
+    return [
+        [re.sub(r"<[^>]+>", "", cell).strip() for cell in re.findall(r"<td[^>]*>(.*?)</td>", row)]
+        for row in re.findall(r"<tr>(.*?)</tr>", body, flags=re.S)
+    ]

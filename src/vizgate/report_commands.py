@@ -112,38 +112,6 @@ def _window(
     return since, until
 
 
-def _load(
-    args: argparse.Namespace, since: datetime.datetime, until: datetime.datetime
-) -> list[SessionUse]:
-    """The sessions made before ``until`` that had not ended before ``since``."""
-    from django.db.models import Q
-
-    from vizgate.web.portal.models import Session
-
-    rows = Session.objects.filter(created__lt=until).filter(
-        Q(ended__isnull=True) | Q(ended__gte=since)
-    )
-    if args.user:
-        rows = rows.filter(user=args.user)
-    if args.type:
-        rows = rows.filter(service=args.type)
-    return [
-        SessionUse(
-            id=row.id,
-            service=row.service,
-            user=row.user,
-            state=row.state,
-            created=row.created,
-            started=row.started,
-            ended=row.ended,
-            end_reason=row.end_reason,
-            bytes_to_client=row.bytes_to_client,
-            bytes_to_server=row.bytes_to_server,
-        )
-        for row in rows
-    ]
-
-
 @dataclass(frozen=True)
 class _Report:
     """What a report command reads: its window, the moment it runs, the sessions in it."""
@@ -163,7 +131,10 @@ def _report(args: argparse.Namespace, command: str) -> _Report | int:
     if not open_database(args, command):
         return EXIT_FAILURE
     since, until = window
-    return _Report(since, until, now, _load(args, since, until))
+    from vizgate.web.portal.history import session_uses
+
+    uses = session_uses(since, until, user=args.user, service=args.type)
+    return _Report(since, until, now, uses)
 
 
 def _run_sessions(args: argparse.Namespace) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from vizgate.web.portal import share_views, views
+from vizgate.web.portal import share_views, usage_views, views
 from vizgate.web.portal.forms import LoginForm
 
 __all__ = ["app_name", "urlpatterns"]
@@ -41,6 +41,7 @@ urlpatterns = [
     path("status/", views.status, name="status"),
     path("status/pause", views.pause, name="pause"),
     path("status/resume", views.resume, name="resume"),
+    path("status/usage", usage_views.usage, name="usage"),
     path("status/<str:session_id>/", views.session_detail, name="session_detail"),
     path("status/<str:session_id>/terminate", views.terminate, name="terminate"),
 ]
