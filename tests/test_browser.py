@@ -712,3 +712,47 @@ def test_the_admin_pages_work_under_the_content_security_policy(
     playwright_api.expect(page.locator("tr.selected").first).to_be_visible()
     assert_no_script_problems(page)
     page.context.close()
+
+
+def test_a_notice_shows_on_every_page_and_over_the_desktop_until_hidden(
+    browser: Any, desktop: Desktop
+) -> None:
+    gateway = desktop.gateway
+    admin = log_in(browser, gateway.url, ROOT)
+    admin.goto(gateway.url + "status/")
+
+    def post_notice(text: str) -> None:
+        admin.goto(gateway.url + "status/")
+        admin.fill(".notice-form input[name=notice]", text)
+        admin.locator(".notice-form button").click()
+        admin.wait_for_url(gateway.url + "status/")
+
+    post_notice("Maintenance on Friday from 18:00")
+    banner = admin.locator(".site-notice")
+    playwright_api.expect(banner).to_have_text("Maintenance on Friday from 18:00")
+
+    page = log_in(browser, gateway.url, BOB, screenshot_as="login-with-notice")
+    playwright_api.expect(page.locator(".site-notice")).to_have_text(
+        "Maintenance on Friday from 18:00"
+    )
+    launch(page, DESKTOP, "1024x768")
+    connected(page)
+    notice = page.locator("#notice")
+    playwright_api.expect(notice).to_contain_text(
+        "Maintenance on Friday from 18:00", timeout=scaled(10) * 1000
+    )
+    screenshot(page, "viewer-notice")
+    notice.get_by_role("button", name="Hide").click()
+    playwright_api.expect(notice).to_be_hidden()
+    # A new text shows again, within a status check; a withdrawn one goes.
+    post_notice("Maintenance moved to Saturday")
+    playwright_api.expect(notice).to_contain_text(
+        "Maintenance moved to Saturday", timeout=scaled(15) * 1000
+    )
+    admin.goto(gateway.url + "status/")
+    admin.get_by_role("button", name="Withdraw the notice").click()
+    playwright_api.expect(notice).to_be_hidden(timeout=scaled(15) * 1000)
+    page.goto(gateway.url)
+    playwright_api.expect(page.locator(".site-notice")).to_have_count(0)
+    assert_no_script_problems(page)
+    assert_no_script_problems(admin)

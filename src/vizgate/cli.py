@@ -1,11 +1,12 @@
 """The ``vizgate`` command line: ``check``, ``serve``, ``user``, ``group``, ``sessions``,
-``usage``, ``pause``, ``resume`` and ``demo``.
+``usage``, ``pause``, ``resume``, ``notice`` and ``demo``.
 
 ``vizgate check CONFIG`` validates a catalog; ``vizgate serve --config CONFIG`` runs the gateway;
 ``vizgate user ...`` and ``vizgate group ...`` manage the portal's accounts in the database of
 ``--data-dir`` (:mod:`vizgate.account_commands`); ``vizgate sessions`` and ``usage`` report on
 the history (:mod:`vizgate.report_commands`); ``vizgate pause`` and ``resume`` stop and
-allow new sessions; ``vizgate demo`` serves the examples (see :mod:`vizgate.demo`).
+allow new sessions; ``vizgate notice`` shows users a notice; ``vizgate demo`` serves the
+examples (see :mod:`vizgate.demo`).
 
 Each subcommand is one ``_add_<name>`` function that declares its arguments and binds one
 ``_run_<name>(args) -> int`` with ``set_defaults(func=...)``; adding a command means writing
@@ -281,6 +282,44 @@ def _run_resume(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _add_notice(subparsers: Subparsers) -> None:
+    notice = subparsers.add_parser(
+        "notice",
+        help="show a notice to every user (or, with --withdraw, no more)",
+        description="Show TEXT on every page of the portal, the login page included, and in "
+        "every open viewer within seconds; it stops nothing (for that: vizgate pause). Without "
+        "TEXT, print the notice shown now.",
+    )
+    notice.add_argument("text", metavar="TEXT", nargs="?", default=None, help="what users see")
+    notice.add_argument("--withdraw", action="store_true", help="show no notice any more")
+    add_data_dir(notice)
+    notice.set_defaults(func=_run_notice)
+
+
+def _run_notice(args: argparse.Namespace) -> int:
+    from vizgate.notice import NoticeFile
+    from vizgate.web import data_dir_of
+
+    notice = NoticeFile.in_data_dir(data_dir_of(args.data_dir).resolve())
+    if args.withdraw and args.text is not None:
+        print("vizgate notice: give TEXT or --withdraw, not both", file=sys.stderr)
+        return EXIT_PROBLEMS
+    try:
+        if args.withdraw:
+            print("the notice is withdrawn" if notice.withdraw() else "there was no notice")
+        elif args.text is not None:
+            print(f"every user now sees: {notice.post(args.text)}")
+        else:
+            print(notice.text() or "no notice")
+    except ValueError as exc:
+        print(f"vizgate notice: {exc}", file=sys.stderr)
+        return EXIT_PROBLEMS
+    except OSError as exc:
+        print(f"vizgate notice: cannot use {notice.path}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
 # --- vizgate demo -----------------------------------------------------------------------------
 
 
@@ -306,6 +345,7 @@ _COMMANDS: tuple[Callable[[Subparsers], None], ...] = (
     add_sessions_command,
     add_usage_command,
     _add_pause,
+    _add_notice,
     _add_demo,
 )
 

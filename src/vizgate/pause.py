@@ -2,8 +2,9 @@
 
 Before a cluster's maintenance an administrator stops new sessions and lets the running ones
 finish. The pause is a file in the gateway's data directory, ``paused``, that holds the reason
-users are shown. So it outlives a restart of the gateway (maintenance often includes one), and
-the Status page, ``vizgate pause REASON`` and ``vizgate resume`` all act on the same thing.
+users are shown (:mod:`vizgate.message_file`). So it outlives a restart of the gateway
+(maintenance often includes one), and the Status page, ``vizgate pause REASON`` and
+``vizgate resume`` all act on the same thing.
 
 The broker asks :meth:`PauseFile.reason` at each reservation: one ``stat``, and a read only
 when the file changed. Administrators may still start sessions (to check the maintenance).
@@ -11,11 +12,10 @@ when the file changed. Administrators may still start sessions (to check the mai
 
 from __future__ import annotations
 
-import os
-import secrets
-import threading
 from pathlib import Path
 from typing import Final
+
+from vizgate.message_file import MAX_LENGTH, MessageFile
 
 __all__ = ["DEFAULT_REASON", "MAX_REASON_LENGTH", "PAUSE_FILE_NAME", "PauseFile"]
 
@@ -24,17 +24,14 @@ PAUSE_FILE_NAME: Final = "paused"
 #: What users are told when the administrator gave no reason.
 DEFAULT_REASON: Final = "maintenance"
 #: Longer reasons are cut: they are shown on every page of the portal.
-MAX_REASON_LENGTH: Final = 300
+MAX_REASON_LENGTH: Final = MAX_LENGTH
 
 
-class PauseFile:
+class PauseFile(MessageFile):
     """The pause of new sessions, kept in ``path`` (see the module's documentation)."""
 
     def __init__(self, path: Path) -> None:
-        self.path = path
-        self._lock = threading.Lock()
-        self._seen: tuple[int, int] | None = None
-        self._reason: str | None = None
+        super().__init__(path, DEFAULT_REASON)
 
     @classmethod
     def in_data_dir(cls, data_dir: Path) -> PauseFile:
@@ -43,20 +40,7 @@ class PauseFile:
 
     def reason(self) -> str | None:
         """Why new sessions are paused, or None when they are not."""
-        try:
-            info = self.path.stat()
-        except FileNotFoundError:
-            return None
-        stamp = (info.st_mtime_ns, info.st_size)
-        with self._lock:
-            if stamp != self._seen:
-                try:
-                    text = self.path.read_text(encoding="utf-8", errors="replace")
-                except FileNotFoundError:
-                    return None
-                self._reason = _clean(text) or DEFAULT_REASON
-                self._seen = stamp
-            return self._reason
+        return self.read()
 
     def pause(self, reason: str) -> str:
         """Pause new sessions for ``reason`` (cleaned: one line, at most
@@ -65,27 +49,8 @@ class PauseFile:
         Raises:
             OSError: the file cannot be written.
         """
-        shown = _clean(reason) or DEFAULT_REASON
-        temporary = self.path.with_name(f".{self.path.name}.{secrets.token_hex(6)}.tmp")
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            with os.fdopen(descriptor, "w", encoding="utf-8") as stream:
-                stream.write(shown + "\n")
-            os.replace(temporary, self.path)
-        except BaseException:
-            temporary.unlink(missing_ok=True)
-            raise
-        return shown
+        return self.write(reason)
 
     def resume(self) -> bool:
         """Accept new sessions again; False if they were not paused."""
-        try:
-            self.path.unlink()
-        except FileNotFoundError:
-            return False
-        return True
-
-
-def _clean(text: str) -> str:
-    printable = "".join(char if char.isprintable() else " " for char in text)
-    return " ".join(printable.split())[:MAX_REASON_LENGTH]
+        return self.remove()

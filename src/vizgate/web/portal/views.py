@@ -41,6 +41,7 @@ from vizgate.pause import PauseFile
 from vizgate.sessions import ServiceInfo, SessionInfo
 from vizgate.web import runtime
 from vizgate.web.portal.assets import find_static
+from vizgate.web.portal.context import notice_file
 from vizgate.web.portal.forms import CHOICE_FIELD_PREFIX, LaunchForm
 from vizgate.web.portal.models import SessionEvent
 from vizgate.web.portal.shares import (
@@ -378,7 +379,7 @@ async def session_status(
     info = _find_session(runtime.get_broker(), session_id)
     if info is None or not (owned_by(info, user) or await _watched_share(request, info)):
         return JsonResponse({"error": "no such session", "reason": "unknown_session"}, status=404)
-    return JsonResponse(status_json(info))
+    return JsonResponse({**status_json(info), "notice": notice_file().text()})
 
 
 @portal_view(methods=("POST",))
@@ -426,6 +427,27 @@ async def resume(request: HttpRequest, user: PortalUser) -> HttpResponseBase:
     """``POST /status/resume``: accept new sessions again."""
     if pause_file().resume():
         logger.warning("%s resumed new sessions", user.get_username())
+    return redirect("portal:status")
+
+
+@portal_view(staff=True, methods=("POST",))
+async def post_notice(request: HttpRequest, user: PortalUser) -> HttpResponseBase:
+    """``POST /status/notice``: show ``notice`` on every page and in every viewer."""
+    try:
+        shown = notice_file().post(str(request.POST.get("notice", "")))
+    except ValueError:
+        return message_page(
+            request, 400, "No notice", "A notice needs some text; to show none, withdraw it."
+        )
+    logger.warning("%s posted a notice to users: %s", user.get_username(), shown)
+    return redirect("portal:status")
+
+
+@portal_view(staff=True, methods=("POST",))
+async def withdraw_notice(request: HttpRequest, user: PortalUser) -> HttpResponseBase:
+    """``POST /status/notice/withdraw``: show no notice any more."""
+    if notice_file().withdraw():
+        logger.warning("%s withdrew the notice to users", user.get_username())
     return redirect("portal:status")
 
 

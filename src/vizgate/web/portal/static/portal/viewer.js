@@ -462,6 +462,40 @@ function showWatchers(status) {
     watchersBadge.hidden = count === 0;
 }
 
+// --- the administrators' notice to users --------------------------------------------------------
+
+// An administrator's notice ("maintenance on Friday from 18:00") shows over the desktop within
+// a status check of being posted. Hidden, it stays hidden in this tab until its text changes.
+const HIDDEN_NOTICE_KEY = 'vizgate.hidden-notice';
+const notice = document.getElementById('notice');
+const noticeText = notice.querySelector('.text');
+
+function hiddenNotice() {
+    try {
+        return sessionStorage.getItem(HIDDEN_NOTICE_KEY);
+    } catch {
+        return null;  // Storage refused (a private window, a policy): the notice just shows.
+    }
+}
+
+function showNotice(status) {
+    if (!status) {
+        return;  // The gateway did not answer: keep what is shown.
+    }
+    const text = status.notice || '';
+    noticeText.textContent = text;
+    notice.hidden = !text || text === hiddenNotice();
+}
+
+notice.querySelector('.hide').addEventListener('click', () => {
+    try {
+        sessionStorage.setItem(HIDDEN_NOTICE_KEY, noticeText.textContent);
+    } catch {
+        // Nowhere to remember it: hidden until the next status check.
+    }
+    notice.hidden = true;
+});
+
 async function watchLimits() {
     limitTimer = null;
     if (finished) {
@@ -470,6 +504,7 @@ async function watchLimits() {
     }
     const status = await fetchStatus();
     showWatchers(status);
+    showNotice(status);
     let next = LIMIT_CHECK_MS;
     if (status && status.ends_in !== null && status.ends_in !== undefined
             && status.ends_in <= WARN_SECONDS && status.state === 'running') {

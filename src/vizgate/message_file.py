@@ -1,0 +1,82 @@
+"""A one-line message an administrator leaves for the gateway in its data directory: the reason
+new sessions are paused (:mod:`vizgate.pause`), a notice to every user (:mod:`vizgate.notice`).
+
+Being a file, it outlives restarts of the gateway, and the portal's pages and the ``vizgate``
+commands act on the same thing. Reading it costs one ``stat``, and a read only when the file
+changed; writing replaces it whole (a reader never sees half a message). What is kept is
+cleaned: one line of printable characters, at most :data:`MAX_LENGTH` of them, since it is
+shown on every page.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import threading
+from pathlib import Path
+from typing import Final
+
+__all__ = ["MAX_LENGTH", "MessageFile", "clean_message"]
+
+#: Longer messages are cut: they are shown on every page of the portal.
+MAX_LENGTH: Final = 300
+
+
+class MessageFile:
+    """A message kept in ``path``; ``default`` is what an empty file says."""
+
+    def __init__(self, path: Path, default: str = "") -> None:
+        self.path = path
+        self.default = default
+        self._lock = threading.Lock()
+        self._seen: tuple[int, int] | None = None
+        self._text: str | None = None
+
+    def read(self) -> str | None:
+        """The message, or None when there is none."""
+        try:
+            info = self.path.stat()
+        except FileNotFoundError:
+            return None
+        stamp = (info.st_mtime_ns, info.st_size)
+        with self._lock:
+            if stamp != self._seen:
+                try:
+                    text = self.path.read_text(encoding="utf-8", errors="replace")
+                except FileNotFoundError:
+                    return None
+                self._text = clean_message(text) or self.default
+                self._seen = stamp
+            return self._text
+
+    def write(self, text: str) -> str:
+        """Keep ``text`` (cleaned; an empty one is :attr:`default`); returns it as it is shown.
+
+        Raises:
+            OSError: the file cannot be written.
+        """
+        shown = clean_message(text) or self.default
+        temporary = self.path.with_name(f".{self.path.name}.{secrets.token_hex(6)}.tmp")
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(descriptor, "w", encoding="utf-8") as stream:
+                stream.write(shown + "\n")
+            os.replace(temporary, self.path)
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
+        return shown
+
+    def remove(self) -> bool:
+        """Remove the message; False if there was none."""
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+
+def clean_message(text: str) -> str:
+    """``text`` as one line of printable characters, at most :data:`MAX_LENGTH` of them."""
+    printable = "".join(char if char.isprintable() else " " for char in text)
+    return " ".join(printable.split())[:MAX_LENGTH]
