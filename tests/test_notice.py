@@ -1,15 +1,18 @@
 """The notice to every user (:mod:`vizgate.notice`): the file, the command, and a real gateway
-whose pages, Status page and viewers' status carry it. The viewer showing it over a desktop is
-in ``test_browser.py``."""
+whose pages, Status page and viewers' status carry it (the viewer showing it over a desktop is
+in ``test_browser.py``); and the commands that write such files refusing a data directory of
+another account."""
 
 from __future__ import annotations
 
 import html
+import os
+import pwd
 from pathlib import Path
 
 import pytest
 
-from gateway import run_python, start_gateway, write_config
+from gateway import launch_gateway, run_python, start_gateway, write_config
 from portal_client import Account, Browser, create_accounts, logged_in
 from vizgate.message_file import MAX_LENGTH
 from vizgate.notice import NoticeFile
@@ -107,3 +110,38 @@ def test_a_notice_posted_from_the_command_line_shows_everywhere_and_the_status_p
         assert vizgate_notice(data, "  ")[0] == 2
     finally:
         gateway.stop()
+
+
+def test_an_unreadable_notice_is_no_notice_and_said_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A folder where the file should be: reading it fails as a file of another owner would.
+    (tmp_path / "notice").mkdir()
+    notice = NoticeFile.in_data_dir(tmp_path)
+    assert notice.text() is None
+    assert notice.text() is None
+    assert caplog.text.count("cannot read") == 1
+
+
+@pytest.mark.integration
+def test_commands_refuse_a_data_directory_of_another_account(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("giving a folder to another account needs root")
+    config = write_config(tmp_path / "config", {"Desktop": {}})
+    data = tmp_path / "data"
+    create_accounts(data, [Account("alice", "alice-owns-nothing-here-4")])
+    nobody = pwd.getpwnam("nobody")
+    os.chown(data, nobody.pw_uid, nobody.pw_gid)
+    before = sorted(path.name for path in data.iterdir())
+    said = "it belongs to nobody: run vizgate as that account (e.g. runuser -u nobody -- vizgate"
+    for command in (["notice", "hello"], ["pause"], ["user", "list"], ["usage"]):
+        result = run_python("-m", "vizgate", *command, "--data-dir", str(data), check=False)
+        assert result.returncode == 1, (command, result.stdout)
+        assert said in result.stderr, (command, result.stderr)
+    gateway = launch_gateway(tmp_path / "run", config, "--data-dir", str(data))
+    try:
+        assert gateway.wait(60) == 1
+        assert said in gateway.output()
+    finally:
+        gateway.stop()
+    assert sorted(path.name for path in data.iterdir()) == before

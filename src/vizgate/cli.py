@@ -27,6 +27,7 @@ import json
 import re
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, TextIO
 
 from vizgate import __version__
@@ -249,14 +250,28 @@ def _add_pause(subparsers: Subparsers) -> None:
     resume.set_defaults(func=_run_resume)
 
 
-def _pause_file(args: argparse.Namespace) -> PauseFile:
-    from vizgate.web import data_dir_of
+def _own_data_dir(args: argparse.Namespace, command: str) -> Path | None:
+    """The data directory ``args`` name, or None (and why, on stderr) when it belongs to
+    another account."""
+    from vizgate.web import check_data_dir_owner, data_dir_of
 
-    return PauseFile.in_data_dir(data_dir_of(args.data_dir).resolve())
+    data_dir = data_dir_of(args.data_dir).resolve()
+    try:
+        check_data_dir_owner(data_dir)
+    except PermissionError as exc:
+        print(
+            f"vizgate {command}: cannot use the data directory {data_dir}: {exc.strerror}",
+            file=sys.stderr,
+        )
+        return None
+    return data_dir
 
 
 def _run_pause(args: argparse.Namespace) -> int:
-    pause_file = _pause_file(args)
+    data_dir = _own_data_dir(args, "pause")
+    if data_dir is None:
+        return EXIT_FAILURE
+    pause_file = PauseFile.in_data_dir(data_dir)
     try:
         reason = pause_file.pause(args.reason)
     except OSError as exc:
@@ -269,7 +284,10 @@ def _run_pause(args: argparse.Namespace) -> int:
 
 
 def _run_resume(args: argparse.Namespace) -> int:
-    pause_file = _pause_file(args)
+    data_dir = _own_data_dir(args, "resume")
+    if data_dir is None:
+        return EXIT_FAILURE
+    pause_file = PauseFile.in_data_dir(data_dir)
     try:
         resumed = pause_file.resume()
     except OSError as exc:
@@ -298,12 +316,14 @@ def _add_notice(subparsers: Subparsers) -> None:
 
 def _run_notice(args: argparse.Namespace) -> int:
     from vizgate.notice import NoticeFile
-    from vizgate.web import data_dir_of
 
-    notice = NoticeFile.in_data_dir(data_dir_of(args.data_dir).resolve())
     if args.withdraw and args.text is not None:
         print("vizgate notice: give TEXT or --withdraw, not both", file=sys.stderr)
         return EXIT_PROBLEMS
+    data_dir = _own_data_dir(args, "notice")
+    if data_dir is None:
+        return EXIT_FAILURE
+    notice = NoticeFile.in_data_dir(data_dir)
     try:
         if args.withdraw:
             print("the notice is withdrawn" if notice.withdraw() else "there was no notice")
@@ -337,7 +357,6 @@ def _add_backup(subparsers: Subparsers) -> None:
 
 def _run_backup(args: argparse.Namespace) -> int:
     import os
-    from pathlib import Path
 
     from vizgate.backup import BackupError, backup_sqlite
     from vizgate.web import data_dir_of

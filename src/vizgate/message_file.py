@@ -10,6 +10,7 @@ shown on every page.
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import threading
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Final
 
 __all__ = ["MAX_LENGTH", "MessageFile", "clean_message"]
+
+logger = logging.getLogger(__name__)
 
 #: Longer messages are cut: they are shown on every page of the portal.
 MAX_LENGTH: Final = 300
@@ -33,7 +36,8 @@ class MessageFile:
         self._text: str | None = None
 
     def read(self) -> str | None:
-        """The message, or None when there is none."""
+        """The message, or None when there is none, or when the file cannot be read (said once
+        in the log: a page must not fail because of it)."""
         try:
             info = self.path.stat()
         except FileNotFoundError:
@@ -44,6 +48,10 @@ class MessageFile:
                 try:
                     text = self.path.read_text(encoding="utf-8", errors="replace")
                 except FileNotFoundError:
+                    return None
+                except OSError as exc:
+                    self._seen, self._text = stamp, None
+                    logger.error("cannot read %s: %s", self.path, exc.strerror or exc)
                     return None
                 self._text = clean_message(text) or self.default
                 self._seen = stamp

@@ -9,6 +9,7 @@ Importing this package does not import Django.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from collections.abc import Sequence
@@ -18,7 +19,13 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from vizgate.web.proxy_trust import SingleSignOn
 
-__all__ = ["SETTINGS_MODULE", "data_dir_of", "default_data_dir", "setup_django"]
+__all__ = [
+    "SETTINGS_MODULE",
+    "check_data_dir_owner",
+    "data_dir_of",
+    "default_data_dir",
+    "setup_django",
+]
 
 SETTINGS_MODULE = "vizgate.web.settings"
 
@@ -37,6 +44,34 @@ def default_data_dir() -> Path:
 def data_dir_of(given: str | None) -> Path:
     """The data directory a ``--data-dir`` option names (``~`` expanded), or the default."""
     return Path(given).expanduser() if given else default_data_dir()
+
+
+def check_data_dir_owner(data_dir: Path) -> None:
+    """Refuse to work in an existing data directory that belongs to another account.
+
+    Run as root on the gateway's directory, a command would leave files there the gateway
+    cannot open: SQLite's ``-wal`` and ``-shm`` beside the database, a pause or a notice.
+
+    Raises:
+        PermissionError: it belongs to another account; the message says which and what to do.
+    """
+    try:
+        owner = data_dir.stat().st_uid
+    except FileNotFoundError:
+        return
+    if owner == os.geteuid():
+        return
+    import pwd
+
+    try:
+        name = pwd.getpwuid(owner).pw_name
+    except KeyError:
+        name = f"uid {owner}"
+    raise PermissionError(
+        errno.EACCES,
+        f"it belongs to {name}: run vizgate as that account (e.g. runuser -u {name} -- vizgate "
+        f"...), or the files it writes there would be unusable to the gateway",
+    )
 
 
 def setup_django(
@@ -62,10 +97,12 @@ def setup_django(
         migrate: apply migrations (quietly).
 
     Raises:
-        OSError: the data directory cannot be created, or the secret key cannot be written.
+        OSError: the data directory cannot be created, belongs to another account, or the
+            secret key cannot be written.
         DatabaseSetupError: the database cannot be used (a bad URL, no driver, a server that
             refuses or cannot be reached).
     """
+    check_data_dir_owner(data_dir)
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.environ["VIZGATE_DATA_DIR"] = str(data_dir)
     os.environ["VIZGATE_ALLOWED_HOSTS"] = ",".join(allowed_hosts)
