@@ -55,6 +55,7 @@ def test_a_notice_posted_from_the_command_line_shows_everywhere_and_the_status_p
             "every user now sees: Maintenance on Friday from 18:00\n",
         )
         assert vizgate_notice(data) == (0, "Maintenance on Friday from 18:00\n")
+        assert gateway.request("/v1/status").json()["notice"] == "Maintenance on Friday from 18:00"
         # Every page, the login page included, and the viewer's status.
         login = Browser(gateway.port).get("/login/")
         assert "Maintenance on Friday from 18:00" in login.text

@@ -34,6 +34,7 @@ from vizgate.accounts import amay_use, forbidden_message
 from vizgate.exceptions import ReservationError
 from vizgate.sessions import ServiceInfo, SessionInfo, session_id_of
 from vizgate.web import runtime
+from vizgate.web.portal.context import notice_file
 
 __all__ = [
     "SECURITY_TOKEN_FIELD",
@@ -290,6 +291,7 @@ async def status(request: HttpRequest) -> HttpResponse:
     return JsonResponse(
         {
             "paused": broker.paused(),
+            "notice": notice_file().text(),
             "services": [service_json(info) for info in broker.services()],
             "sessions": [session_json(info) for info in broker.sessions()],
             "ended": [ended_session_json(info) for info in broker.history()],
