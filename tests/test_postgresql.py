@@ -229,3 +229,23 @@ def test_sessions_changed_while_postgresql_restarts_are_saved_when_it_is_back(
             assert server.password not in gateway.output()
         finally:
             gateway.stop()
+
+
+def test_the_first_request_after_a_quick_postgresql_restart_is_served(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "config", {DESKTOP: {}})
+    data = tmp_path / "data"
+    with postgres_server() as server:
+        env = {"VIZGATE_DATABASE_URL": server.url}
+        create_accounts(data, [ALICE], env=env)
+        gateway = start_gateway(tmp_path / "run", config, "--data-dir", str(data), env=env)
+        try:
+            browser = Browser(gateway.port)
+            assert browser.login(ALICE).status == 302
+            assert browser.get("/").status == 200
+            # Restarted while nobody asked anything: the gateway's connections are stale.
+            server.stop()
+            server.start()
+            assert browser.get("/").status == 200
+            assert browser.get("/sessions/").status == 200
+        finally:
+            gateway.stop()
