@@ -79,6 +79,8 @@ def test_launch_options_settle_the_size_and_the_choices_and_keep_the_rest() -> N
 def test_labels() -> None:
     assert label("time_limit") == "Time limit"
     assert label("partition") == "Partition"
+    assert label("gpus") == "GPUs"
+    assert label("cpus") == "CPUs"
 
 
 @pytest.mark.parametrize(

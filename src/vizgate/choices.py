@@ -144,6 +144,10 @@ def launch_options(service: ServiceType, given: Mapping[str, Any]) -> dict[str, 
     return options
 
 
+#: Names whose plain spelling reads wrong on a form.
+_LABELS = {"cpus": "CPUs", "gpus": "GPUs"}
+
+
 def label(name: str) -> str:
-    """A choice's name for people: ``time_limit`` is ``Time limit``."""
-    return name.replace("_", " ").capitalize()
+    """A choice's name for people: ``time_limit`` is ``Time limit``, ``gpus`` ``GPUs``."""
+    return _LABELS.get(name) or name.replace("_", " ").capitalize()

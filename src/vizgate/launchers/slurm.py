@@ -64,7 +64,7 @@ from vizgate.launchers.slurm_commands import (
     job_status,
     run_command,
 )
-from vizgate.launchers.slurm_options import check_options
+from vizgate.launchers.slurm_options import RESOURCE_OPTIONS, check_options
 from vizgate.scripts import RemoteServiceScript
 from vizgate.vnc_password import VncPasswordFileError, obfuscate_vnc_password, vnc_password_of
 from vizgate.window_sizes import DEFAULT_SIZES
@@ -81,7 +81,7 @@ __all__ = [
 ]
 
 #: The options users may pick per session when the type's ``choices`` offer them.
-USER_CHOSEN_OPTIONS = ("partition", "time_limit")
+USER_CHOSEN_OPTIONS = ("partition", "time_limit", *RESOURCE_OPTIONS)
 
 #: The batch script every session job runs.
 JOB_SCRIPT = Path(__file__).resolve().parent / "slurm_job.sh"
@@ -226,7 +226,8 @@ class SlurmSession(RemoteServiceScript):
         chosen: Mapping[str, str] | None = None,
     ) -> list[str]:
         """The ``sbatch`` argv submitting a session job (``script``) for ``folder`` at ``size``,
-        with the ``partition`` and ``time_limit`` the user ``chosen`` in place of the type's.
+        with the ``partition``, ``time_limit`` and resources (``cpus``, ``memory``, ``gpus``)
+        the user ``chosen`` in place of the type's.
 
         The admin's ``sbatch_args`` come after vizgate's defaults (so they may override the job
         name, ``--export``, ...) but before ``--output`` and ``--chdir``, which the session
@@ -245,6 +246,9 @@ class SlurmSession(RemoteServiceScript):
             argv += ["--partition", str(options["partition"])]
         if options.get("time_limit") is not None:
             argv += ["--time", str(options["time_limit"])]
+        for name, (flag, _, _) in RESOURCE_OPTIONS.items():
+            if options.get(name) is not None:
+                argv += [f"{flag}={options[name]}"]
         argv += [str(arg) for arg in options.get("sbatch_args") or ()]
         argv += [
             "--output",
