@@ -85,8 +85,8 @@ def test_the_cluster_example_catalog_loads_and_realizes_every_instance() -> None
     assert {"host", "ssh_user", "ssh_key", "group"} <= set(options["Render Node Desktop"])
     slurm = catalog["Cluster GPU Desktop"]
     assert slurm.script.name == "slurm.py"
-    assert isinstance(slurm.options["sbatch_args"], tuple)  # a list in the file
-    assert {"partition", "time_limit"} <= set(slurm.options)
+    assert isinstance(slurm.options["choices"]["gpus"], tuple)  # a list in the file
+    assert {"partition", "time_limit", "cpus", "memory", "gpus"} <= set(slurm.options)
     for service in catalog:
         instances = realize_instances(
             service.name, service.script, service.count, service.options_dict()
