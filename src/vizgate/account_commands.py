@@ -29,7 +29,7 @@ __all__ = ["add_group_command", "add_user_command"]
 def add_user_command(subparsers: Subparsers) -> None:
     user = subparsers.add_parser(
         "user",
-        help="add portal users and set their passwords",
+        help="portal users: add, passwords, list, administrators, disable",
         description="Manage the portal's users in the gateway's database. Passwords are read "
         "from a hidden prompt, or from the first line of stdin when it is not a terminal.",
     )
@@ -105,7 +105,7 @@ def add_user_command(subparsers: Subparsers) -> None:
 def add_group_command(subparsers: Subparsers) -> None:
     group = subparsers.add_parser(
         "group",
-        help="add portal groups and their members",
+        help="portal groups: add, list, members",
         description="Manage the portal's groups. A session type whose options.group names a "
         "group is only offered to its members.",
     )
