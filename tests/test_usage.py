@@ -266,10 +266,23 @@ def test_administrators_see_usage_by_type_and_user_on_the_usage_page(tmp_path: P
         assert [row[0] for row in users] == ["alice", "bob"]
         assert "<strong>90 days</strong>" in page.text
         assert browser.get("/status/usage?days=12").status == 400
+        # The same as a file to download.
+        assert 'href="/status/usage.csv?days=90&amp;by=type"' in page.text
+        download = browser.get("/status/usage.csv?days=90&by=type")
+        assert download.status == 200
+        assert download.headers["Content-Type"] == "text/csv; charset=utf-8"
+        assert download.headers["Content-Disposition"].startswith(
+            'attachment; filename="vizgate-usage-by-type-'
+        )
+        table = list(csv.reader(io.StringIO(download.text)))
+        assert table[0] == ["type", "sessions", "hours", "most_at_once"]
+        assert ["Desktop", "2", "4.00", "1"] in table
+        assert browser.get("/status/usage.csv?by=host").status == 400
 
         other = Browser(gateway.port)
         assert other.login(user).status == 302
         assert other.get("/status/usage").status == 403
+        assert other.get("/status/usage.csv").status == 403
     finally:
         gateway.stop()
 

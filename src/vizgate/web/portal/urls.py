@@ -42,6 +42,7 @@ urlpatterns = [
     path("status/pause", views.pause, name="pause"),
     path("status/resume", views.resume, name="resume"),
     path("status/usage", usage_views.usage, name="usage"),
+    path("status/usage.csv", usage_views.usage_csv, name="usage_csv"),
     path("status/notice", views.post_notice, name="post_notice"),
     path("status/notice/withdraw", views.withdraw_notice, name="withdraw_notice"),
     path("status/<str:session_id>/", views.session_detail, name="session_detail"),
