@@ -20,6 +20,7 @@ from django.shortcuts import render
 from django.views import defaults
 
 __all__ = [
+    "DATABASE_AWAY_ERRORS",
     "DATABASE_AWAY_MESSAGE",
     "OutageLogFilter",
     "is_database_outage",
@@ -36,9 +37,13 @@ DATABASE_AWAY_MESSAGE = (
 RETRY_AFTER = 30
 
 
+#: What Django raises when the database cannot be reached (rather than for a bad query).
+DATABASE_AWAY_ERRORS = (OperationalError, InterfaceError)
+
+
 def is_database_outage(exc: BaseException | None) -> bool:
     """Is ``exc`` the database being unreachable (rather than a bad query)?"""
-    return isinstance(exc, OperationalError | InterfaceError)
+    return isinstance(exc, DATABASE_AWAY_ERRORS)
 
 
 def outage_reason(exc: BaseException) -> str:

@@ -33,7 +33,6 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.contrib.auth import aget_user
-from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest
 from django.http.cookie import parse_cookie
 from django.http.request import split_domain_port, validate_host
@@ -42,7 +41,11 @@ from vizgate.accounts import agroup_names, forbidden_message
 from vizgate.broker import Broker
 from vizgate.sessions import SessionInfo
 from vizgate.tunnel import FULL_ACCESS, Access, Authorizer
-from vizgate.web.database_outage import DATABASE_AWAY_MESSAGE, outage_reason
+from vizgate.web.database_outage import (
+    DATABASE_AWAY_ERRORS,
+    DATABASE_AWAY_MESSAGE,
+    outage_reason,
+)
 from vizgate.web.portal.shares import SHARES_KEY, live_share
 from vizgate.web.proxy_trust import account_name
 
@@ -198,7 +201,7 @@ def make_authorizer(broker: Broker) -> Authorizer:
             return FULL_ACCESS
         try:
             return await _decide(scope, session, group)
-        except (OperationalError, InterfaceError) as exc:
+        except DATABASE_AWAY_ERRORS as exc:
             logger.warning(
                 "refused a viewer of session %s: the database is not answering (%s)",
                 session.id,

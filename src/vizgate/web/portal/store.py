@@ -13,10 +13,10 @@ import contextlib
 import datetime
 from collections.abc import Iterator
 
-from django.db import InterfaceError, OperationalError, close_old_connections
+from django.db import close_old_connections
 
 from vizgate.store import SessionEventRecord, SessionRecord, StoreUnavailable
-from vizgate.web.database_outage import outage_reason
+from vizgate.web.database_outage import DATABASE_AWAY_ERRORS, outage_reason
 from vizgate.web.portal.models import Session, SessionEvent
 
 __all__ = ["DjangoSessionStore"]
@@ -39,7 +39,7 @@ def _database() -> Iterator[None]:
     close_old_connections()
     try:
         yield
-    except (OperationalError, InterfaceError) as exc:
+    except DATABASE_AWAY_ERRORS as exc:
         raise StoreUnavailable(outage_reason(exc)) from exc
 
 
