@@ -62,6 +62,20 @@ class UsageTotal:
         return self.seconds / 3600
 
 
+def _run_inside(
+    use: SessionUse,
+    since: datetime.datetime,
+    until: datetime.datetime,
+    now: datetime.datetime,
+) -> tuple[datetime.datetime, datetime.datetime] | None:
+    """The part of ``use``'s run between ``since`` and ``until`` (None when there is none)."""
+    if use.started is None:
+        return None
+    start = max(use.started, since)
+    stop = min(use.ended if use.ended is not None else now, until)
+    return (start, stop) if stop > start else None
+
+
 def run_seconds(
     use: SessionUse,
     since: datetime.datetime,
@@ -69,12 +83,8 @@ def run_seconds(
     now: datetime.datetime,
 ) -> float:
     """How long ``use`` ran between ``since`` and ``until`` (0 when it never started)."""
-    if use.started is None:
-        return 0.0
-    end = use.ended if use.ended is not None else now
-    start = max(use.started, since)
-    stop = min(end, until)
-    return max(0.0, (stop - start).total_seconds())
+    run = _run_inside(use, since, until, now)
+    return (run[1] - run[0]).total_seconds() if run is not None else 0.0
 
 
 def usage_by(
@@ -98,14 +108,14 @@ def usage_by(
     # (moment, +1 or -1) as runs begin and end inside the window, for the peak.
     changes: dict[str, list[tuple[datetime.datetime, int]]] = defaultdict(list)
     for use in uses:
-        ran = run_seconds(use, since, until, now)
-        if ran <= 0 or use.started is None:
+        run = _run_inside(use, since, until, now)
+        if run is None:
             continue
+        start, stop = run
         key = (use.user or "-") if by == "user" else use.service
         sessions[key] += 1
-        seconds[key] += ran
-        end = use.ended if use.ended is not None else now
-        changes[key] += [(max(use.started, since), 1), (min(end, until), -1)]
+        seconds[key] += (stop - start).total_seconds()
+        changes[key] += [(start, 1), (stop, -1)]
     totals = [UsageTotal(key, sessions[key], seconds[key], _peak(changes[key])) for key in sessions]
     return sorted(totals, key=lambda total: (-total.seconds, total.key))
 

@@ -56,8 +56,18 @@ async def usage(request: HttpRequest, user: PortalUser) -> HttpResponseBase:
             "windows": sorted(WINDOWS),
             "since": since,
             "until": now,
-            "by_type": usage_by(uses, "type", since, now, now),
-            "by_user": usage_by(uses, "user", since, now, now),
+            "tables": [
+                {
+                    "title": title,
+                    "key": key,
+                    "class": f"usage-{by}s",
+                    "totals": usage_by(uses, by, since, now, now),
+                }
+                for title, key, by in (
+                    ("By session type", "Type", "type"),
+                    ("By user", "User", "user"),
+                )
+            ],
         },
     )
 
