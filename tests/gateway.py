@@ -157,8 +157,11 @@ def wait_listening(gateway: GatewayProcess) -> GatewayProcess:
 
     def listening_url() -> str:
         for line in gateway.stdout_path.read_text(errors="replace").splitlines():
-            if line.startswith(LISTENING):
-                return line[len(LISTENING) :]
+            # A script's print() on another thread may have been cut by this line, before its
+            # newline: the announcement is then in the middle of a line.
+            _, found, rest = line.partition(LISTENING)
+            if found:
+                return rest.split()[0]
         if gateway.process.poll() is not None:
             raise AssertionError(
                 f"the server exited with {gateway.process.returncode}:\n{gateway.output()}"

@@ -8,21 +8,27 @@ doubles the broker realized, to read their call counters.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from broker_fixtures import WAIT, MakeBroker, bounded_close
+import vizgate.broker as broker_module
+from broker_fixtures import FAST, WAIT, MakeBroker, bounded_close
 from support import await_until
 from vizgate.broker import Attachment, Broker
+from vizgate.catalog import load_catalog
 from vizgate.exceptions import ReservationError, StartError
 from vizgate.lifecycle import EndReason
 from vizgate.sessions import CloseRequest, session_id_of
-from vizgate.testing.doubles import DoubleScript, instances, release_hung
+from vizgate.store import MemoryStore, SessionRecord
+from vizgate.testing import DOUBLE_SESSION_SCRIPT
+from vizgate.testing.doubles import DoubleScript, forget, instances, release_hung
 
 POLL = 0.01
 # The broker's clock is the event loop's. uvloop reads it once per loop iteration, in whole
@@ -618,3 +624,72 @@ async def test_a_storm_of_attaches_starts_and_stops_once_and_leaks_nothing(
     assert threading.active_count() <= len(threads)
     assert (script.start_calls, script.stop_calls, script.overlapped) == (2, 2, False)
     assert broker.history()[0].end_reason == "disconnected"
+
+
+# -- saving before viewers see the desktop -------------------------------------------------------
+
+
+class HeldStore(MemoryStore):
+    """A memory store that holds every write of a running session until :attr:`release`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+        self.holding = threading.Event()
+
+    def save(self, record: SessionRecord) -> None:
+        if record.state == "running":
+            self.holding.set()
+            self.release.wait(WAIT)
+        super().save(record)
+
+
+async def held_broker(tmp_path: Path, store: HeldStore) -> Broker:
+    path = tmp_path / "external_services.json"
+    path.write_text(
+        json.dumps({"Desktop": {"script": str(DOUBLE_SESSION_SCRIPT), "count": 1, "options": {}}})
+    )
+    broker = Broker(load_catalog(path), timeouts=FAST, probe_interval=0.02, store=store)
+    await broker.open()
+    return broker
+
+
+async def test_a_viewer_gets_the_desktop_only_once_its_running_session_is_saved(
+    tmp_path: Path,
+) -> None:
+    store = HeldStore()
+    broker = await held_broker(tmp_path, store)
+    try:
+        reservation = await broker.reserve("Desktop")
+        attach = asyncio.create_task(broker.attach(reservation.token))
+        await eventually(store.holding.is_set, "the running session was never saved")
+        # A gateway killed now would not find the session running: the viewer must wait.
+        done, _ = await asyncio.wait({attach}, timeout=0.2)
+        assert not done, "the viewer got the desktop before its session was saved"
+        store.release.set()
+        attachment = await asyncio.wait_for(attach, WAIT)
+        assert [record.state for record in store.load_live()] == ["running"]
+        broker.detach(attachment)
+    finally:
+        store.release.set()
+        await bounded_close(broker)
+        forget()
+
+
+async def test_a_store_that_cannot_save_delays_the_desktop_only_so_long(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(broker_module, "SAVE_BEFORE_READY_TIMEOUT", 0.1)
+    store = HeldStore()
+    broker = await held_broker(tmp_path, store)
+    try:
+        reservation = await broker.reserve("Desktop")
+        attachment = await asyncio.wait_for(broker.attach(reservation.token), WAIT)
+        assert store.holding.is_set()
+        assert not store.release.is_set()
+        assert "viewers are let in before the session is saved" in caplog.text
+        broker.detach(attachment)
+    finally:
+        store.release.set()
+        await bounded_close(broker)
+        forget()

@@ -61,6 +61,15 @@ __all__ = ["Attachment", "Broker"]
 
 logger = logging.getLogger(__name__)
 
+#: The longest a viewer waits for its session's "running" to be saved; past it (the database is
+#: away) the viewer is let in anyway: a desktop now matters more than surviving a crash.
+SAVE_BEFORE_READY_TIMEOUT = 2.0
+
+
+def _set_ready(session: LiveSession, host: str, port: int) -> None:
+    if not session.ready.done():
+        session.ready.set_result((host, port))
+
 
 class Broker(BrokerViews):
     """Reserves, starts, watches and stops the sessions of a catalog.
@@ -530,8 +539,10 @@ class Broker(BrokerViews):
                 self.tally.session_ready(
                     session.service.name, lifecycle.ready_at - lifecycle.started_at
                 )
-            if not session.ready.done():
-                session.ready.set_result((action.host, action.port))
+            if self.store is None:
+                _set_ready(session, action.host, action.port)
+            else:
+                self._spawn(session, self._ready_once_saved(session, action), "save")
         elif isinstance(action, SessionFailed):
             logger.warning("%s: failed to start: %s", session.label, action.message)
             self._event(session, "failed", detail=action.message)
@@ -565,6 +576,17 @@ class Broker(BrokerViews):
             reason.value,
             f": {info.message}" if info.message else "",
         )
+
+    async def _ready_once_saved(self, session: LiveSession, action: SessionReady) -> None:
+        # Viewers see the desktop only once a gateway killed now would find it running and
+        # keep it: before the write, the next gateway would stop the desktop they already see.
+        assert self.store is not None
+        if not await self.store.caught_up(SAVE_BEFORE_READY_TIMEOUT):
+            logger.warning(
+                "%s: the session store is behind; viewers are let in before the session is saved",
+                session.label,
+            )
+        _set_ready(session, action.host, action.port)
 
     async def _run_start(self, session: LiveSession) -> None:
         await call_start(session, self._script_calls, self.now)

@@ -15,6 +15,8 @@ database, and holds them while the database is away (restarted, failing over): a
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import queue
 import threading
@@ -154,6 +156,22 @@ def _flushed(done: threading.Event) -> None:
     done.set()
 
 
+def _caught_up(waiter: tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]) -> None:
+    loop, future = waiter
+    # The loop may be gone (the gateway stopped) or the waiter may have timed out.
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(_resolve, future)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+#: What the writer thread runs to tell that the writes before it are done: not writes.
+_MARKERS = (_flushed, _caught_up)
+
+
 class StoreUnavailable(Exception):
     """The store cannot reach its database now: the write was not made, and may be tried
     again later. The message says why, without credentials."""
@@ -216,6 +234,19 @@ class ThreadedStore:
         self._queue.put((_flushed, done))
         return done.wait(timeout)
 
+    async def caught_up(self, timeout: float) -> bool:
+        """Wait, without holding a thread, until the writes asked for so far are done; False if
+        ``timeout`` seconds pass first (the database is away: the writes still wait)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        self._queue.put((_caught_up, (loop, future)))
+        try:
+            async with asyncio.timeout(timeout):
+                await future
+        except TimeoutError:
+            return False
+        return True
+
     def close(self, timeout: float | None = 10.0) -> None:
         """Finish the pending writes and stop the thread; after ``timeout`` seconds of an
         unavailable store, drop what is left (and say how much)."""
@@ -233,7 +264,7 @@ class ThreadedStore:
             write: Callable[[Any], None]
             write, argument = item
             self._write(write, argument)
-            if write is not _flushed:
+            if write not in _MARKERS:
                 with self._waiting_lock:
                     self._waiting -= 1
         if self._dropped:
