@@ -4,14 +4,19 @@ and a gateway stopping during an outage says what it could not save."""
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
-from dataclasses import replace
+from collections.abc import Sequence
+from dataclasses import asdict, replace
+from pathlib import Path
 
 import pytest
 
+from gateway import run_python
 from support import scaled, wait_until
 from vizgate.store import (
+    BATCH_LIMIT,
     MemoryStore,
     SessionEventRecord,
     SessionRecord,
@@ -124,3 +129,124 @@ def test_a_store_stopping_during_an_outage_gives_up_and_says_how_much_was_lost(
     assert "2 session store write(s) were not saved" in caplog.text
     # One outage, one warning, however many writes it held up.
     assert caplog.text.count("cannot reach the database") == 1
+
+
+class HeldStore(MemoryStore):
+    """A memory store that writes each batch all or none, refuses changes of sessions in
+    :attr:`refuse`, and holds its first write until :attr:`release` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+        self.holding = threading.Event()
+        self.batches: list[list[str]] = []
+        self.refuse: set[str] = set()
+
+    def write(self, changes: Sequence[SessionRecord | SessionEventRecord]) -> None:
+        if not self.holding.is_set():
+            self.holding.set()
+            self.release.wait(scaled(10))
+        names = [
+            change.id if isinstance(change, SessionRecord) else change.session_id
+            for change in changes
+        ]
+        if self.refuse.intersection(names):
+            raise ValueError("a record the database refuses")
+        self.batches.append(names)
+        super().write(changes)
+
+
+def test_what_queues_up_during_a_write_is_written_together_in_order() -> None:
+    held = HeldStore()
+    store = ThreadedStore(held)
+    try:
+        store.save(record("first"))
+        wait_until(held.holding.is_set, scaled(10), message="the first write never began")
+        for number in range(BATCH_LIMIT + 50):
+            store.save(record(f"s{number}"))
+        assert store.waiting() == BATCH_LIMIT + 51
+        held.release.set()
+        assert store.flush(scaled(10))
+    finally:
+        store.close()
+    # One commit for the first, then as few as the limit allows, in the order asked for.
+    assert [len(batch) for batch in held.batches] == [1, BATCH_LIMIT, 50]
+    assert [name for batch in held.batches for name in batch] == [
+        "first",
+        *(f"s{number}" for number in range(BATCH_LIMIT + 50)),
+    ]
+    assert store.waiting() == 0
+
+
+def test_a_change_that_spoils_a_batch_is_dropped_alone(caplog: pytest.LogCaptureFixture) -> None:
+    held = HeldStore()
+    held.refuse.add("bad")
+    store = ThreadedStore(held)
+    try:
+        store.save(record("first"))
+        wait_until(held.holding.is_set, scaled(10), message="the first write never began")
+        store.save(record("before"))
+        store.save(record("bad"))
+        store.add_event(SessionEventRecord("after", "reserved", 1_700_000_001.0))
+        held.release.set()
+        assert store.flush(scaled(10))
+    finally:
+        store.close()
+    assert held.batches == [["first"], ["before"], ["after"]]
+    assert caplog.text.count("the session store failed to save; continuing") == 1
+
+
+async def test_caught_up_waits_for_the_writes_asked_for_before_it() -> None:
+    held = HeldStore()
+    store = ThreadedStore(held)
+    try:
+        store.save(record("first"))
+        assert not await store.caught_up(0.05), "caught up while the write was held"
+        held.release.set()
+        assert await store.caught_up(scaled(10))
+        assert [live.id for live in held.load_live()] == ["first"]
+    finally:
+        store.close()
+
+
+_DJANGO_BATCH = """
+import json, logging, pathlib, sys
+from vizgate.web import setup_django
+setup_django(pathlib.Path(sys.argv[1]), allowed_hosts=["localhost"])
+from vizgate.store import SessionEventRecord, SessionRecord, ThreadedStore
+from vizgate.web.portal.models import Session, SessionEvent
+from vizgate.web.portal.store import DjangoSessionStore
+record = SessionRecord(**json.loads(sys.argv[2]))
+orphan = SessionEventRecord("nosuchsession", "connected", 1_700_000_001.0)
+django_store = DjangoSessionStore()
+try:
+    django_store.write([record, orphan])
+except Exception as exc:
+    refused = type(exc).__name__
+written_alone = list(Session.objects.values_list("id", flat=True))
+threaded = ThreadedStore(django_store)
+threaded.save(record)
+threaded.add_event(orphan)
+threaded.add_event(SessionEventRecord(record.id, "reserved", 1_700_000_002.0))
+threaded.close()
+print(json.dumps({
+    "refused": refused,
+    "written_alone": written_alone,
+    "sessions": list(Session.objects.values_list("id", flat=True)),
+    "events": list(SessionEvent.objects.values_list("session_id", "kind")),
+}))
+"""
+
+
+def test_the_database_store_writes_a_batch_all_or_none(tmp_path: Path) -> None:
+    result = run_python(
+        "-c", _DJANGO_BATCH, str(tmp_path / "data"), json.dumps(asdict(record("good")))
+    )
+    outcome = json.loads(result.stdout)
+    # The orphan event fails the transaction at its commit: the session row went with it.
+    assert outcome["refused"] == "IntegrityError"
+    assert outcome["written_alone"] == []
+    # The store thread then writes them one by one, losing only the orphan.
+    assert outcome["sessions"] == ["good"]
+    assert outcome["events"] == [["good", "reserved"]]
+    assert "the session store failed to save; continuing" in result.stderr

@@ -21,7 +21,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -118,12 +118,13 @@ class SessionStore(Protocol):
         """Every session that had not ended, oldest first."""
         ...
 
-    def save(self, record: SessionRecord) -> None:
-        """Insert or update a session (by ``record.id``)."""
-        ...
+    def write(self, changes: Sequence[SessionRecord | SessionEventRecord]) -> None:
+        """Make ``changes`` in order, all or none: insert or update each session record (by
+        its ``id``), append each event to the audit trail.
 
-    def add_event(self, event: SessionEventRecord) -> None:
-        """Append to the audit trail."""
+        Raises:
+            StoreUnavailable: the database cannot be reached now; nothing was written.
+        """
         ...
 
 
@@ -148,28 +149,19 @@ class MemoryStore:
         with self._lock:
             self.events.append(event)
 
-
-_STOP = object()
-
-
-def _flushed(done: threading.Event) -> None:
-    done.set()
-
-
-def _caught_up(waiter: tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]) -> None:
-    loop, future = waiter
-    # The loop may be gone (the gateway stopped) or the waiter may have timed out.
-    with contextlib.suppress(RuntimeError):
-        loop.call_soon_threadsafe(_resolve, future)
+    def write(self, changes: Sequence[SessionRecord | SessionEventRecord]) -> None:
+        for change in changes:
+            if isinstance(change, SessionRecord):
+                self.save(change)
+            else:
+                self.add_event(change)
 
 
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
+#: What a store writes: a session's new state, or a line of its audit trail.
+Change = SessionRecord | SessionEventRecord
 
-
-#: What the writer thread runs to tell that the writes before it are done: not writes.
-_MARKERS = (_flushed, _caught_up)
+#: The most changes the writer thread makes in one transaction.
+BATCH_LIMIT = 200
 
 
 class StoreUnavailable(Exception):
@@ -182,21 +174,47 @@ class StoreUnavailable(Exception):
 RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0)
 
 
+class _Stop:
+    """Put on the queue by :meth:`ThreadedStore.close`: the writer thread ends there."""
+
+
+#: Told when the changes queued before it are written: a thread's event (:meth:`flush`) or an
+#: event loop's future (:meth:`ThreadedStore.caught_up`).
+_Marker = threading.Event | tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]"]
+
+
+def _tell(marker: _Marker) -> None:
+    if isinstance(marker, threading.Event):
+        marker.set()
+        return
+    loop, future = marker
+    # The loop may be gone (the gateway stopped) or the waiter may have timed out.
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(_resolve, future)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 class ThreadedStore:
     """Runs a store's writes on one thread, in the order they were asked for.
 
-    Writes never block the caller; :meth:`flush` waits until every write so far is done. While
-    the store is unavailable (:class:`StoreUnavailable`) the write is tried again after
-    :data:`RETRY_DELAYS` and the ones behind it wait, so the database ends up as it would have
-    without the outage; the outage and its end are logged once each. A write that fails
-    otherwise is logged and dropped: a bad record must not hold up the others, and a database
-    hiccup must not take sessions down.
+    Writes never block the caller. The thread writes what has queued up since its last write in
+    one transaction (up to :data:`BATCH_LIMIT` changes), so a burst of session changes costs
+    one commit, not one each. :meth:`flush` and :meth:`caught_up` wait until every write asked
+    for so far is done. While the store is unavailable (:class:`StoreUnavailable`) the writes
+    are tried again after :data:`RETRY_DELAYS` and the ones behind them wait, so the database
+    ends up as it would have without the outage; the outage and its end are logged once each.
+    A change that fails otherwise is logged and dropped alone: a bad record must not hold up
+    the others, and a database hiccup must not take sessions down.
     """
 
     def __init__(self, store: SessionStore, retry_delays: tuple[float, ...] = RETRY_DELAYS) -> None:
         self.store = store
         self.retry_delays = retry_delays
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Change | _Marker | _Stop] = queue.SimpleQueue()
         #: Set when :meth:`close` gives up on an unavailable store: what is left is dropped.
         self._giving_up = threading.Event()
         self._dropped = 0
@@ -213,25 +231,25 @@ class ThreadedStore:
         return self.store.load_live()
 
     def save(self, record: SessionRecord) -> None:
-        self._put(self.store.save, record)
+        self._put(record)
 
     def add_event(self, event: SessionEventRecord) -> None:
-        self._put(self.store.add_event, event)
+        self._put(event)
 
     def waiting(self) -> int:
         """How many writes are not done yet (they pile up while the store is unavailable)."""
         with self._waiting_lock:
             return self._waiting
 
-    def _put(self, write: Callable[[Any], None], argument: Any) -> None:
+    def _put(self, change: Change) -> None:
         with self._waiting_lock:
             self._waiting += 1
-        self._queue.put((write, argument))
+        self._queue.put(change)
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until the writes asked for so far are done; False on timeout."""
         done = threading.Event()
-        self._queue.put((_flushed, done))
+        self._queue.put(done)
         return done.wait(timeout)
 
     async def caught_up(self, timeout: float) -> bool:
@@ -239,7 +257,7 @@ class ThreadedStore:
         ``timeout`` seconds pass first (the database is away: the writes still wait)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
-        self._queue.put((_caught_up, (loop, future)))
+        self._queue.put((loop, future))
         try:
             async with asyncio.timeout(timeout):
                 await future
@@ -250,23 +268,38 @@ class ThreadedStore:
     def close(self, timeout: float | None = 10.0) -> None:
         """Finish the pending writes and stop the thread; after ``timeout`` seconds of an
         unavailable store, drop what is left (and say how much)."""
-        self._queue.put(_STOP)
+        self._queue.put(_Stop())
         self._thread.join(timeout)
         if self._thread.is_alive():
             self._giving_up.set()
             self._thread.join(timeout)
 
     def _run(self) -> None:
-        while True:
+        stopping = False
+        while not stopping:
+            changes: list[Change] = []
+            markers: list[_Marker] = []
             item = self._queue.get()
-            if item is _STOP:
-                break
-            write: Callable[[Any], None]
-            write, argument = item
-            self._write(write, argument)
-            if write not in _MARKERS:
+            while True:
+                if isinstance(item, _Stop):
+                    stopping = True
+                    break
+                if isinstance(item, SessionRecord | SessionEventRecord):
+                    changes.append(item)
+                else:
+                    markers.append(item)
+                if len(changes) >= BATCH_LIMIT:
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            if changes:
+                self._write(changes)
                 with self._waiting_lock:
-                    self._waiting -= 1
+                    self._waiting -= len(changes)
+            for marker in markers:
+                _tell(marker)
         if self._dropped:
             logger.error(
                 "%d session store write(s) were not saved: the database did not come back "
@@ -274,11 +307,23 @@ class ThreadedStore:
                 self._dropped,
             )
 
-    def _write(self, write: Callable[[Any], None], argument: Any) -> None:
+    def _write(self, changes: list[Change]) -> None:
+        try:
+            self._write_while_away(changes)
+        except Exception:
+            if len(changes) == 1:
+                logger.exception("the session store failed to save; continuing")
+                return
+            # One bad change spoiled the transaction: write them one by one, to lose only it.
+            for change in changes:
+                self._write([change])
+
+    def _write_while_away(self, changes: list[Change]) -> None:
+        """Write ``changes`` together, trying again while the store is unavailable."""
         attempt = 0
         while True:
             try:
-                write(argument)
+                self.store.write(changes)
             except StoreUnavailable as exc:
                 if self._away_since is None:
                     self._away_since = time.monotonic()
@@ -290,11 +335,9 @@ class ThreadedStore:
                 delay = self.retry_delays[min(attempt, len(self.retry_delays) - 1)]
                 attempt += 1
                 if self._giving_up.is_set() or self._giving_up.wait(delay):
-                    self._dropped += 1
+                    self._dropped += len(changes)
                     return
                 continue
-            except Exception:
-                logger.exception("the session store failed to save; continuing")
             if self._away_since is not None:
                 logger.warning(
                     "the session store reaches the database again after %.0f s",

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
-from django.db import close_old_connections
+from django.db import close_old_connections, transaction
 
 from vizgate.store import SessionEventRecord, SessionRecord, StoreUnavailable
 from vizgate.web.database_outage import DATABASE_AWAY_ERRORS, outage_reason
@@ -50,13 +50,19 @@ class DjangoSessionStore:
         with _database():
             return self._load_live()
 
+    def write(self, changes: Sequence[SessionRecord | SessionEventRecord]) -> None:
+        with _database(), transaction.atomic():
+            for change in changes:
+                if isinstance(change, SessionRecord):
+                    self._save(change)
+                else:
+                    self._add_event(change)
+
     def save(self, record: SessionRecord) -> None:
-        with _database():
-            self._save(record)
+        self.write([record])
 
     def add_event(self, event: SessionEventRecord) -> None:
-        with _database():
-            self._add_event(event)
+        self.write([event])
 
     def _load_live(self) -> list[SessionRecord]:
         return [
