@@ -158,13 +158,13 @@ def test_usage_by_user_and_by_type_over_a_day(history: Path) -> None:
     assert by_user.returncode == 0, by_user.stderr
     # alice: 9-11 and the live session from noon to the day's end; bob: 23-24.
     assert json.loads(by_user.stdout) == [
-        {"user": "alice", "sessions": 2, "hours": 14.0, "peak": 1},
-        {"user": "bob", "sessions": 1, "hours": 1.0, "peak": 1},
+        {"user": "alice", "sessions": 2, "hours": 14.0, "most_at_once": 1},
+        {"user": "bob", "sessions": 1, "hours": 1.0, "most_at_once": 1},
     ]
     by_type = vizgate(history, "usage", *day, "--by", "type", "--format", "csv")
     assert list(csv.DictReader(io.StringIO(by_type.stdout))) == [
-        {"type": "Render", "sessions": "1", "hours": "12.0", "peak": "1"},
-        {"type": "Desktop", "sessions": "2", "hours": "3.0", "peak": "1"},
+        {"type": "Render", "sessions": "1", "hours": "12.0", "most_at_once": "1"},
+        {"type": "Desktop", "sessions": "2", "hours": "3.0", "most_at_once": "1"},
     ]
     table = vizgate(history, "usage", *day)
     assert table.stdout.splitlines()[0] == "2026-11-01T00:00:00Z to 2026-11-02T00:00:00Z"

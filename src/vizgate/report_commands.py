@@ -194,7 +194,7 @@ def _run_usage(args: argparse.Namespace) -> int:
             args.by: total.key,
             "sessions": total.sessions,
             "hours": round(total.hours, 2),
-            "peak": total.peak,
+            "most_at_once": total.peak,
         }
         for total in totals
     ]
@@ -203,7 +203,7 @@ def _run_usage(args: argparse.Namespace) -> int:
         print_table(
             [(args.by, "sessions", "hours", "most at once")]
             + [
-                (str(r[args.by]), str(r["sessions"]), f"{r['hours']:.2f}", str(r["peak"]))
+                (str(r[args.by]), str(r["sessions"]), f"{r['hours']:.2f}", str(r["most_at_once"]))
                 for r in records
             ]
         )
