@@ -321,3 +321,72 @@ def test_group_add_user_and_remove_user_change_memberships_all_or_nothing(
     assert table(listed.stdout) == [["group", "members"], ["Render", "-"], ["Viz", "gina"]]
     # Naming no user is bad usage.
     assert vizgate(data_dir, "group", "add-user", "Viz").returncode == 2
+
+
+_HISTORY = """
+import datetime, pathlib, sys
+from vizgate.web import setup_django
+setup_django(pathlib.Path(sys.argv[1]), allowed_hosts=["localhost"])
+from vizgate.web.portal.models import Session, SessionEvent, ShareLink
+now = datetime.datetime.now(datetime.UTC)
+for number, (user, state) in enumerate([("Hana", "ended"), ("Hana", "ended"), ("ivan", "ended")]):
+    row = Session.objects.create(
+        id=f"s{number}", token_hash=f"{number:064x}", service="Desktop", index=0, user=user,
+        state=state, created=now,
+    )
+    SessionEvent.objects.create(session=row, kind="reserved", at=now, user=user)
+ShareLink.objects.create(
+    session_id="s0", secret_hash="0" * 64, created_by="Hana", created=now, expires=now
+)
+"""
+
+
+def history_users(data_dir: Path) -> tuple[list[str], list[str], list[str]]:
+    with database(data_dir) as db:
+        return (
+            [row[0] for row in db.execute("SELECT user FROM portal_session ORDER BY id")],
+            [row[0] for row in db.execute("SELECT user FROM portal_sessionevent ORDER BY id")],
+            [row[0] for row in db.execute("SELECT created_by FROM portal_sharelink")],
+        )
+
+
+def test_user_rename_keeps_the_password_groups_and_history(data_dir: Path) -> None:
+    assert vizgate(data_dir, "group", "add", "Viz").returncode == 0
+    made = vizgate(data_dir, "user", "add", "Hana", "--group", "Viz", stdin=PASSWORD + "\n")
+    assert made.returncode == 0, made.stderr
+    run_python("-c", _HISTORY, str(data_dir))
+    password = user_row(data_dir, "Hana")
+
+    renamed = vizgate(data_dir, "user", "rename", "Hana", "hana")
+    assert renamed.returncode == 0, renamed.stderr
+    assert renamed.stdout == "renamed Hana to hana (2 past sessions moved to the new name)\n"
+    assert user_row(data_dir, "Hana") is None
+    assert user_row(data_dir, "hana") == password
+    assert groups_of(data_dir, "hana") == {"Viz"}
+    assert history_users(data_dir) == (["hana", "hana", "ivan"], ["hana", "hana", "ivan"], ["hana"])
+
+
+def test_user_rename_refuses_with_why_and_changes_nothing(data_dir: Path) -> None:
+    for name in ("jo", "kim"):
+        assert vizgate(data_dir, "user", "add", name, "--no-password").returncode == 0
+    refusals = {
+        ("nobody", "x"): "no user called 'nobody'",
+        ("jo", "kim"): "the user 'kim' exists already",
+        ("jo", "jo"): "the user is called 'jo' already",
+        ("jo", "bad name!"): "bad user name 'bad name!'",
+    }
+    for (old, new), why in refusals.items():
+        refused = vizgate(data_dir, "user", "rename", old, new)
+        assert refused.returncode == 1, (old, new)
+        assert f"vizgate user rename: {why}" in refused.stderr
+    assert user_row(data_dir, "jo") is not None
+    # A session the gateway still runs knows its user by name: refused until it ends.
+    run_python(
+        "-c",
+        _HISTORY.replace('("ivan", "ended")', '("jo", "running")'),
+        str(data_dir),
+    )
+    live = vizgate(data_dir, "user", "rename", "jo", "joanna")
+    assert live.returncode == 1
+    assert "'jo' has 1 session that has not ended" in live.stderr
+    assert user_row(data_dir, "joanna") is None

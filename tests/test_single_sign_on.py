@@ -294,6 +294,28 @@ def test_a_user_pattern_maps_the_proxys_names_to_accounts_and_refuses_the_rest(
         gateway.stop()
 
 
+def test_lowercase_names_warn_of_accounts_with_capitals_which_a_rename_keeps(
+    tmp_path: Path,
+) -> None:
+    create_accounts(data_dir(tmp_path), [Account("Lena", "lena-had-a-password-41", (RENDERERS,))],
+                    groups=[RENDERERS])  # fmt: skip
+    gateway = start(tmp_path, "--remote-user-header", USER, "--remote-user-lowercase")
+    try:
+        assert "--remote-user-lowercase: nobody signs in as Lena any more" in gateway.output()
+        assert "'vizgate user rename Lena lena'" in gateway.output()
+        renamed = run_python(
+            "-m", "vizgate", "user", "rename", "Lena", "lena", "--data-dir", str(data_dir(tmp_path))
+        )
+        assert renamed.stdout.startswith("renamed Lena to lena")
+        page = Browser(gateway.port).get("/", {USER: "LENA"})
+        assert signed_in_as(page) == "lena"
+        # The same account, not a new one: its group came with it.
+        assert sorted(catalogue_types(page)) == sorted([DESKTOP, RENDERING])
+        assert "created the account" not in gateway.output()
+    finally:
+        gateway.stop()
+
+
 @pytest.mark.parametrize(
     ("args", "env", "said"),
     [

@@ -29,7 +29,7 @@ __all__ = ["add_group_command", "add_user_command"]
 def add_user_command(subparsers: Subparsers) -> None:
     user = subparsers.add_parser(
         "user",
-        help="portal users: add, passwords, list, administrators, disable",
+        help="portal users: add, passwords, list, rename, administrators, disable",
         description="Manage the portal's users in the gateway's database. Passwords are read "
         "from a hidden prompt, or from the first line of stdin when it is not a terminal.",
     )
@@ -90,6 +90,19 @@ def add_user_command(subparsers: Subparsers) -> None:
     admin.add_argument("--revoke", action="store_true", help="no longer an administrator")
     add_data_dir(admin)
     admin.set_defaults(func=_account_action("user admin", _user_admin))
+    rename = actions.add_parser(
+        "rename",
+        help="give a user a new name, keeping its password, groups and history",
+        description="Call the user OLD NEW from now on. Its password, groups, role and logged-in "
+        "browsers stay; its past sessions and share links count as NEW's. Refused while OLD "
+        "has sessions that have not ended. Under single sign-on the proxy must name it NEW; "
+        'for a Slurm type with "run_as": "user", NEW is the Unix account its sessions run '
+        "as.",
+    )
+    rename.add_argument("old", metavar="OLD", help="the user's name now")
+    rename.add_argument("new", metavar="NEW", help="its new name")
+    add_data_dir(rename)
+    rename.set_defaults(func=_account_action("user rename", _user_rename))
     for action, text in (
         ("disable", "stop a user from logging in; its logins stop working at once"),
         ("enable", "let a disabled user log in again"),
@@ -219,6 +232,17 @@ def _user_list(args: argparse.Namespace) -> int:
             )
         )
     print_table(rows)
+    return EXIT_OK
+
+
+def _user_rename(args: argparse.Namespace) -> int:
+    from vizgate import accounts
+
+    moved = accounts.rename_user(args.old, args.new)
+    print(
+        f"renamed {args.old} to {args.new} "
+        f"({moved} past session{'s' if moved != 1 else ''} moved to the new name)"
+    )
     return EXIT_OK
 
 

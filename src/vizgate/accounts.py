@@ -38,11 +38,13 @@ __all__ = [
     "list_users",
     "may_use_group",
     "read_password",
+    "rename_user",
     "set_active",
     "set_admin",
     "set_members",
     "set_password",
     "user_exists",
+    "users_with_capitals",
 ]
 
 
@@ -321,6 +323,52 @@ def set_active(name: str, active: bool) -> bool:
     user.is_active = active
     user.save(update_fields=["is_active"])
     return True
+
+
+def rename_user(old: str, new: str) -> int:
+    """Call the user ``old`` ``new`` from now on: its password, groups, role and logins stay,
+    and its past sessions, their audit trail and its share links are counted as ``new``'s.
+
+    Returns:
+        How many sessions of the history were moved to the new name.
+
+    Raises:
+        AccountError: no user ``old``, a bad or taken ``new``, or ``old`` has sessions that have
+            not ended (the gateway knows them by the old name until they end).
+    """
+    from django.db import transaction
+
+    from vizgate.web.portal.models import Session, SessionEvent, ShareLink
+
+    _validate_username(new)
+    with transaction.atomic():
+        user = _user(old)
+        if new == old:
+            raise AccountError(f"the user is called {old!r} already")
+        if user_exists(new):
+            raise AccountError(f"the user {new!r} exists already")
+        live = Session.objects.filter(user=old).exclude(state="ended").count()
+        if live:
+            raise AccountError(
+                f"{old!r} has {live} session{'s' if live != 1 else ''} that ha"
+                f"{'ve' if live != 1 else 's'} not ended; rename it once they have (the "
+                "Status page ends them)"
+            )
+        user.username = new
+        user.save(update_fields=["username"])
+        moved = Session.objects.filter(user=old).update(user=new)
+        SessionEvent.objects.filter(user=old).update(user=new)
+        ShareLink.objects.filter(created_by=old).update(created_by=new)
+    return moved
+
+
+def users_with_capitals() -> list[str]:
+    """The users whose names hold capital letters: under single sign-on's
+    ``--remote-user-lowercase`` nobody signs in as them any more."""
+    from django.contrib.auth.models import User
+
+    names = User.objects.values_list("username", flat=True)
+    return sorted(name for name in names if name != name.lower())
 
 
 def _user(name: str) -> User:

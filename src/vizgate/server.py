@@ -343,6 +343,9 @@ def run_serve(args: argparse.Namespace) -> int:
         _complain(str(exc))
         return EXIT_FAILURE
 
+    if single_sign_on is not None and single_sign_on.lowercase:
+        _warn_of_capital_accounts()
+
     from vizgate.web import runtime
     from vizgate.web.asgi import build_application
     from vizgate.web.portal import throttle
@@ -453,6 +456,22 @@ class _Server(uvicorn.Server):
 def _announce(url: str) -> None:
     # Exactly this line on stdout: tools and tests read it to learn the port.
     print(f"vizgate listening on {url}", flush=True)
+
+
+def _warn_of_capital_accounts() -> None:
+    from vizgate.accounts import users_with_capitals
+
+    names = users_with_capitals()
+    if names:
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        logger.warning(
+            "--remote-user-lowercase: nobody signs in as %s any more (their users get new "
+            "lower-case accounts, without their groups); keep an account with 'vizgate user "
+            "rename %s %s'",
+            shown,
+            names[0],
+            names[0].lower(),
+        )
 
 
 def _complain(message: str) -> None:
