@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-import vizgate.broker as broker_module
+import vizgate.broker_records as broker_records
 from broker_fixtures import FAST, WAIT, MakeBroker, bounded_close
 from support import await_until
 from vizgate.broker import Attachment, Broker
@@ -679,7 +679,7 @@ async def test_a_viewer_gets_the_desktop_only_once_its_running_session_is_saved(
 async def test_a_store_that_cannot_save_delays_the_desktop_only_so_long(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(broker_module, "SAVE_BEFORE_READY_TIMEOUT", 0.1)
+    monkeypatch.setattr(broker_records, "SAVE_BEFORE_READY_TIMEOUT", 0.1)
     store = HeldStore()
     broker = await held_broker(tmp_path, store)
     try:

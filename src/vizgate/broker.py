@@ -7,7 +7,8 @@ gateway's event loop; nothing in it blocks.
 
 Script calls run in threads, one instance's in order (:mod:`vizgate.script_calls`); sessions a
 previous gateway process left live are adopted at :meth:`Broker.open`
-(:mod:`vizgate.readoption`); the read-only snapshots the web layer asks for are
+(:mod:`vizgate.readoption`); the records and audit trail it saves are
+:mod:`vizgate.broker_records`', and the read-only snapshots the web layer asks for
 :mod:`vizgate.broker_views`'.
 """
 
@@ -22,7 +23,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from vizgate.broker_views import BrokerViews
+from vizgate.broker_records import BrokerRecords, set_ready
 from vizgate.catalog import Catalog, ServiceType
 from vizgate.choices import launch_options
 from vizgate.exceptions import ReservationError, StartError
@@ -54,24 +55,15 @@ from vizgate.sessions import (
     session_id_of,
     token_hash,
 )
-from vizgate.store import SessionEventRecord, SessionRecord, SessionStore, ThreadedStore
+from vizgate.store import SessionRecord, SessionStore, ThreadedStore
 from vizgate.user_limits import check_user_limits
 
 __all__ = ["Attachment", "Broker"]
 
 logger = logging.getLogger(__name__)
 
-#: The longest a viewer waits for its session's "running" to be saved; past it (the database is
-#: away) the viewer is let in anyway: a desktop now matters more than surviving a crash.
-SAVE_BEFORE_READY_TIMEOUT = 2.0
 
-
-def _set_ready(session: LiveSession, host: str, port: int) -> None:
-    if not session.ready.done():
-        session.ready.set_result((host, port))
-
-
-class Broker(BrokerViews):
+class Broker(BrokerRecords):
     """Reserves, starts, watches and stops the sessions of a catalog.
 
     Args:
@@ -461,39 +453,6 @@ class Broker(BrokerViews):
         self._save(session)
         self._drive(session)
 
-    def _save(self, session: LiveSession) -> None:
-        if self.store is not None:
-            self.store.save(session.record(self._wall))
-
-    def record_event(self, session_id: str, kind: str, *, user: str, detail: str = "") -> None:
-        """Add a line to a live session's audit trail (what the portal did to it, e.g. a share
-        link made or withdrawn); nothing happens when no live session has that id."""
-        session = self._live.by_id(session_id)
-        if session is not None:
-            self._event(session, kind, user=user, detail=detail)
-
-    def _event(
-        self,
-        session: LiveSession,
-        kind: str,
-        *,
-        user: str | None = None,
-        client: str = "",
-        detail: str = "",
-    ) -> None:
-        """``user``: who did it; None for the session's own user, "" when nobody knows."""
-        if self.store is not None:
-            self.store.add_event(
-                SessionEventRecord(
-                    session_id=session.id,
-                    kind=kind,
-                    at=time.time(),
-                    user=session.user if user is None else user,
-                    client=client,
-                    detail=detail[:500],
-                )
-            )
-
     def server_closed(self, session: LiveSession) -> None:
         """A viewer's VNC connection was closed by the server: if the server is gone, the
         session crashed."""
@@ -540,9 +499,11 @@ class Broker(BrokerViews):
                     session.service.name, lifecycle.ready_at - lifecycle.started_at
                 )
             if self.store is None:
-                _set_ready(session, action.host, action.port)
+                set_ready(session, action.host, action.port)
             else:
-                self._spawn(session, self._ready_once_saved(session, action), "save")
+                self._spawn(
+                    session, self._ready_once_saved(session, action.host, action.port), "save"
+                )
         elif isinstance(action, SessionFailed):
             logger.warning("%s: failed to start: %s", session.label, action.message)
             self._event(session, "failed", detail=action.message)
@@ -576,17 +537,6 @@ class Broker(BrokerViews):
             reason.value,
             f": {info.message}" if info.message else "",
         )
-
-    async def _ready_once_saved(self, session: LiveSession, action: SessionReady) -> None:
-        # Viewers see the desktop only once a gateway killed now would find it running and
-        # keep it: before the write, the next gateway would stop the desktop they already see.
-        assert self.store is not None
-        if not await self.store.caught_up(SAVE_BEFORE_READY_TIMEOUT):
-            logger.warning(
-                "%s: the session store is behind; viewers are let in before the session is saved",
-                session.label,
-            )
-        _set_ready(session, action.host, action.port)
 
     async def _run_start(self, session: LiveSession) -> None:
         await call_start(session, self._script_calls, self.now)
