@@ -250,3 +250,42 @@ def test_the_database_store_writes_a_batch_all_or_none(tmp_path: Path) -> None:
     assert outcome["sessions"] == ["good"]
     assert outcome["events"] == [["good", "reserved"]]
     assert "the session store failed to save; continuing" in result.stderr
+
+
+_DJANGO_CONNECTION = """
+import json, pathlib, sys
+from dataclasses import replace
+from vizgate.web import setup_django
+setup_django(pathlib.Path(sys.argv[1]), allowed_hosts=["localhost"])
+from django.db import connection
+from vizgate.store import SessionRecord
+from vizgate.web.portal.store import DjangoSessionStore
+store = DjangoSessionStore()
+record = SessionRecord(**json.loads(sys.argv[2]))
+store.save(record)
+first = connection.connection
+store.save(replace(record, state="running"))
+kept = connection.connection is first
+first.close()  # broken under Django's feet
+try:
+    store.save(replace(record, state="ended"))
+except Exception as exc:
+    failed = type(exc).__name__
+store.save(replace(record, state="ended"))
+print(json.dumps({"kept": kept, "failed": failed, "renewed": connection.connection is not first,
+                  "ended": store.load_live() == []}))
+"""
+
+
+def test_the_database_store_keeps_its_sqlite_connection_until_it_breaks(tmp_path: Path) -> None:
+    result = run_python(
+        "-c", _DJANGO_CONNECTION, str(tmp_path / "data"), json.dumps(asdict(record("kept")))
+    )
+    # Opening SQLite again for each write cost about 1 ms a write; a connection that failed is
+    # replaced at the next write.
+    assert json.loads(result.stdout) == {
+        "kept": True,
+        "failed": "ProgrammingError",
+        "renewed": True,
+        "ended": True,
+    }

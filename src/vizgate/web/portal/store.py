@@ -2,9 +2,10 @@
 
 Its methods block on the database; the broker calls them from its store thread, never from the
 event loop. Django closes a broken or old connection only around requests: each method does it
-first, as a request would, so that a restarted database server is reconnected to; a database
-that cannot be reached raises :class:`~vizgate.store.StoreUnavailable`, and the store thread
-tries again later.
+first, as a request would, so that a restarted database server is reconnected to (SQLite's
+connection, which Django would close at every request, is kept until it fails); a database that
+cannot be reached raises :class:`~vizgate.store.StoreUnavailable`, and the store thread tries
+again later. A write is one transaction of upserts (``INSERT ... ON CONFLICT``) and inserts.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import contextlib
 import datetime
 from collections.abc import Iterator, Sequence
 
-from django.db import close_old_connections, transaction
+from django.db import DEFAULT_DB_ALIAS, close_old_connections, connections, transaction
 
 from vizgate.store import SessionEventRecord, SessionRecord, StoreUnavailable
 from vizgate.web.database_outage import DATABASE_AWAY_ERRORS, outage_reason
@@ -34,9 +35,20 @@ def _seconds(moment: datetime.datetime | None) -> float | None:
     return moment.timestamp() if moment is not None else None
 
 
+def _drop_old_connection() -> None:
+    connection = connections[DEFAULT_DB_ALIAS]
+    per_request = connection.settings_dict.get("CONN_MAX_AGE") == 0
+    if per_request and connection.connection is not None and not connection.errors_occurred:
+        # SQLite's connections are not kept between requests (CONN_MAX_AGE 0), and Django's rule
+        # would close this thread's before every write: opening it again (the file, the
+        # pragmas, Django's SQL functions) cost about 1 ms a write. Only a broken one goes.
+        return
+    close_old_connections()
+
+
 @contextlib.contextmanager
 def _database() -> Iterator[None]:
-    close_old_connections()
+    _drop_old_connection()
     try:
         yield
     except DATABASE_AWAY_ERRORS as exc:
@@ -52,11 +64,18 @@ class DjangoSessionStore:
 
     def write(self, changes: Sequence[SessionRecord | SessionEventRecord]) -> None:
         with _database(), transaction.atomic():
+            events: list[SessionEvent] = []
             for change in changes:
-                if isinstance(change, SessionRecord):
-                    self._save(change)
-                else:
-                    self._add_event(change)
+                if isinstance(change, SessionEventRecord):
+                    events.append(_event_row(change))
+                    continue
+                # Events refer to their session: those before this record go in first.
+                if events:
+                    SessionEvent.objects.bulk_create(events)
+                    events = []
+                self._save(change)
+            if events:
+                SessionEvent.objects.bulk_create(events)
 
     def save(self, record: SessionRecord) -> None:
         self.write([record])
@@ -93,38 +112,52 @@ class DjangoSessionStore:
         ]
 
     def _save(self, record: SessionRecord) -> None:
-        Session.objects.update_or_create(
-            id=record.id,
-            defaults={
-                "token_hash": record.token_hash,
-                "service": record.service,
-                "index": record.index,
-                "user": record.user,
-                "bound": record.bound,
-                "options": dict(record.options),
-                "state": record.state,
-                "host": record.host,
-                "port": record.port,
-                "created": _moment(record.created),
-                "started": _maybe_moment(record.started),
-                "ended": _maybe_moment(record.ended),
-                "last_activity": _maybe_moment(record.last_activity),
-                "end_reason": record.end_reason or "",
-                "message": record.message,
-                "bytes_to_client": record.bytes_to_client,
-                "bytes_to_server": record.bytes_to_server,
-                "stop_timed_out": record.stop_timed_out,
-                "script_state": dict(record.script_state),
-                "ends_at": _maybe_moment(record.ends_at),
-            },
+        # One INSERT ... ON CONFLICT DO UPDATE: a third of update_or_create's time (its SELECT
+        # FOR UPDATE, then an UPDATE or an INSERT), and the store writes several per session.
+        Session.objects.bulk_create(
+            [_session_row(record)],
+            update_conflicts=True,
+            unique_fields=["id"],
+            update_fields=_UPDATED_FIELDS,
         )
 
-    def _add_event(self, event: SessionEventRecord) -> None:
-        SessionEvent.objects.create(
-            session_id=event.session_id,
-            kind=event.kind,
-            at=_moment(event.at),
-            user=event.user,
-            client=event.client,
-            detail=event.detail,
-        )
+
+def _session_row(record: SessionRecord) -> Session:
+    return Session(
+        id=record.id,
+        token_hash=record.token_hash,
+        service=record.service,
+        index=record.index,
+        user=record.user,
+        bound=record.bound,
+        options=dict(record.options),
+        state=record.state,
+        host=record.host,
+        port=record.port,
+        created=_moment(record.created),
+        started=_maybe_moment(record.started),
+        ended=_maybe_moment(record.ended),
+        last_activity=_maybe_moment(record.last_activity),
+        end_reason=record.end_reason or "",
+        message=record.message,
+        bytes_to_client=record.bytes_to_client,
+        bytes_to_server=record.bytes_to_server,
+        stop_timed_out=record.stop_timed_out,
+        script_state=dict(record.script_state),
+        ends_at=_maybe_moment(record.ends_at),
+    )
+
+
+#: Every column of a session but its id: a saved record replaces the row.
+_UPDATED_FIELDS = [field.name for field in Session._meta.concrete_fields if not field.primary_key]
+
+
+def _event_row(event: SessionEventRecord) -> SessionEvent:
+    return SessionEvent(
+        session_id=event.session_id,
+        kind=event.kind,
+        at=_moment(event.at),
+        user=event.user,
+        client=event.client,
+        detail=event.detail,
+    )
