@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import subprocess
-import sys
-import sysconfig
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,51 +34,11 @@ from support import (
     require_binaries,
     scaled,
 )
-from unix_accounts import UnixAccount, temporary_account
+from unix_accounts import UnixAccount, account_env, as_account, python_for, temporary_account
 
 pytestmark = pytest.mark.integration
 
 SERVICE = "Local Software Session"
-SOURCE = Path(__file__).resolve().parent.parent / "src"
-
-
-def as_account(account: UnixAccount) -> dict[str, object]:
-    return {"user": account.uid, "group": account.gid, "extra_groups": []}
-
-
-def account_env(account: UnixAccount) -> dict[str, str]:
-    """A login-like environment for ``account``: nothing of the tests' own (no VIZGATE_*)."""
-    return {
-        "HOME": str(account.home),
-        "USER": account.name,
-        "LOGNAME": account.name,
-        "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
-        "LANG": "C.UTF-8",
-        # This checkout's code and the packages of this run's environment.
-        "PYTHONPATH": os.pathsep.join([str(SOURCE), sysconfig.get_paths()["purelib"]]),
-    }
-
-
-def python_for(account: UnixAccount) -> str:
-    """An interpreter ``account`` can run, of this run's Python version."""
-    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
-    for candidate in (sys.executable, shutil.which(version) or "", f"/usr/bin/{version}"):
-        if not candidate:
-            continue
-        try:
-            probe = subprocess.run(
-                [candidate, "-c", "import uvloop, django, vizgate"],
-                env=account_env(account),
-                capture_output=True,
-                timeout=scaled(60),
-                check=False,
-                **as_account(account),  # type: ignore[arg-type]
-            )
-        except OSError:
-            continue
-        if probe.returncode == 0:
-            return candidate
-    pytest.fail(f"no {version} that the account {account.name} can run with this checkout")
 
 
 @pytest.fixture

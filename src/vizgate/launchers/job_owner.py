@@ -267,4 +267,12 @@ class OwnerFiles:
 
     def _failure(self, result: subprocess.CompletedProcess[bytes]) -> str:
         said = result.stderr.decode(errors="replace").strip().splitlines()
-        return f"as {self.owner.name}: " + (said[-1] if said else f"status {result.returncode}")
+        last = said[-1] if said else f"status {result.returncode}"
+        if self.owner.how == WITH_SUDO and last.startswith("sudo:"):
+            # sudo itself refused (no rule for this account, a password asked for): the site's
+            # policy, not the user's files, is what must change.
+            return (
+                f"the gateway's account may not run programs as {self.owner.name} with sudo "
+                f"({last}); a rule in /etc/sudoers.d must allow it (see docs/cluster.md)"
+            )
+        return f"as {self.owner.name}: {last}"
