@@ -29,6 +29,7 @@ from pathlib import Path
 
 __all__ = [
     "DOWN_PARTITION",
+    "GPUS",
     "SHORT_PARTITION",
     "SLURM_PROGRAMS",
     "SlurmCluster",
@@ -58,6 +59,10 @@ DOWN_PARTITION = "closed"
 #: A partition with a one-minute MaxTime: a job asking for more stays PENDING
 #: (PartitionConfig).
 SHORT_PARTITION = "short"
+#: What the node's GPUs are in gres.conf: devices that are not GPUs, which Slurm counts.
+GPU_STAND_INS = ("/dev/null", "/dev/zero")
+#: GPUs the node has, as Slurm counts them.
+GPUS = len(GPU_STAND_INS)
 
 _DAEMON_STOP_TIMEOUT = 15.0
 
@@ -228,7 +233,10 @@ def _slurm_conf(folder: Path, public: Path, node: str, partition: str) -> str:
             "JobCompType=jobcomp/none",
             "MinJobAge=300",
             "KillWait=5",
-            f"NodeName={node} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory=1024 State=UNKNOWN",
+            # Two GPUs that Slurm only counts (gres.conf): jobs can ask for them with --gpus.
+            "GresTypes=gpu",
+            f"NodeName={node} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory=1024 Gres=gpu:{GPUS} "
+            "State=UNKNOWN",
             f"PartitionName={partition} Nodes={node} Default=YES MaxTime=INFINITE State=UP",
             # Jobs can be submitted here but never run: for tests of jobs that cannot start.
             f"PartitionName={DOWN_PARTITION} Nodes={node} MaxTime=INFINITE State=DOWN",
@@ -262,6 +270,11 @@ def start_cluster(folder: Path, timeout: float = 30.0) -> SlurmCluster:
     conf = public / "slurm.conf"
     conf.write_text(_slurm_conf(folder, public, node, partition))
     conf.chmod(0o644)
+    gres = public / "gres.conf"
+    # Slurm counts a GPU per device file; /dev/null and /dev/zero stand in (task/none binds
+    # nothing to them). A count without files is ignored by Slurm 22.05's gpu plugin.
+    gres.write_text(f"NodeName={node} Name=gpu File={','.join(GPU_STAND_INS)}\n")
+    gres.chmod(0o644)
     cluster = SlurmCluster(
         folder=folder,
         conf=conf,

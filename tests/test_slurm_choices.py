@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from slurm_cluster import SHORT_PARTITION, SlurmCluster
+from slurm_cluster import GPUS, SHORT_PARTITION, SlurmCluster
 from slurm_sessions import JOB_NAME_0, SIZE, TYPE, write_catalog
 from support import scaled
 from vizgate.broker import Broker
@@ -74,19 +74,22 @@ def test_good_resources_pass() -> None:
 
 
 @pytest.mark.integration
-async def test_a_job_gets_the_cpus_and_memory_its_user_picked(
+async def test_a_job_gets_the_cpus_memory_and_gpus_its_user_picked(
     cluster: SlurmCluster, tmp_path: Path, state_dir: Path
 ) -> None:
-    choices = {"cpus": ["1", "2"], "memory": ["100M", "200M"]}
+    choices = {"cpus": ["1", "2"], "memory": ["100M", "200M"], "gpus": ["1", str(GPUS)]}
     broker = Broker(load_catalog(write_catalog(tmp_path, state_dir, choices=choices)))
     await broker.open()
     try:
         reservation = await broker.reserve(
-            TYPE, user="alice", options={"cpus": "2", "memory": "200M"}
+            TYPE, user="alice", options={"cpus": "2", "memory": "200M", "gpus": str(GPUS)}
         )
         attachment = await asyncio.wait_for(broker.attach(reservation.token), scaled(30))
         result = cluster.run("squeue", "-h", "-n", JOB_NAME_0, "-o", "%C %m %T")
         assert result.stdout.split() == ["2", "200M", "RUNNING"]
+        # What Slurm allocated, not only what was asked for: the node's GPUs are in use.
+        used = cluster.run("sinfo", "-h", "-N", "-O", "GresUsed:40").stdout.strip()
+        assert used.startswith(f"gpu:{GPUS}"), used
         broker.detach(attachment)
         await asyncio.wait_for(broker.wait_until_idle(), scaled(20))
     finally:
