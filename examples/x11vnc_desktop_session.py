@@ -11,10 +11,14 @@ Options (the ``options`` object of the session type in ``external_services.json`
 
 * ``sizes``: the sizes offered to the user; the first is the default.
 * ``host``: the node to run on (default ``localhost``).
-* ``display_base``: instance ``i`` uses X display ``display_base + i`` (default 200) and
-  VNC port ``5900 + display``.
+* ``hosts``: instead of ``host``, several nodes that share the type's instances in turn:
+  with ``["n1", "n2"]``, instances 0 and 1 run on n1 and n2 at the first display, 2 and 3 on
+  n1 and n2 at the next, and so on (``count`` = nodes x desktops per node).
+* ``display_base``: a node's first instance uses X display ``display_base`` (default 200),
+  its next ``display_base + 1``, ...; the VNC port is ``5900 + display``.
 * ``gateway_host``: the name vizgate connects to for VNC when it differs from the ssh name
-  (e.g. a node's fast-network name); default ``host``, or ``localhost`` on this machine.
+  (e.g. a node's fast-network name); default ``host``, or ``localhost`` on this machine. With
+  ``hosts``, vizgate connects to each node by the name listed.
 * ``ssh_user``, ``ssh_key``, ``ssh_port``: how to log in; with ``ssh_user`` set, ssh is
   used even for this machine (to run the desktop as that user).
 * ``ssh_options``: extra ``ssh -o`` settings, e.g.
@@ -119,20 +123,34 @@ class X11VNCSession(RemoteServiceScript):
         value = self._common_options.get(key)
         return default if value is None else value
 
+    def nodes(self) -> list[str]:
+        """The nodes the type's instances run on, in turn."""
+        hosts = self.option("hosts", None)
+        if hosts is None:
+            return [str(self.option("host", "localhost"))]
+        if self._common_options.get("host") is not None:
+            raise ValueError("give host or hosts, not both")
+        if not isinstance(hosts, list) or not hosts:
+            raise ValueError(f"hosts must be a list of node names, not {hosts!r}")
+        return [str(host) for host in hosts]
+
     def display(self) -> int:
-        return int(self.option("display_base", 200)) + self._index
+        return int(self.option("display_base", 200)) + self._index // len(self.nodes())
 
     def port(self) -> int:
         return 5900 + self.display()
 
     def node(self) -> str:
-        return str(self.option("host", "localhost"))
+        nodes = self.nodes()
+        return nodes[self._index % len(nodes)]
 
     def uses_ssh(self) -> bool:
         return bool(self.option("ssh_user", "")) or not is_this_machine(self.node())
 
     def gateway_host(self) -> str:
         default = "localhost" if is_this_machine(self.node()) else self.node()
+        if self.option("hosts", None) is not None:
+            return default
         return str(self.option("gateway_host", default))
 
     def default_size(self) -> str:
@@ -185,7 +203,11 @@ class X11VNCSession(RemoteServiceScript):
 
     def fail(self, action: str, reason: object) -> bool:
         reason = " ".join(str(reason).split())
-        print(f"{self!r}: {action} failed on {self.node()}: {reason}", file=sys.stderr)
+        try:
+            where = f" on {self.node()}"
+        except ValueError:  # the nodes themselves are what is wrong: the reason says so
+            where = ""
+        print(f"{self!r}: {action} failed{where}: {reason}", file=sys.stderr)
         return False
 
     def start(

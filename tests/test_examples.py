@@ -551,3 +551,41 @@ def test_seed_desktop_session_runs_unmodified(vnc_home: VncHome, vnc_display: in
     assert pids_on_display(vnc_display) == set()
     assert not port_accepts("127.0.0.1", port)
     assert not Path(f"/tmp/.X{vnc_display}-lock").exists()
+
+
+def test_x11vnc_hosts_share_the_instances_in_turn() -> None:
+    options = {"hosts": ["n1", "n2"], "display_base": 300, "ssh_user": "render"}
+
+    instances = realize_instances("Render Nodes", X11VNC_SESSION, 5, options)
+
+    assert [(i.node(), i.display(), i.port()) for i in instances] == [  # type: ignore[attr-defined]
+        ("n1", 300, 6200),
+        ("n2", 300, 6200),
+        ("n1", 301, 6201),
+        ("n2", 301, 6201),
+        ("n1", 302, 6202),
+    ]
+    # Each instance logs in to its own node, and vizgate connects to that node.
+    argv, _ = instances[3].command(START_X11, ["301", "6201", "800x600", "any"])  # type: ignore[attr-defined]
+    assert argv[argv.index("--") + 1] == "n2"
+    assert instances[3].gateway_host() == "n2"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("options", "said"),
+    [
+        ({"hosts": ["n1"], "host": "n2"}, "give host or hosts, not both"),
+        ({"hosts": []}, "hosts must be a list of node names"),
+        ({"hosts": "n1,n2"}, "hosts must be a list of node names"),
+        ({"hosts": ["n1", "n2;reboot"]}, "invalid host 'n2;reboot'"),
+    ],
+)
+def test_x11vnc_bad_hosts_fail_the_start_with_why(
+    options: dict[str, Any], said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    [_, instance] = realize_instances("Render Nodes", X11VNC_SESSION, 2, options)
+
+    assert instance.start("token", options={"size": "800x600", "username": "u"}) is False
+
+    assert said in capsys.readouterr().err
+    assert instance.host_port() is None
