@@ -82,7 +82,7 @@ def test_the_cluster_example_catalog_loads_and_realizes_every_instance() -> None
     assert scripts["Render Node Desktop"] == X11VNC_SESSION
     options = {service.name: service.options_dict() for service in catalog}
     assert options["Workstation Desktop"]["vnc_password_file"] == "~/.vnc/passwd"
-    assert {"host", "ssh_user", "ssh_key", "group"} <= set(options["Render Node Desktop"])
+    assert {"hosts", "ssh_user", "ssh_key", "group"} <= set(options["Render Node Desktop"])
     slurm = catalog["Cluster GPU Desktop"]
     assert slurm.script.name == "slurm.py"
     assert isinstance(slurm.options["choices"]["gpus"], tuple)  # a list in the file
@@ -92,6 +92,14 @@ def test_the_cluster_example_catalog_loads_and_realizes_every_instance() -> None
             service.name, service.script, service.count, service.options_dict()
         )
         assert [instance._index for instance in instances] == list(range(service.count))
+        if service.name == "Render Node Desktop":
+            # Two desktops on each of the two render nodes, the nodes taken in turn.
+            assert [(i.node(), i.display()) for i in instances] == [  # type: ignore[attr-defined]
+                ("render01", 200),
+                ("render02", 200),
+                ("render01", 201),
+                ("render02", 201),
+            ]
 
 
 # ---------------------------------------------------------------------------------------
