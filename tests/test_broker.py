@@ -630,15 +630,16 @@ async def test_a_storm_of_attaches_starts_and_stops_once_and_leaks_nothing(
 
 
 class HeldStore(MemoryStore):
-    """A memory store that holds every write of a running session until :attr:`release`."""
+    """A memory store that holds every write of a session in ``state`` until :attr:`release`."""
 
-    def __init__(self) -> None:
+    def __init__(self, state: str = "running") -> None:
         super().__init__()
+        self.state = state
         self.release = threading.Event()
         self.holding = threading.Event()
 
     def save(self, record: SessionRecord) -> None:
-        if record.state == "running":
+        if record.state == self.state:
             self.holding.set()
             self.release.wait(WAIT)
         super().save(record)
@@ -689,6 +690,23 @@ async def test_a_store_that_cannot_save_delays_the_desktop_only_so_long(
         assert not store.release.is_set()
         assert "viewers are let in before the session is saved" in caplog.text
         broker.detach(attachment)
+    finally:
+        store.release.set()
+        await bounded_close(broker)
+        forget()
+
+
+async def test_a_token_is_handed_out_only_once_its_reservation_is_saved(tmp_path: Path) -> None:
+    store = HeldStore("reserved")
+    broker = await held_broker(tmp_path, store)
+    try:
+        reserve = asyncio.create_task(broker.reserve("Desktop"))
+        await eventually(store.holding.is_set, "the reservation was never saved")
+        done, _ = await asyncio.wait({reserve}, timeout=0.2)
+        assert not done, "the token was handed out before its reservation was saved"
+        store.release.set()
+        reservation = await asyncio.wait_for(reserve, WAIT)
+        assert [record.id for record in store.load_live()] == [reservation.session_id]
     finally:
         store.release.set()
         await bounded_close(broker)

@@ -264,6 +264,8 @@ class Broker(BrokerRecords):
         self._save(session)
         self._event(session, "reserved", user=user)
         self._wakeup.set()
+        # A token handed out is one a gateway killed right after still knows.
+        await self._until_saved(session, "the token is handed out")
         return Reservation(token=token, session_id=session.id, service=service.name, index=index)
 
     async def attach(self, token: str, *, client: str = "", user: str = "") -> Attachment:

@@ -72,10 +72,15 @@ class BrokerRecords(BrokerViews):
     async def _ready_once_saved(self, session: LiveSession, host: str, port: int) -> None:
         # Viewers see the desktop only once a gateway killed now would find it running and
         # keep it: before the write, the next gateway would stop the desktop they already see.
-        assert self.store is not None
-        if not await self.store.caught_up(SAVE_BEFORE_READY_TIMEOUT):
-            logger.warning(
-                "%s: the session store is behind; viewers are let in before the session is saved",
-                session.label,
-            )
+        await self._until_saved(session, "viewers are let in")
         set_ready(session, host, port)
+
+    async def _until_saved(self, session: LiveSession, what_goes_on: str) -> None:
+        """Wait until what was written of ``session`` so far is saved, or
+        :data:`SAVE_BEFORE_READY_TIMEOUT` (the database is away: ``what_goes_on`` anyway)."""
+        if self.store is not None and not await self.store.caught_up(SAVE_BEFORE_READY_TIMEOUT):
+            logger.warning(
+                "%s: the session store is behind; %s before the session is saved",
+                session.label,
+                what_goes_on,
+            )
