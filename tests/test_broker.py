@@ -12,7 +12,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from vizgate.catalog import load_catalog
 from vizgate.exceptions import ReservationError, StartError
 from vizgate.lifecycle import EndReason
 from vizgate.sessions import CloseRequest, session_id_of
-from vizgate.store import MemoryStore, SessionRecord
+from vizgate.store import MemoryStore, SessionEventRecord, SessionRecord, StoreUnavailable
 from vizgate.testing import DOUBLE_SESSION_SCRIPT
 from vizgate.testing.doubles import DoubleScript, forget, instances, release_hung
 
@@ -711,3 +711,45 @@ async def test_a_token_is_handed_out_only_once_its_reservation_is_saved(tmp_path
         store.release.set()
         await bounded_close(broker)
         forget()
+
+
+class AwayStore(MemoryStore):
+    """A memory store whose database is away while :attr:`away` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.away = threading.Event()
+        self.away.set()
+
+    def write(self, changes: Sequence[SessionRecord | SessionEventRecord]) -> None:
+        if self.away.is_set():
+            raise StoreUnavailable("connection refused")
+        super().write(changes)
+
+
+async def test_during_an_outage_sessions_go_on_without_a_warning_each(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(broker_records, "SAVE_BEFORE_READY_TIMEOUT", 0.1)
+    caplog.set_level(logging.WARNING)
+    path = tmp_path / "external_services.json"
+    path.write_text(
+        json.dumps({"Desktop": {"script": str(DOUBLE_SESSION_SCRIPT), "count": 2, "options": {}}})
+    )
+    store = AwayStore()
+    broker = Broker(load_catalog(path), timeouts=FAST, probe_interval=0.02, store=store)
+    await broker.open()
+    try:
+        for _ in range(2):
+            reservation = await asyncio.wait_for(broker.reserve("Desktop"), WAIT)
+            broker.detach(await asyncio.wait_for(broker.attach(reservation.token), WAIT))
+    finally:
+        store.away.clear()
+        await bounded_close(broker)
+        forget()
+    # Nothing was lost: both sessions are saved, and ended.
+    assert len(store.records) == 2
+    assert {record.state for record in store.records.values()} == {"ended"}
+    messages = [record.getMessage() for record in caplog.records]
+    assert len([m for m in messages if "cannot reach the database" in m]) == 1, messages
+    assert not [m for m in messages if "before the session is saved" in m], messages

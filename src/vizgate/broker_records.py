@@ -79,7 +79,10 @@ class BrokerRecords(BrokerViews):
         """Wait until what was written of ``session`` so far is saved, or
         :data:`SAVE_BEFORE_READY_TIMEOUT` (the database is away: ``what_goes_on`` anyway)."""
         if self.store is not None and not await self.store.caught_up(SAVE_BEFORE_READY_TIMEOUT):
-            logger.warning(
+            # During an outage, which the store logged as it began, one line per session
+            # would only repeat it.
+            logger.log(
+                logging.DEBUG if self.store.away else logging.WARNING,
                 "%s: the session store is behind; %s before the session is saved",
                 session.label,
                 what_goes_on,

@@ -236,6 +236,11 @@ class ThreadedStore:
     def add_event(self, event: SessionEventRecord) -> None:
         self._put(event)
 
+    @property
+    def away(self) -> bool:
+        """Whether the database is away now (its outage was logged once, as it began)."""
+        return self._away_since is not None
+
     def waiting(self) -> int:
         """How many writes are not done yet (they pile up while the store is unavailable)."""
         with self._waiting_lock:
