@@ -26,6 +26,9 @@ Options (the ``options`` object of the session type in ``external_services.json`
 * ``ssh_connect_timeout`` (default 10 s), ``start_timeout`` (default 30 s),
   ``stop_timeout`` (default 30 s).
 
+The options are checked when the gateway realizes the type (:func:`option_problems`): a wrong
+one stops the gateway at start, every problem named.
+
 The VNC password travels on the scripts' standard input and output only: never in argv (``ps``
 shows it), the environment (``/proc/PID/environ``) or a log line. vizgate answers the VNC
 server's challenge with it (``set_password``), so the browser never sees it.
@@ -116,8 +119,64 @@ def last_line(text: str) -> str:
     return lines[-1] if lines else "no error message"
 
 
+def option_problems(options: Mapping[str, Any]) -> list[str]:
+    """What is wrong with a type's options, each named: the gateway refuses to start with them
+    (``realize_service`` raises), so a typo is found at start, not at a user's first launch."""
+    problems: list[str] = []
+    host, hosts = options.get("host"), options.get("hosts")
+    if host is not None and hosts is not None:
+        problems.append("give host or hosts, not both")
+    if hosts is not None and (not isinstance(hosts, list) or not hosts):
+        problems.append(f"hosts must be a list of node names, not {hosts!r}")
+        hosts = None
+    for node in [host] if hosts is None else hosts:
+        if node is not None and not HOST_PATTERN.fullmatch(str(node)):
+            problems.append(f"invalid host {node!r}")
+    user = options.get("ssh_user")
+    if user and not USER_PATTERN.fullmatch(str(user)):
+        problems.append(f"invalid ssh_user {user!r}")
+    extras = options.get("ssh_options", [])
+    if not isinstance(extras, list):
+        problems.append(f"ssh_options must be a list of Key=Value settings, not {extras!r}")
+        extras = []
+    for extra in extras:
+        if str(extra).startswith("-") or "=" not in str(extra):
+            problems.append(f"invalid ssh_options entry {extra!r} (expected Key=Value)")
+    sizes = options.get("sizes", [])
+    for size in sizes if isinstance(sizes, list) else [sizes]:
+        if not SIZE_PATTERN.fullmatch(str(size)):
+            problems.append(f"invalid size {size!r} in sizes (expected WIDTHxHEIGHT)")
+    for key in ("display_base", "ssh_port"):
+        value = options.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            problems.append(f"{key} must be a whole number, not {value!r}")
+    for key in ("ssh_connect_timeout", "start_timeout", "stop_timeout"):
+        value = options.get(key)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int | float) or value <= 0
+        ):
+            problems.append(f"{key} must be a number of seconds above 0, not {value!r}")
+    return problems
+
+
 class X11VNCSession(RemoteServiceScript):
-    """One instance of the session type: one X display and VNC port on one node."""
+    """One instance of the session type: one X display and VNC port on one node.
+
+    Raises:
+        ValueError: the type's options are wrong (:func:`option_problems`).
+    """
+
+    def __init__(
+        self,
+        name: str = "",
+        count: int = 1,
+        index: int = 0,
+        common_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(name, count=count, index=index, common_options=common_options)
+        problems = option_problems(self._common_options)
+        if problems:
+            raise ValueError("; ".join(problems))
 
     def option(self, key: str, default: Any) -> Any:
         value = self._common_options.get(key)
