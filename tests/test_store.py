@@ -289,3 +289,39 @@ def test_the_database_store_keeps_its_sqlite_connection_until_it_breaks(tmp_path
         "renewed": True,
         "ended": True,
     }
+
+
+_DJANGO_RETRY = """
+import json, pathlib, sys
+from vizgate.web import setup_django
+setup_django(pathlib.Path(sys.argv[1]), allowed_hosts=["localhost"])
+from vizgate.store import SessionEventRecord, SessionRecord, StoreUnavailable, ThreadedStore
+from vizgate.web.portal.models import SessionEvent
+from vizgate.web.portal.store import DjangoSessionStore
+
+class AnswerLost(DjangoSessionStore):
+    # The first write with events commits, then the connection is cut before the answer.
+    cut = 0
+    def write(self, changes):
+        super().write(changes)
+        if not self.cut and any(isinstance(c, SessionEventRecord) for c in changes):
+            self.cut += 1
+            raise StoreUnavailable("connection lost after COMMIT")
+
+record = SessionRecord(**json.loads(sys.argv[2]))
+store = AnswerLost()
+threaded = ThreadedStore(store, retry_delays=(0.01,))
+threaded.save(record)
+threaded.add_event(SessionEventRecord(record.id, "reserved", 1_700_000_001.0))
+threaded.add_event(SessionEventRecord(record.id, "connected", 1_700_000_002.0))
+threaded.close()
+print(json.dumps({"cut": store.cut,
+                  "events": list(SessionEvent.objects.values_list("kind", flat=True))}))
+"""
+
+
+def test_a_write_tried_again_after_its_commit_adds_no_line_twice(tmp_path: Path) -> None:
+    result = run_python(
+        "-c", _DJANGO_RETRY, str(tmp_path / "data"), json.dumps(asdict(record("twice")))
+    )
+    assert json.loads(result.stdout) == {"cut": 1, "events": ["reserved", "connected"]}

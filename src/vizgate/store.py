@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import queue
+import secrets
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -100,7 +101,11 @@ class SessionRecord:
 
 @dataclass(frozen=True)
 class SessionEventRecord:
-    """One line of the audit trail."""
+    """One line of the audit trail.
+
+    ``key`` is random and unique: a write tried again after its commit went through but the
+    answer was lost (a connection cut at that moment) leaves the line once, not twice.
+    """
 
     session_id: str
     kind: str
@@ -108,6 +113,7 @@ class SessionEventRecord:
     user: str = ""
     client: str = ""
     detail: str = ""
+    key: str = field(default_factory=lambda: secrets.token_hex(8))
 
 
 class SessionStore(Protocol):

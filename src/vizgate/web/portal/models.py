@@ -79,6 +79,13 @@ class SessionEvent(models.Model):
     user = models.CharField(max_length=150, blank=True)
     client = models.CharField("client address", max_length=100, blank=True)
     detail = models.TextField(blank=True)
+    key = models.CharField(
+        max_length=32,
+        unique=True,
+        null=True,
+        editable=False,
+        help_text="random; a write tried again does not add the line twice",
+    )
 
     class Meta:
         ordering = ("at", "id")

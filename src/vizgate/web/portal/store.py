@@ -71,11 +71,11 @@ class DjangoSessionStore:
                     continue
                 # Events refer to their session: those before this record go in first.
                 if events:
-                    SessionEvent.objects.bulk_create(events)
+                    _insert_events(events)
                     events = []
                 self._save(change)
             if events:
-                SessionEvent.objects.bulk_create(events)
+                _insert_events(events)
 
     def save(self, record: SessionRecord) -> None:
         self.write([record])
@@ -152,6 +152,11 @@ def _session_row(record: SessionRecord) -> Session:
 _UPDATED_FIELDS = [field.name for field in Session._meta.concrete_fields if not field.primary_key]
 
 
+def _insert_events(events: list[SessionEvent]) -> None:
+    # A line whose key is there already was written by an earlier try of this write.
+    SessionEvent.objects.bulk_create(events, ignore_conflicts=True)
+
+
 def _event_row(event: SessionEventRecord) -> SessionEvent:
     return SessionEvent(
         session_id=event.session_id,
@@ -160,4 +165,5 @@ def _event_row(event: SessionEventRecord) -> SessionEvent:
         user=event.user,
         client=event.client,
         detail=event.detail,
+        key=event.key,
     )
