@@ -69,7 +69,7 @@ class DjangoSessionStore:
                 if isinstance(change, SessionEventRecord):
                     events.append(_event_row(change))
                     continue
-                # Events refer to their session: those before this record go in first.
+                # In the order asked for: the events queued before this record go in first.
                 if events:
                     _insert_events(events)
                     events = []
