@@ -77,12 +77,18 @@ class BrokerRecords(BrokerViews):
 
     async def _until_saved(self, session: LiveSession, what_goes_on: str) -> None:
         """Wait until what was written of ``session`` so far is saved, or
-        :data:`SAVE_BEFORE_READY_TIMEOUT` (the database is away: ``what_goes_on`` anyway)."""
-        if self.store is not None and not await self.store.caught_up(SAVE_BEFORE_READY_TIMEOUT):
-            # During an outage, which the store logged as it began, one line per session
-            # would only repeat it.
+        :data:`SAVE_BEFORE_READY_TIMEOUT` (the database is away: ``what_goes_on`` anyway).
+        During an outage the store already knows of, nothing is waited for."""
+        store = self.store
+        if store is None:
+            return
+        if store.away:
+            # The store logged the outage as it began: a line per session would repeat it.
+            logger.debug("%s: the database is away; %s unsaved", session.label, what_goes_on)
+            return
+        if not await store.caught_up(SAVE_BEFORE_READY_TIMEOUT):
             logger.log(
-                logging.DEBUG if self.store.away else logging.WARNING,
+                logging.DEBUG if store.away else logging.WARNING,
                 "%s: the session store is behind; %s before the session is saved",
                 session.label,
                 what_goes_on,
