@@ -492,6 +492,10 @@ def test_metrics_follow_a_session_from_reservation_to_its_end(gateway: GatewayPr
     token = gateway.request(reserve_path("Echo"), authorized()).json()["token"]
     reserved = scrape(gateway)
     assert reserved[f'vizgate_sessions{{{echo},state="reserved"}}'] == 1
+    # The token came once its reservation was saved: a transaction with its record and event.
+    assert reserved["vizgate_store_transactions_total"] > before["vizgate_store_transactions_total"]
+    assert reserved["vizgate_store_changes_total"] >= before["vizgate_store_changes_total"] + 2
+    assert reserved["vizgate_store_write_seconds_total"] > 0
 
     with websockets.sync.client.connect(
         f"ws://127.0.0.1:{gateway.port}/websockify?token={token}", open_timeout=scaled(10)

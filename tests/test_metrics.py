@@ -9,6 +9,7 @@ import pytest
 from snapshots import session_info
 from vizgate.metrics import START_BUCKETS, SessionTally, exposition
 from vizgate.sessions import ServiceInfo, SessionInfo
+from vizgate.store import StoreActivity
 
 STATES = ["reserved", "starting", "running"]
 
@@ -57,6 +58,9 @@ def test_every_family_has_one_help_and_one_type_line_before_its_samples() -> Non
     assert seen == [
         "vizgate_new_sessions_paused",
         "vizgate_store_writes_waiting",
+        "vizgate_store_transactions_total",
+        "vizgate_store_changes_total",
+        "vizgate_store_write_seconds_total",
         "vizgate_instances",
         "vizgate_sessions",
         "vizgate_viewers",
@@ -142,3 +146,17 @@ def test_the_writes_waiting_for_the_database_are_a_gauge() -> None:
     some = samples(exposition([service("A")], [], SessionTally(), states=STATES, store_waiting=7))
     assert none["vizgate_store_writes_waiting"] == 0
     assert some["vizgate_store_writes_waiting"] == 7
+
+
+def test_what_the_store_wrote_is_counted() -> None:
+    none = samples(exposition([service("A")], [], SessionTally(), states=STATES))
+    activity = StoreActivity(transactions=3, changes=11, seconds=0.0125)
+    some = samples(
+        exposition([service("A")], [], SessionTally(), states=STATES, store_activity=activity)
+    )
+    assert none["vizgate_store_transactions_total"] == 0
+    assert (
+        some["vizgate_store_transactions_total"],
+        some["vizgate_store_changes_total"],
+        some["vizgate_store_write_seconds_total"],
+    ) == (3, 11, 0.0125)

@@ -171,6 +171,9 @@ def test_what_queues_up_during_a_write_is_written_together_in_order() -> None:
         store.close()
     # One commit for the first, then as few as the limit allows, in the order asked for.
     assert [len(batch) for batch in held.batches] == [1, BATCH_LIMIT, 50]
+    activity = store.activity()
+    assert (activity.transactions, activity.changes) == (3, BATCH_LIMIT + 51)
+    assert activity.seconds > 0
     assert [name for batch in held.batches for name in batch] == [
         "first",
         *(f"s{number}" for number in range(BATCH_LIMIT + 50)),

@@ -19,6 +19,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from vizgate.sessions import ServiceInfo, SessionInfo
+from vizgate.store import StoreActivity
 
 __all__ = ["CONTENT_TYPE", "START_BUCKETS", "SessionTally", "exposition"]
 
@@ -94,6 +95,7 @@ def exposition(
     states: Sequence[str],
     paused: bool = False,
     store_waiting: int = 0,
+    store_activity: StoreActivity | None = None,
 ) -> str:
     """The metrics as Prometheus' text exposition format.
 
@@ -104,6 +106,7 @@ def exposition(
         states: the live states, each reported for every type (0 when none is in it).
         paused: new sessions are paused (:mod:`vizgate.pause`).
         store_waiting: session changes not yet written to the database.
+        store_activity: what the session store has written (none without a database).
     """
     names = [service.name for service in services]
     lines: list[str] = []
@@ -120,6 +123,29 @@ def exposition(
         "gauge",
         "Session changes not yet written to the database; they pile up while it is away.",
         [("", store_waiting)],
+    )
+    activity = store_activity or StoreActivity()
+    _family(
+        lines,
+        "vizgate_store_transactions_total",
+        "counter",
+        "Transactions the session store committed (each holds the changes queued meanwhile).",
+        [("", activity.transactions)],
+    )
+    _family(
+        lines,
+        "vizgate_store_changes_total",
+        "counter",
+        "Session changes (records and audit lines) the session store wrote.",
+        [("", activity.changes)],
+    )
+    _family(
+        lines,
+        "vizgate_store_write_seconds_total",
+        "counter",
+        "Seconds the session store spent in committed transactions; divided by the "
+        "transactions, the time a reservation or a start waits for the database.",
+        [("", round(activity.seconds, 6))],
     )
     _family(
         lines,

@@ -32,6 +32,7 @@ __all__ = [
     "SessionEventRecord",
     "SessionRecord",
     "SessionStore",
+    "StoreActivity",
     "StoreUnavailable",
     "ThreadedStore",
 ]
@@ -180,6 +181,17 @@ class StoreUnavailable(Exception):
 RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0)
 
 
+@dataclass(frozen=True)
+class StoreActivity:
+    """What the store thread has written since it started, for ``/metrics``: transactions
+    committed, the session changes in them, and the seconds they took (reservations and
+    starts wait for them)."""
+
+    transactions: int = 0
+    changes: int = 0
+    seconds: float = 0.0
+
+
 class _Stop:
     """Put on the queue by :meth:`ThreadedStore.close`: the writer thread ends there."""
 
@@ -228,6 +240,7 @@ class ThreadedStore:
         self._away_since: float | None = None
         self._waiting = 0
         self._waiting_lock = threading.Lock()
+        self._activity = StoreActivity()
         self._thread = threading.Thread(target=self._run, name="vizgate-store", daemon=True)
         self._thread.start()
 
@@ -251,6 +264,11 @@ class ThreadedStore:
         """How many writes are not done yet (they pile up while the store is unavailable)."""
         with self._waiting_lock:
             return self._waiting
+
+    def activity(self) -> StoreActivity:
+        """What has been written so far."""
+        with self._waiting_lock:
+            return self._activity
 
     def _put(self, change: Change) -> None:
         with self._waiting_lock:
@@ -333,6 +351,7 @@ class ThreadedStore:
         """Write ``changes`` together, trying again while the store is unavailable."""
         attempt = 0
         while True:
+            began = time.monotonic()
             try:
                 self.store.write(changes)
             except StoreUnavailable as exc:
@@ -349,6 +368,12 @@ class ThreadedStore:
                     self._dropped += len(changes)
                     return
                 continue
+            took = time.monotonic() - began
+            with self._waiting_lock:
+                done = self._activity
+                self._activity = StoreActivity(
+                    done.transactions + 1, done.changes + len(changes), done.seconds + took
+                )
             if self._away_since is not None:
                 logger.warning(
                     "the session store reaches the database again after %.0f s",

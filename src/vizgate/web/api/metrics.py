@@ -42,5 +42,6 @@ async def metrics(request: HttpRequest) -> HttpResponse:
         states=_STATES,
         paused=broker.paused() is not None,
         store_waiting=broker.store.waiting() if broker.store is not None else 0,
+        store_activity=broker.store.activity() if broker.store is not None else None,
     )
     return HttpResponse(text, content_type=CONTENT_TYPE)
