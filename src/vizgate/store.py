@@ -114,7 +114,7 @@ class SessionEventRecord:
     user: str = ""
     client: str = ""
     detail: str = ""
-    key: str = field(default_factory=lambda: secrets.token_hex(8))
+    key: str = field(default_factory=lambda: secrets.token_hex(16))
 
 
 class SessionStore(Protocol):
@@ -239,7 +239,7 @@ class ThreadedStore:
         #: When the store became unavailable (monotonic), while it is.
         self._away_since: float | None = None
         self._waiting = 0
-        self._waiting_lock = threading.Lock()
+        self._lock = threading.Lock()
         self._activity = StoreActivity()
         self._thread = threading.Thread(target=self._run, name="vizgate-store", daemon=True)
         self._thread.start()
@@ -262,16 +262,16 @@ class ThreadedStore:
 
     def waiting(self) -> int:
         """How many writes are not done yet (they pile up while the store is unavailable)."""
-        with self._waiting_lock:
+        with self._lock:
             return self._waiting
 
     def activity(self) -> StoreActivity:
         """What has been written so far."""
-        with self._waiting_lock:
+        with self._lock:
             return self._activity
 
     def _put(self, change: Change) -> None:
-        with self._waiting_lock:
+        with self._lock:
             self._waiting += 1
         self._queue.put(change)
 
@@ -325,7 +325,7 @@ class ThreadedStore:
                     break
             if changes:
                 self._write(changes)
-                with self._waiting_lock:
+                with self._lock:
                     self._waiting -= len(changes)
             for marker in markers:
                 _tell(marker)
@@ -369,7 +369,7 @@ class ThreadedStore:
                     return
                 continue
             took = time.monotonic() - began
-            with self._waiting_lock:
+            with self._lock:
                 done = self._activity
                 self._activity = StoreActivity(
                     done.transactions + 1, done.changes + len(changes), done.seconds + took
