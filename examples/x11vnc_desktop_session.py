@@ -80,6 +80,11 @@ def is_this_machine(host: str) -> bool:
     return host.lower() in {name.lower() for name in names}
 
 
+def is_ssh_option(setting: str) -> bool:
+    """A ``Key=Value`` setting for ``ssh -o``, never something ssh could read as a flag."""
+    return not setting.startswith("-") and "=" in setting
+
+
 def new_password() -> str:
     """A fresh VNC password: 8 random letters and digits."""
     return "".join(secrets.choice(PASSWORD_ALPHABET) for _ in range(PASSWORD_LENGTH))
@@ -140,7 +145,7 @@ def option_problems(options: Mapping[str, Any]) -> list[str]:
         problems.append(f"ssh_options must be a list of Key=Value settings, not {extras!r}")
         extras = []
     for extra in extras:
-        if str(extra).startswith("-") or "=" not in str(extra):
+        if not is_ssh_option(str(extra)):
             problems.append(f"invalid ssh_options entry {extra!r} (expected Key=Value)")
     sizes = options.get("sizes", [])
     for size in sizes if isinstance(sizes, list) else [sizes]:
@@ -183,14 +188,10 @@ class X11VNCSession(RemoteServiceScript):
         return default if value is None else value
 
     def nodes(self) -> list[str]:
-        """The nodes the type's instances run on, in turn."""
+        """The nodes the type's instances run on, in turn (checked at realize time)."""
         hosts = self.option("hosts", None)
         if hosts is None:
             return [str(self.option("host", "localhost"))]
-        if self._common_options.get("host") is not None:
-            raise ValueError("give host or hosts, not both")
-        if not isinstance(hosts, list) or not hosts:
-            raise ValueError(f"hosts must be a list of node names, not {hosts!r}")
         return [str(host) for host in hosts]
 
     def display(self) -> int:
@@ -230,7 +231,7 @@ class X11VNCSession(RemoteServiceScript):
         ]
         for extra in self.option("ssh_options", []):
             extra = str(extra)
-            if extra.startswith("-") or "=" not in extra:
+            if not is_ssh_option(extra):
                 raise ValueError(f"invalid ssh_options entry {extra!r} (expected Key=Value)")
             argv += ["-o", extra]
         if self.option("ssh_port", None) is not None:
@@ -262,11 +263,7 @@ class X11VNCSession(RemoteServiceScript):
 
     def fail(self, action: str, reason: object) -> bool:
         reason = " ".join(str(reason).split())
-        try:
-            where = f" on {self.node()}"
-        except ValueError:  # the nodes themselves are what is wrong: the reason says so
-            where = ""
-        print(f"{self!r}: {action} failed{where}: {reason}", file=sys.stderr)
+        print(f"{self!r}: {action} failed on {self.node()}: {reason}", file=sys.stderr)
         return False
 
     def start(
