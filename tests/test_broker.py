@@ -680,7 +680,7 @@ async def test_a_viewer_gets_the_desktop_only_once_its_running_session_is_saved(
 async def test_a_store_that_cannot_save_delays_the_desktop_only_so_long(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(broker_records, "SAVE_BEFORE_READY_TIMEOUT", 0.1)
+    monkeypatch.setattr(broker_records, "SAVE_WAIT_TIMEOUT", 0.1)
     store = HeldStore()
     broker = await held_broker(tmp_path, store)
     try:
@@ -731,7 +731,7 @@ async def test_during_an_outage_sessions_go_on_without_a_wait_or_a_warning_each(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Longer than the test may take: once the outage is known, nothing waits for the store.
-    monkeypatch.setattr(broker_records, "SAVE_BEFORE_READY_TIMEOUT", 1000.0)
+    monkeypatch.setattr(broker_records, "SAVE_WAIT_TIMEOUT", 1000.0)
     caplog.set_level(logging.WARNING)
     path = tmp_path / "external_services.json"
     path.write_text(

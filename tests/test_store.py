@@ -265,16 +265,16 @@ from vizgate.store import SessionRecord
 from vizgate.web.portal.store import DjangoSessionStore
 store = DjangoSessionStore()
 record = SessionRecord(**json.loads(sys.argv[2]))
-store.save(record)
+store.write([record])
 first = connection.connection
-store.save(replace(record, state="running"))
+store.write([replace(record, state="running")])
 kept = connection.connection is first
 first.close()  # broken under Django's feet
 try:
-    store.save(replace(record, state="ended"))
+    store.write([replace(record, state="ended")])
 except Exception as exc:
     failed = type(exc).__name__
-store.save(replace(record, state="ended"))
+store.write([replace(record, state="ended")])
 print(json.dumps({"kept": kept, "failed": failed, "renewed": connection.connection is not first,
                   "ended": store.load_live() == []}))
 """

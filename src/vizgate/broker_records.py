@@ -15,13 +15,14 @@ from vizgate.broker_views import BrokerViews
 from vizgate.live import LiveSession
 from vizgate.store import SessionEventRecord, ThreadedStore
 
-__all__ = ["SAVE_BEFORE_READY_TIMEOUT", "BrokerRecords", "set_ready"]
+__all__ = ["SAVE_WAIT_TIMEOUT", "BrokerRecords", "set_ready"]
 
 logger = logging.getLogger("vizgate.broker")
 
-#: The longest a viewer waits for its session's "running" to be saved; past it (the database is
-#: away) the viewer is let in anyway: a desktop now matters more than surviving a crash.
-SAVE_BEFORE_READY_TIMEOUT = 2.0
+#: The longest a token waits for its reservation to be saved, and a viewer for its session's
+#: "running"; past it (the database is away) they go on anyway: a desktop now matters more
+#: than surviving a crash.
+SAVE_WAIT_TIMEOUT = 2.0
 
 
 def set_ready(session: LiveSession, host: str, port: int) -> None:
@@ -77,7 +78,7 @@ class BrokerRecords(BrokerViews):
 
     async def _until_saved(self, session: LiveSession, what_goes_on: str) -> None:
         """Wait until what was written of ``session`` so far is saved, or
-        :data:`SAVE_BEFORE_READY_TIMEOUT` (the database is away: ``what_goes_on`` anyway).
+        :data:`SAVE_WAIT_TIMEOUT` (the database is away: ``what_goes_on`` anyway).
         During an outage the store already knows of, nothing is waited for."""
         store = self.store
         if store is None:
@@ -86,7 +87,7 @@ class BrokerRecords(BrokerViews):
             # The store logged the outage as it began: a line per session would repeat it.
             logger.debug("%s: the database is away; %s unsaved", session.label, what_goes_on)
             return
-        if not await store.caught_up(SAVE_BEFORE_READY_TIMEOUT):
+        if not await store.caught_up(SAVE_WAIT_TIMEOUT):
             logger.log(
                 logging.DEBUG if store.away else logging.WARNING,
                 "%s: the session store is behind; %s before the session is saved",

@@ -77,12 +77,6 @@ class DjangoSessionStore:
             if events:
                 _insert_events(events)
 
-    def save(self, record: SessionRecord) -> None:
-        self.write([record])
-
-    def add_event(self, event: SessionEventRecord) -> None:
-        self.write([event])
-
     def _load_live(self) -> list[SessionRecord]:
         return [
             SessionRecord(
