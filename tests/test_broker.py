@@ -645,10 +645,13 @@ class HeldStore(MemoryStore):
         super().save(record)
 
 
-async def held_broker(tmp_path: Path, store: HeldStore) -> Broker:
+async def held_broker(tmp_path: Path, store: MemoryStore, count: int = 1) -> Broker:
+    """An open broker of one double type saving to ``store``."""
     path = tmp_path / "external_services.json"
     path.write_text(
-        json.dumps({"Desktop": {"script": str(DOUBLE_SESSION_SCRIPT), "count": 1, "options": {}}})
+        json.dumps(
+            {"Desktop": {"script": str(DOUBLE_SESSION_SCRIPT), "count": count, "options": {}}}
+        )
     )
     broker = Broker(load_catalog(path), timeouts=FAST, probe_interval=0.02, store=store)
     await broker.open()
@@ -733,13 +736,8 @@ async def test_during_an_outage_sessions_go_on_without_a_wait_or_a_warning_each(
     # Longer than the test may take: once the outage is known, nothing waits for the store.
     monkeypatch.setattr(broker_records, "SAVE_WAIT_TIMEOUT", 1000.0)
     caplog.set_level(logging.WARNING)
-    path = tmp_path / "external_services.json"
-    path.write_text(
-        json.dumps({"Desktop": {"script": str(DOUBLE_SESSION_SCRIPT), "count": 2, "options": {}}})
-    )
     store = AwayStore()
-    broker = Broker(load_catalog(path), timeouts=FAST, probe_interval=0.02, store=store)
-    await broker.open()
+    broker = await held_broker(tmp_path, store, count=2)
     try:
         # The store learns of the outage at its first write.
         broker.store.add_event(SessionEventRecord("none", "probe", 1_700_000_000.0))  # type: ignore[union-attr]
