@@ -17,7 +17,7 @@ import contextlib
 import random
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from bench.connections import BenchError, Connection, Target
@@ -43,6 +43,7 @@ __all__ = [
     "download",
     "echo_load",
     "first_byte",
+    "interleaved_round_trips",
     "percentile",
     "round_trips",
     "snapshot_of",
@@ -203,33 +204,110 @@ async def round_trips(
     target: Target, count: int, *, size: int = 100, warmup: int = 50, timeout: float = 300.0
 ) -> RoundTrips:
     """``count`` echoes of a ``size``-byte message through ``target``, each awaited in turn."""
-    receiver = Echo()
-    connection = await target.open(receiver)
-    latencies: list[float] = []
-    snapshot = snapshot_of(target)
+    measured = await interleaved_round_trips(
+        [target], count, block=warmup + count, size=size, warmup=warmup, timeout=timeout
+    )
+    return measured[target.name]
+
+
+@dataclass
+class _EchoLine:
+    """One target's connection in :func:`interleaved_round_trips`, and what it measured."""
+
+    target: Target
+    receiver: Echo
+    connection: Connection | None = None
+    proxy_cpu_seconds: float | None = 0.0
+    error: str = ""
+
+
+async def interleaved_round_trips(
+    targets: Sequence[Target],
+    count: int,
+    *,
+    block: int = 250,
+    size: int = 100,
+    warmup: int = 50,
+    timeout: float = 300.0,
+) -> dict[str, RoundTrips]:
+    """``count`` echoes through each of ``targets``, in blocks of ``block`` taken in turn.
+
+    A connection per target stays open throughout; the targets' blocks alternate, in an order
+    rotated from one round of blocks to the next, so every target's round trips are spread over
+    the same seconds of a shared machine instead of each having its own. The proxy's CPU is
+    summed over its own blocks.
+    """
+    lines = [_EchoLine(target, Echo()) for target in targets]
+    latencies: dict[str, list[float]] = {line.target.name: [] for line in lines}
+    try:
+        for line in lines:
+            try:
+                async with asyncio.timeout(timeout):
+                    line.connection = await line.target.open(line.receiver)
+                    await line.receiver.start(line.connection, MODE_ECHO)
+                    await line.receiver.ready
+            except (BenchError, TimeoutError) as exc:
+                line.error = _describe(exc)
+        total = warmup + count
+        for round_number, first in enumerate(range(0, total, block)):
+            shift = round_number % len(lines)
+            for line in lines[shift:] + lines[:shift]:
+                if line.error or line.connection is None:
+                    continue
+                await _echo_block(
+                    line, range(first, min(first + block, total)), size, warmup, latencies, timeout
+                )
+    finally:
+        for line in lines:
+            if line.connection is not None:
+                await _close(line.connection)
+            line.target.done_with_connections()
+    return {
+        line.target.name: RoundTrips(
+            size,
+            latencies[line.target.name],
+            None if line.error else line.proxy_cpu_seconds,
+            not line.error,
+            line.error,
+        )
+        for line in lines
+    }
+
+
+async def _echo_block(
+    line: _EchoLine,
+    indices: range,
+    size: int,
+    warmup: int,
+    latencies: dict[str, list[float]],
+    timeout: float,
+) -> None:
+    assert line.connection is not None
+    snapshot = snapshot_of(line.target)
+    recorded = latencies[line.target.name]
     try:
         async with asyncio.timeout(timeout):
-            await receiver.start(connection, MODE_ECHO)
-            await receiver.ready
             start = snapshot()
-            for index in range(warmup + count):
+            for index in indices:
                 offset = (index * 7919) % (PATTERN_PERIOD - size)
                 message = PATTERN[offset : offset + size]
-                waiter = receiver.expect(size)
+                waiter = line.receiver.expect(size)
                 sent_at = time.perf_counter()
-                connection.write(message)
+                line.connection.write(message)
                 arrived_at, answer = await waiter
                 if answer != message:
-                    return RoundTrips(size, latencies, None, False, "an echo differs")
+                    line.error = "an echo differs"
+                    return
                 if index >= warmup:
-                    latencies.append(arrived_at - sent_at)
-            end = snapshot()
-        return RoundTrips(size, latencies, _window(start, end)[1], True)
+                    recorded.append(arrived_at - sent_at)
+            proxy_cpu = _window(start, snapshot())[1]
     except (BenchError, TimeoutError) as exc:
-        return RoundTrips(size, latencies, None, False, _describe(exc))
-    finally:
-        await _close(connection)
-        target.done_with_connections()
+        line.error = _describe(exc)
+        return
+    if proxy_cpu is None or line.proxy_cpu_seconds is None:
+        line.proxy_cpu_seconds = None
+    else:
+        line.proxy_cpu_seconds += proxy_cpu
 
 
 @dataclass

@@ -52,7 +52,14 @@ import uvloop
 
 from bench import profiling
 from bench.backends import raise_open_files_limit
-from bench.clients import download, echo_load, first_byte, round_trips, upload
+from bench.clients import (
+    download,
+    echo_load,
+    first_byte,
+    interleaved_round_trips,
+    round_trips,
+    upload,
+)
 from bench.connections import Target
 from bench.processes import Process, tree_pss_kib
 from bench.report import (
@@ -101,6 +108,7 @@ class Settings:
         down_bytes: bytes per downstream transfer.
         up_bytes: bytes per upstream transfer.
         round_trips: timed round trips per repetition.
+        round_trip_block: round trips a target makes before the next target takes its turn.
         repeats: repetitions of the throughput and round-trip measurements.
         concurrency: how many simultaneous tunnels, one load run per number.
         concurrency_seconds: how long each load runs.
@@ -115,6 +123,7 @@ class Settings:
     down_bytes: int = 512 * MIB
     up_bytes: int = 512 * MIB
     round_trips: int = 5000
+    round_trip_block: int = 250
     repeats: int = 9
     concurrency: tuple[int, ...] = (100, 500, 1000)
     concurrency_seconds: float = 10.0
@@ -130,6 +139,7 @@ SMOKE = Settings(
     down_bytes=3 * MIB + 12345,
     up_bytes=3 * MIB + 6789,
     round_trips=100,
+    round_trip_block=40,
     repeats=1,
     concurrency=(20,),
     concurrency_seconds=1.0,
@@ -197,13 +207,13 @@ async def measure_throughput(
                 )
                 if not transfer.ok:
                     report.failures.append(f"{target.name} {direction}: {transfer.error}")
-        for target in with_references:
-            trips = await round_trips(target, settings.round_trips)
-            report.round_trips.setdefault(target.name, []).append(
-                trips_json(target.name, repeat, trips)
-            )
+        measured = await interleaved_round_trips(
+            with_references, settings.round_trips, block=settings.round_trip_block
+        )
+        for name, trips in measured.items():
+            report.round_trips.setdefault(name, []).append(trips_json(name, repeat, trips))
             if not trips.ok:
-                report.failures.append(f"{target.name} round trips: {trips.error}")
+                report.failures.append(f"{name} round trips: {trips.error}")
 
 
 async def measure_load(
@@ -403,6 +413,13 @@ async def run(
 # The command line
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive whole number")
+    return value
+
+
 def _sizes(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in text.split(",") if part.strip())
 
@@ -415,6 +432,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--down-mib", type=float, help="MiB per downstream transfer")
     parser.add_argument("--up-mib", type=float, help="MiB per upstream transfer")
     parser.add_argument("--round-trips", type=int, help="timed round trips per repetition")
+    parser.add_argument(
+        "--round-trip-block", type=_positive, help="round trips per target before the next one's turn"
+    )
     parser.add_argument("--concurrency", type=_sizes, help="tunnel counts, e.g. 100,500,1000")
     parser.add_argument("--concurrency-seconds", type=float, help="seconds each load runs")
     parser.add_argument(
@@ -435,6 +455,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("down_mib", "down_bytes", MIB),
         ("up_mib", "up_bytes", MIB),
         ("round_trips", "round_trips", 1),
+        ("round_trip_block", "round_trip_block", 1),
         ("concurrency", "concurrency", None),
         ("concurrency_seconds", "concurrency_seconds", None),
         ("websockify_concurrency", "websockify_concurrency", None),
