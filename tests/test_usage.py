@@ -8,6 +8,7 @@ import csv
 import datetime
 import io
 import json
+import random
 import re
 import subprocess
 from pathlib import Path
@@ -18,7 +19,7 @@ from gateway import run_python, start_gateway, write_config
 from portal_client import Account, Browser, create_accounts, open_socket
 from support import scaled, wait_until
 from vizgate.testing.doubles import RFB_GREETING
-from vizgate.usage import SessionUse, parse_moment, run_seconds, usage_by
+from vizgate.usage import SessionUse, UsageTally, parse_moment, run_seconds, usage_by
 
 UTC = datetime.UTC
 
@@ -104,6 +105,43 @@ def test_the_peak_is_the_most_runs_at_once() -> None:
     # One more beside a and c makes four.
     [busier] = usage_by([*uses, use("b", "bob", at(10), at(11))], "type", *DAY_ONE, NOW)
     assert busier.peak == 4
+
+
+def test_the_peak_agrees_with_counting_at_every_start() -> None:
+    # Whole minutes, so runs often begin exactly when others end.
+    rng = random.Random(7)
+    uses = []
+    for number in range(300):
+        start = at(0) + datetime.timedelta(minutes=rng.randrange(0, 24 * 60))
+        stop = start + datetime.timedelta(minutes=rng.randrange(1, 180))
+        uses.append(use(f"s{number}", f"u{number % 5}", start, stop, f"T{number % 3}"))
+    for by in ("type", "user"):
+        for total in usage_by(uses, by, *DAY_ONE, NOW):
+            mine = [u for u in uses if (u.service if by == "type" else u.user) == total.key]
+            runs = [(max(u.started, DAY_ONE[0]), min(u.ended, DAY_ONE[1])) for u in mine]  # type: ignore[type-var]
+            runs = [(a, b) for a, b in runs if b > a]
+            most = max(sum(1 for a, b in runs if a <= s < b) for s, _ in runs)
+            assert (total.sessions, total.peak) == (len(runs), most)
+            assert total.peak > 1
+
+
+def test_a_tally_sums_by_type_and_by_user_reading_each_session_once() -> None:
+    uses = [
+        use("a", "alice", at(9), at(12)),
+        use("b", "bob", at(10), at(11), service="Render"),
+        use("c", "", at(11), None),
+    ]
+    # A generator can be read once: both sums come from the same pass.
+    tally = UsageTally(*DAY_ONE, NOW).add_all(u for u in uses)
+    assert tally.totals("type") == usage_by(uses, "type", *DAY_ONE, NOW)
+    assert tally.totals("user") == usage_by(uses, "user", *DAY_ONE, NOW)
+    assert [(t.key, t.sessions, t.hours) for t in tally.totals("user")] == [
+        ("-", 1, 13.0),
+        ("alice", 1, 3.0),
+        ("bob", 1, 1.0),
+    ]
+    with pytest.raises(ValueError, match="cannot group by 'host'"):
+        UsageTally(*DAY_ONE, NOW, ("type", "host"))
 
 
 def test_dates_on_the_command_line() -> None:
@@ -199,6 +237,51 @@ def test_sessions_lists_a_users_sessions_of_a_window(history: Path) -> None:
     assert lines[0][:4] == ["session", "type", "user", "state"]
     assert [line[0] for line in lines[1:]] == ["s1", "s2"]
     assert "2:00:00" in lines[1]
+
+
+_NO_SESSIONS = ("--since", "2026-10-01", "--until", "2026-10-02")
+
+
+def test_json_is_written_as_read_in_the_same_layout(history: Path) -> None:
+    listed = vizgate(history, "sessions", "--since", "2026-11-01", "--format", "json")
+    assert listed.returncode == 0, listed.stderr
+    rows = json.loads(listed.stdout)
+    # In the order they were made (s2 at 22:00).
+    assert [row["id"] for row in rows] == ["s1", "s3", "s4", "s2"]
+    assert listed.stdout == json.dumps(rows, indent=1) + "\n"
+    empty = vizgate(history, "sessions", *_NO_SESSIONS, "--format", "json")
+    assert (empty.returncode, empty.stdout) == (0, "[]\n")
+    nothing = vizgate(history, "sessions", *_NO_SESSIONS, "--format", "csv")
+    assert (nothing.returncode, nothing.stdout) == (0, "")
+
+
+_READ_IN_CHUNKS = """
+import datetime, json, pathlib, sys
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from vizgate.web import setup_django
+setup_django(pathlib.Path(sys.argv[1]), allowed_hosts=["localhost"])
+from vizgate.web.portal import history
+history.CHUNK = 2
+since = datetime.datetime(2026, 11, 1, tzinfo=datetime.UTC)
+with CaptureQueriesContext(connection) as queries:
+    uses = history.session_uses(since, since + datetime.timedelta(days=2))
+    before = len(queries)
+    first = next(uses)
+    ids = [first.id] + [use.id for use in uses]
+print(json.dumps({"before": before, "ids": ids, "sql": [q["sql"] for q in queries]}))
+"""
+
+
+def test_reports_read_the_sessions_lazily_and_only_the_columns_they_use(history: Path) -> None:
+    read = json.loads(run_python("-c", _READ_IN_CHUNKS, str(history)).stdout)
+    # Nothing is read until the first session is asked for; then all, in the order made.
+    assert read["before"] == 0
+    assert read["ids"] == ["s1", "s3", "s4", "s2"]
+    [sql] = read["sql"]
+    # Not the options, the script's state or the message: a report never needs them.
+    for column in ("options", "script_state", "message", "token_hash"):
+        assert f'"{column}"' not in sql
 
 
 @pytest.mark.parametrize(

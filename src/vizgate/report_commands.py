@@ -13,7 +13,8 @@ import csv
 import datetime
 import json
 import sys
-from collections.abc import Sequence
+import textwrap
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +33,6 @@ from vizgate.usage import (
     duration_text,
     parse_moment,
     run_seconds,
-    sorted_uses,
     usage_by,
     window_problem,
 )
@@ -119,7 +119,7 @@ class _Report:
     since: datetime.datetime
     until: datetime.datetime
     now: datetime.datetime
-    uses: list[SessionUse]
+    uses: Iterator[SessionUse]
 
 
 def _report(args: argparse.Namespace, command: str) -> _Report | int:
@@ -142,8 +142,6 @@ def _run_sessions(args: argparse.Namespace) -> int:
     if isinstance(report, int):
         return report
     since, until, now = report.since, report.until, report.now
-    uses = sorted_uses(report.uses)
-    ran = [round(run_seconds(use, since, until, now)) for use in uses]
     if args.format == "table":
         rows = [("session", "type", "user", "state", "started", "ended", "ran", "why it ended")]
         rows += [
@@ -154,15 +152,16 @@ def _run_sessions(args: argparse.Namespace) -> int:
                 use.state,
                 _short(use.started),
                 _short(use.ended),
-                duration_text(seconds),
+                duration_text(run_seconds(use, since, until, now)),
                 use.end_reason or "-",
             )
-            for use, seconds in zip(uses, ran, strict=True)
+            for use in report.uses
         ]
         print_table(rows)
         return EXIT_OK
+    # Written as read: a long window of a busy site is never in memory at once.
     _write(
-        [
+        (
             {
                 "id": use.id,
                 "type": use.service,
@@ -171,13 +170,13 @@ def _run_sessions(args: argparse.Namespace) -> int:
                 "created": _stamp(use.created),
                 "started": _stamp(use.started),
                 "ended": _stamp(use.ended),
-                "seconds": seconds,
+                "seconds": round(run_seconds(use, since, until, now)),
                 "end_reason": use.end_reason,
                 "bytes_to_viewer": use.bytes_to_client,
                 "bytes_to_server": use.bytes_to_server,
             }
-            for use, seconds in zip(uses, ran, strict=True)
-        ],
+            for use in report.uses
+        ),
         args.format,
     )
     return EXIT_OK
@@ -212,15 +211,23 @@ def _run_usage(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _write(records: Sequence[dict[str, Any]], form: str) -> None:
+def _write(records: Iterable[dict[str, Any]], form: str) -> None:
+    """``records`` as a JSON array (one-space indents) or CSV, each written as it comes."""
+    out = sys.stdout
     if form == "json":
-        print(json.dumps(list(records), indent=1))
+        opened = False
+        for record in records:
+            out.write(",\n" if opened else "[\n")
+            opened = True
+            out.write(textwrap.indent(json.dumps(record, indent=1), " "))
+        out.write("\n]\n" if opened else "[]\n")
         return
-    if not records:
-        return
-    writer = csv.DictWriter(sys.stdout, fieldnames=list(records[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(records)
+    writer: csv.DictWriter[str] | None = None
+    for record in records:
+        if writer is None:
+            writer = csv.DictWriter(out, fieldnames=list(record), lineterminator="\n")
+            writer.writeheader()
+        writer.writerow(record)
 
 
 def _stamp(moment: datetime.datetime | None) -> str:

@@ -5,24 +5,25 @@ A session runs from the moment its script's ``start()`` succeeded to its end (or
 it runs); a session that was reserved and never started ran for no time. The hours of a window
 are the part of each run inside it, so consecutive windows add up to the whole: a session that
 ran across midnight counts in both days. Nothing here touches the database: the commands read
-the rows and hand them over as :class:`SessionUse`.
+the rows and hand them over as :class:`SessionUse`, one at a time (:class:`UsageTally` keeps
+two numbers per run, so a year of a busy site is summed without holding its sessions).
 """
 
 from __future__ import annotations
 
 import datetime
-from collections import defaultdict
+from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 __all__ = [
     "GROUPINGS",
     "SessionUse",
+    "UsageTally",
     "UsageTotal",
     "duration_text",
     "parse_moment",
     "run_seconds",
-    "sorted_uses",
     "usage_by",
     "window_problem",
 ]
@@ -87,6 +88,92 @@ def run_seconds(
     return (run[1] - run[0]).total_seconds() if run is not None else 0.0
 
 
+class UsageTally:
+    """Sums sessions as they are read, by user and by type at once; holds two numbers per
+    run for the peak (its start and end), never the sessions themselves.
+
+    Args:
+        since: the window's start.
+        until: the window's end.
+        now: the moment a run that has not ended counts to.
+        groupings: what to sum by, each one of :data:`GROUPINGS`.
+
+    Raises:
+        ValueError: a grouping is not one of :data:`GROUPINGS`.
+    """
+
+    def __init__(
+        self,
+        since: datetime.datetime,
+        until: datetime.datetime,
+        now: datetime.datetime,
+        groupings: Sequence[str] = GROUPINGS,
+    ) -> None:
+        for by in groupings:
+            if by not in GROUPINGS:
+                raise ValueError(f"cannot group by {by!r}: use one of {', '.join(GROUPINGS)}")
+        self.since = since
+        self.until = until
+        self.now = now
+        self._groups: dict[str, dict[str, _Group]] = {by: {} for by in groupings}
+
+    def add(self, use: SessionUse) -> None:
+        """Count ``use``'s run inside the window (nothing when it has none)."""
+        run = _run_inside(use, self.since, self.until, self.now)
+        if run is None:
+            return
+        start, stop = run[0].timestamp(), run[1].timestamp()
+        for by, groups in self._groups.items():
+            key = (use.user or "-") if by == "user" else use.service
+            group = groups.get(key)
+            if group is None:
+                group = groups[key] = _Group()
+            group.add(start, stop)
+
+    def add_all(self, uses: Iterable[SessionUse]) -> UsageTally:
+        """:meth:`add` each of ``uses``; this tally."""
+        for use in uses:
+            self.add(use)
+        return self
+
+    def totals(self, by: str) -> list[UsageTotal]:
+        """The totals by ``by`` (one of the tally's groupings), the most used first."""
+        totals = [group.total(key) for key, group in self._groups[by].items()]
+        return sorted(totals, key=lambda total: (-total.seconds, total.key))
+
+
+class _Group:
+    """The runs of one user or type inside a window."""
+
+    __slots__ = ("seconds", "starts", "stops")
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.starts = array("d")
+        self.stops = array("d")
+
+    def add(self, start: float, stop: float) -> None:
+        self.seconds += stop - start
+        self.starts.append(start)
+        self.stops.append(stop)
+
+    def total(self, key: str) -> UsageTotal:
+        return UsageTotal(key, len(self.starts), self.seconds, _peak(self.starts, self.stops))
+
+
+def _peak(starts: Sequence[float], stops: Sequence[float]) -> int:
+    """The most runs at once; a run that ends when another begins is not beside it."""
+    starts, stops = sorted(starts), sorted(stops)
+    running = peak = ended = 0
+    for start in starts:
+        while ended < len(stops) and stops[ended] <= start:
+            ended += 1
+            running -= 1
+        running += 1
+        peak = max(peak, running)
+    return peak
+
+
 def usage_by(
     uses: Iterable[SessionUse],
     by: str,
@@ -101,33 +188,7 @@ def usage_by(
     Raises:
         ValueError: ``by`` is not one of :data:`GROUPINGS`.
     """
-    if by not in GROUPINGS:
-        raise ValueError(f"cannot group by {by!r}: use one of {', '.join(GROUPINGS)}")
-    sessions: dict[str, int] = defaultdict(int)
-    seconds: dict[str, float] = defaultdict(float)
-    # (moment, +1 or -1) as runs begin and end inside the window, for the peak.
-    changes: dict[str, list[tuple[datetime.datetime, int]]] = defaultdict(list)
-    for use in uses:
-        run = _run_inside(use, since, until, now)
-        if run is None:
-            continue
-        start, stop = run
-        key = (use.user or "-") if by == "user" else use.service
-        sessions[key] += 1
-        seconds[key] += (stop - start).total_seconds()
-        changes[key] += [(start, 1), (stop, -1)]
-    totals = [UsageTotal(key, sessions[key], seconds[key], _peak(changes[key])) for key in sessions]
-    return sorted(totals, key=lambda total: (-total.seconds, total.key))
-
-
-def _peak(changes: list[tuple[datetime.datetime, int]]) -> int:
-    """The most runs at once; a run that ends when another begins is not beside it."""
-    running = peak = 0
-    # Ends (-1) sort before beginnings (+1) at the same moment.
-    for _, change in sorted(changes):
-        running += change
-        peak = max(peak, running)
-    return peak
+    return UsageTally(since, until, now, (by,)).add_all(uses).totals(by)
 
 
 def parse_moment(text: str, *, end_of_day: bool = False) -> datetime.datetime:
@@ -163,8 +224,3 @@ def duration_text(seconds: float) -> str:
     """``H:MM:SS``, for tables."""
     whole = round(seconds)
     return f"{whole // 3600}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
-
-
-def sorted_uses(uses: Sequence[SessionUse]) -> list[SessionUse]:
-    """Sessions in the order they were made."""
-    return sorted(uses, key=lambda use: (use.created, use.id))

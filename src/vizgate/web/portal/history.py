@@ -4,13 +4,31 @@
 from __future__ import annotations
 
 import datetime
+from collections.abc import Iterator
 
 from django.db.models import Q
 
 from vizgate.usage import SessionUse
 from vizgate.web.portal.models import Session
 
-__all__ = ["session_uses"]
+__all__ = ["CHUNK", "session_uses"]
+
+
+#: The columns a :class:`SessionUse` is made of, in its fields' order.
+_COLUMNS = (
+    "id",
+    "service",
+    "user",
+    "state",
+    "created",
+    "started",
+    "ended",
+    "end_reason",
+    "bytes_to_client",
+    "bytes_to_server",
+)
+#: Rows fetched from the database at a time.
+CHUNK = 2000
 
 
 def session_uses(
@@ -19,9 +37,13 @@ def session_uses(
     *,
     user: str | None = None,
     service: str | None = None,
-) -> list[SessionUse]:
+) -> Iterator[SessionUse]:
     """The sessions made before ``until`` that had not ended before ``since`` (blocking), of
-    ``user`` and of type ``service`` when given."""
+    ``user`` and of type ``service`` when given, in the order they were made.
+
+    Read :data:`CHUNK` rows at a time, only the columns a report uses, so a year of a busy site
+    is never in memory at once.
+    """
     rows = Session.objects.filter(created__lt=until).filter(
         Q(ended__isnull=True) | Q(ended__gte=since)
     )
@@ -29,18 +51,5 @@ def session_uses(
         rows = rows.filter(user=user)
     if service:
         rows = rows.filter(service=service)
-    return [
-        SessionUse(
-            id=row.id,
-            service=row.service,
-            user=row.user,
-            state=row.state,
-            created=row.created,
-            started=row.started,
-            ended=row.ended,
-            end_reason=row.end_reason,
-            bytes_to_client=row.bytes_to_client,
-            bytes_to_server=row.bytes_to_server,
-        )
-        for row in rows
-    ]
+    for values in rows.order_by("created", "id").values_list(*_COLUMNS).iterator(CHUNK):
+        yield SessionUse(*values)

@@ -12,7 +12,7 @@ from asgiref.sync import sync_to_async
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.shortcuts import render
 
-from vizgate.usage import GROUPINGS, SessionUse, usage_by
+from vizgate.usage import GROUPINGS, UsageTally
 from vizgate.web.portal.history import session_uses
 from vizgate.web.portal.views import PortalUser, message_page, portal_view
 
@@ -22,11 +22,19 @@ __all__ = ["WINDOWS", "usage", "usage_csv"]
 WINDOWS = (30, 7, 90, 365)
 
 
+def _tally(since: datetime.datetime, now: datetime.datetime) -> UsageTally:
+    """The window's sessions summed by type and by user (blocking: reads the database)."""
+    return UsageTally(since, now, now).add_all(session_uses(since, now))
+
+
 async def _window(
     request: HttpRequest,
-) -> tuple[int, datetime.datetime, datetime.datetime, list[SessionUse]] | HttpResponse:
-    """The days asked for, the window and its sessions; or the page saying the window is not
-    one the page offers."""
+) -> tuple[int, datetime.datetime, datetime.datetime, UsageTally] | HttpResponse:
+    """The days asked for, the window and its sessions summed; or the page saying the window
+    is not one the page offers.
+
+    The sessions are read and summed in a worker thread, never on the event loop that relays
+    the desktops."""
     asked = request.GET.get("days", str(WINDOWS[0]))
     if not asked.isdigit() or int(asked) not in WINDOWS:
         return message_page(
@@ -38,7 +46,7 @@ async def _window(
     days = int(asked)
     now = datetime.datetime.now(datetime.UTC)
     since = now - datetime.timedelta(days=days)
-    return days, since, now, await sync_to_async(session_uses)(since, now)
+    return days, since, now, await sync_to_async(_tally)(since, now)
 
 
 @portal_view(staff=True)
@@ -47,7 +55,7 @@ async def usage(request: HttpRequest, user: PortalUser) -> HttpResponseBase:
     window = await _window(request)
     if isinstance(window, HttpResponse):
         return window
-    days, since, now, uses = window
+    days, since, now, tally = window
     return render(
         request,
         "portal/usage.html",
@@ -61,7 +69,7 @@ async def usage(request: HttpRequest, user: PortalUser) -> HttpResponseBase:
                     "title": title,
                     "key": key,
                     "class": f"usage-{by}s",
-                    "totals": usage_by(uses, by, since, now, now),
+                    "totals": tally.totals(by),
                 }
                 for title, key, by in (
                     ("By session type", "Type", "type"),
@@ -81,11 +89,11 @@ async def usage_csv(request: HttpRequest, user: PortalUser) -> HttpResponseBase:
     window = await _window(request)
     if isinstance(window, HttpResponse):
         return window
-    _, since, now, uses = window
+    _, since, now, tally = window
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow([by, "sessions", "hours", "most_at_once"])
-    for total in usage_by(uses, by, since, now, now):
+    for total in tally.totals(by):
         writer.writerow([total.key, total.sessions, f"{total.hours:.2f}", total.peak])
     response = HttpResponse(out.getvalue(), content_type="text/csv; charset=utf-8")
     name = f"vizgate-usage-by-{by}-{since:%Y%m%d}-{now:%Y%m%d}.csv"
