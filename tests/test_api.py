@@ -120,6 +120,7 @@ def test_with_the_security_token_status_lists_every_type(gateway: GatewayProcess
             "sizes": ["1024x768", "1600x1200"],
             "group": None,
             "choices": {},
+            "failed_recently": [],
         },
         {
             "name": "Cluster <Node>",
@@ -128,6 +129,7 @@ def test_with_the_security_token_status_lists_every_type(gateway: GatewayProcess
             "sizes": ["1024x768", "1280x1024", "1600x1200", "1920x1080"],
             "group": "ClusterRendering",
             "choices": {},
+            "failed_recently": [],
         },
         {
             "name": "Echo",
@@ -136,6 +138,7 @@ def test_with_the_security_token_status_lists_every_type(gateway: GatewayProcess
             "sizes": ["1024x768", "1280x1024", "1600x1200", "1920x1080"],
             "group": None,
             "choices": {},
+            "failed_recently": [],
         },
     ]
     assert status["sessions"] == []

@@ -296,6 +296,8 @@ async def test_failed_start(make_broker: MakeBroker, behaviour: str, message: st
     await stopped_and_freed(broker, "Desktop")
     [ended] = broker.history()
     assert (ended.end_reason, ended.message, ended.connections) == ("start_failed", message, 0)
+    # Freed, and passed over while another instance is free (tests/test_failed_instances.py).
+    assert (await broker.reserve("Desktop")).index == 1
     assert (await broker.reserve("Desktop")).index == 0
     script = double("Desktop")
     assert (script.start_calls, script.stop_calls, script.overlapped) == (1, 1, False)

@@ -62,6 +62,7 @@ def test_every_family_has_one_help_and_one_type_line_before_its_samples() -> Non
         "vizgate_store_changes_total",
         "vizgate_store_write_seconds_total",
         "vizgate_instances",
+        "vizgate_instances_failed_recently",
         "vizgate_sessions",
         "vizgate_viewers",
         "vizgate_watchers",
@@ -89,6 +90,13 @@ def test_gauges_count_live_sessions_by_type_and_state_with_zeros() -> None:
     # Live sessions' bytes count toward the counters until they end.
     assert found['vizgate_relayed_bytes_total{type="A",direction="to_viewer"}'] == 2000
     assert found['vizgate_relayed_bytes_total{type="B",direction="to_server"}'] == 10
+
+
+def test_instances_that_failed_to_start_lately_are_counted_by_type() -> None:
+    pool = replace(service("A", 3), failed_recently={0: 12.0, 2: 3.5})
+    found = samples(exposition([pool, service("B")], [], SessionTally(), states=STATES))
+    assert found['vizgate_instances_failed_recently{type="A"}'] == 2
+    assert found['vizgate_instances_failed_recently{type="B"}'] == 0
 
 
 def test_an_ended_session_moves_its_bytes_from_live_to_the_tally() -> None:

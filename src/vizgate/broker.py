@@ -58,9 +58,12 @@ from vizgate.sessions import (
 from vizgate.store import SessionRecord, SessionStore, ThreadedStore
 from vizgate.user_limits import check_user_limits
 
-__all__ = ["Attachment", "Broker"]
+__all__ = ["FAILED_INSTANCE_REST", "Attachment", "Broker"]
 
 logger = logging.getLogger(__name__)
+
+#: Seconds an instance whose ``start()`` failed is passed over while another is free.
+FAILED_INSTANCE_REST = 60.0
 
 
 class Broker(BrokerRecords):
@@ -77,6 +80,8 @@ class Broker(BrokerRecords):
             :mod:`vizgate.user_limits`); None for no limit.
         paused: why new sessions are paused, or None (:mod:`vizgate.pause`); asked at each
             reservation, except an administrator's.
+        failed_instance_rest: seconds an instance whose ``start()`` failed is passed over by
+            new reservations while another instance of its type is free.
     """
 
     def __init__(
@@ -88,8 +93,10 @@ class Broker(BrokerRecords):
         store: SessionStore | None = None,
         max_sessions_per_user: int | None = None,
         paused: Callable[[], str | None] = lambda: None,
+        failed_instance_rest: float = FAILED_INSTANCE_REST,
     ) -> None:
         self.catalog = catalog
+        self.failed_instance_rest = failed_instance_rest
         self.paused = paused
         self.max_sessions_per_user = max_sessions_per_user
         #: Where sessions are saved (None: nowhere); ``/metrics`` reads its backlog.
@@ -202,7 +209,8 @@ class Broker(BrokerRecords):
         bound: bool = False,
         unlimited: bool = False,
     ) -> Reservation:
-        """Hold the lowest free instance of a type for a new token.
+        """Hold the lowest free instance of a type for a new token (passing over one that
+        failed to start in the last :attr:`failed_instance_rest` seconds while another is free).
 
         Args:
             service_name: the session type.
@@ -226,7 +234,8 @@ class Broker(BrokerRecords):
             raise ReservationError(f"new sessions are paused: {why}", reason="paused")
         if user and not unlimited:
             check_user_limits(self._live, service, user, self.max_sessions_per_user)
-        index = self._live.free_index(service.name)
+        now = self.now()
+        index = self._live.free_index(service.name, now, self.failed_instance_rest)
         if index is None:
             raise ReservationError(
                 f"no free instance of {service.name!r} ({service.count} of {service.count} in use)",
@@ -234,7 +243,6 @@ class Broker(BrokerRecords):
             )
         start_options["username"] = user
         token = secrets.token_urlsafe(32)
-        now = self.now()
         session = LiveSession(
             token=token,
             token_hash=token_hash(token),
@@ -494,6 +502,7 @@ class Broker(BrokerRecords):
             self._spawn(session, self._probe(session, action.host, action.port), "probe")
         elif isinstance(action, SessionReady):
             logger.info("%s: running at %s:%d", session.label, action.host, action.port)
+            self._live.started(session.service.name, session.index)
             self._event(session, "started", detail=f"{action.host}:{action.port}")
             lifecycle = session.lifecycle
             if lifecycle.started_at is not None and lifecycle.ready_at is not None:
@@ -508,6 +517,14 @@ class Broker(BrokerRecords):
                 )
         elif isinstance(action, SessionFailed):
             logger.warning("%s: failed to start: %s", session.label, action.message)
+            self._live.start_failed(session.service.name, session.index, self.now())
+            if session.service.count > 1:
+                logger.warning(
+                    "%s: new %s sessions go to its other free instances for %g s",
+                    session.label,
+                    session.service.name,
+                    self.failed_instance_rest,
+                )
             self._event(session, "failed", detail=action.message)
             if not session.ready.done():
                 session.ready.set_exception(StartError(action.message, reason=action.reason.value))

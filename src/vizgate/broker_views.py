@@ -22,6 +22,11 @@ class BrokerViews:
     _live: SessionRegistry
     # Wall-clock time minus the event loop's monotonic time, set when the broker opens.
     _wall_offset: float
+    failed_instance_rest: float
+
+    def now(self) -> float:
+        """The broker's clock (the event loop's monotonic time)."""
+        raise NotImplementedError
 
     def _wall(self, monotonic: float | None) -> float | None:
         if monotonic is None:
@@ -57,7 +62,9 @@ class BrokerViews:
         return self._live.history()
 
     def services(self) -> list[ServiceInfo]:
-        """Every session type with how many of its instances are in use."""
+        """Every session type with how many of its instances are in use, and which failed to
+        start lately."""
+        now = self.now()
         return [
             ServiceInfo(
                 name=service.name,
@@ -66,6 +73,7 @@ class BrokerViews:
                 sizes=service.sizes,
                 group=service.group,
                 choices=service.choices,
+                failed_recently=self._live.resting(service.name, now, self.failed_instance_rest),
             )
             for service in self.catalog
         ]

@@ -154,6 +154,14 @@ def exposition(
         "Instances of a session type (its count).",
         ((f'type="{_label(s.name)}"', s.count) for s in services),
     )
+    _family(
+        lines,
+        "vizgate_instances_failed_recently",
+        "gauge",
+        "Instances of a session type whose start() failed lately; new sessions pass them "
+        "over while another is free (a node down in a pool shows here).",
+        ((f'type="{_label(s.name)}"', len(s.failed_recently)) for s in services),
+    )
     by_state = Counter((info.service, info.state) for info in sessions)
     _family(
         lines,

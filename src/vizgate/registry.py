@@ -27,6 +27,8 @@ class SessionRegistry:
         self._holders: dict[str, list[LiveSession | None]] = {}
         self._by_hash: dict[str, LiveSession] = {}
         self._by_id: dict[str, LiveSession] = {}
+        # By type, the instances whose start() failed and when (the broker's clock).
+        self._failed_at: dict[str, dict[int, float]] = {}
         self._history: deque[SessionInfo] = deque(maxlen=history_length)
         self.all_ended = asyncio.Event()
         self.all_ended.set()
@@ -35,10 +37,47 @@ class SessionRegistry:
         """Make room for the ``count`` instances of session type ``name``."""
         self._holders[name] = [None] * count
 
-    def free_index(self, name: str) -> int | None:
-        """The lowest index of type ``name`` no live session holds, or None."""
+    def free_index(self, name: str, now: float = 0.0, rest: float = 0.0) -> int | None:
+        """The lowest index of type ``name`` no live session holds, or None.
+
+        An instance whose ``start()`` failed less than ``rest`` seconds before ``now`` is passed
+        over while another is free: in a pool of nodes, one that is down would otherwise take
+        every next user's launch (and every retry). When only resting ones are free, the one
+        that failed longest ago is tried again rather than refusing the user.
+        """
         holders = self._holders[name]
-        return holders.index(None) if None in holders else None
+        failed = self._failed_at.get(name)
+        if not failed:
+            return holders.index(None) if None in holders else None
+        for index, at in list(failed.items()):
+            if now - at >= rest:
+                del failed[index]
+        free = [index for index, holder in enumerate(holders) if holder is None]
+        if not free:
+            return None
+        rested = [index for index in free if index not in failed]
+        if rested:
+            return rested[0]
+        return min(free, key=failed.__getitem__)
+
+    def start_failed(self, name: str, index: int, now: float) -> None:
+        """The instance ``index`` of type ``name`` failed to start at ``now``."""
+        self._failed_at.setdefault(name, {})[index] = now
+
+    def started(self, name: str, index: int) -> None:
+        """The instance ``index`` of type ``name`` started: it rests no more."""
+        failed = self._failed_at.get(name)
+        if failed:
+            failed.pop(index, None)
+
+    def resting(self, name: str, now: float, rest: float) -> dict[int, float]:
+        """The instances of type ``name`` that failed to start less than ``rest`` seconds before
+        ``now``, with how many seconds ago."""
+        return {
+            index: now - at
+            for index, at in self._failed_at.get(name, {}).items()
+            if now - at < rest
+        }
 
     def in_use(self, name: str) -> int:
         """How many instances of type ``name`` live sessions hold."""

@@ -108,3 +108,6 @@ class ServiceInfo:
     group: str | None
     #: What users pick at launch: name -> the values offered, the default first.
     choices: Mapping[str, tuple[str, ...]] = field(default_factory=dict, hash=False)
+    #: The instances whose ``start()`` failed lately, with how many seconds ago: new sessions
+    #: pass them over while another instance is free.
+    failed_recently: Mapping[int, float] = field(default_factory=dict, hash=False)

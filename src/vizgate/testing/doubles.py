@@ -24,6 +24,9 @@ Behaviours (see :data:`BEHAVIOURS`):
 ``stop_raises`` / ``stop_hangs``
     Start like ``starts``; ``stop()`` closes the server, then raises, or blocks like ``never``.
 
+``options.behaviour_by_index`` (``{"1": "false"}``) gives some instances another behaviour than
+the rest: a pool with one bad node.
+
 Every double counts its ``start()`` and ``stop()`` calls and records whether the two ever
 overlapped (the broker promises they never do); :meth:`DoubleScript.crash` makes a running
 session's server vanish. The doubles of a session type are found with
@@ -477,6 +480,10 @@ def realize_service(
     """
     options = dict(common_options or {})
     behaviour = options.get("behaviour", "starts")
+    by_index = options.get("behaviour_by_index") or {}
+    if not isinstance(by_index, Mapping):
+        raise ValueError("behaviour_by_index must map instance indexes to behaviours")
+    behaviour = by_index.get(str(index), behaviour)
     cls = BEHAVIOURS.get(behaviour) if isinstance(behaviour, str) else None
     if cls is None:
         raise ValueError(

@@ -165,6 +165,7 @@ def service_json(info: ServiceInfo) -> dict[str, Any]:
         "sizes": list(info.sizes),
         "group": info.group,
         "choices": {name: list(values) for name, values in info.choices.items()},
+        "failed_recently": sorted(info.failed_recently),
     }
 
 

@@ -406,13 +406,44 @@ async def status(request: HttpRequest, user: PortalUser) -> HttpResponseBase:
         request,
         "portal/status.html",
         {
-            "services": broker.services(),
+            "services": [_TypeRow.of(info) for info in broker.services()],
             "rows": [SessionRow.of(info) for info in broker.sessions()],
             "ended": [SessionRow.of(info) for info in broker.history()],
             "paused": broker.paused(),
             "database": _database_line(broker),
         },
     )
+
+
+@dataclass(frozen=True)
+class _Failure:
+    index: int
+    ago: int
+
+
+@dataclass(frozen=True)
+class _TypeRow:
+    """A session type on the Status page, its recent start failures oldest instance first."""
+
+    name: str
+    in_use: int
+    count: int
+    sizes: tuple[str, ...]
+    group: str | None
+    failures: tuple[_Failure, ...]
+
+    @classmethod
+    def of(cls, info: ServiceInfo) -> _TypeRow:
+        return cls(
+            info.name,
+            info.in_use,
+            info.count,
+            info.sizes,
+            info.group,
+            tuple(
+                _Failure(index, round(ago)) for index, ago in sorted(info.failed_recently.items())
+            ),
+        )
 
 
 def _database_line(broker: Broker) -> str:
