@@ -121,6 +121,7 @@ def test_with_the_security_token_status_lists_every_type(gateway: GatewayProcess
             "group": None,
             "choices": {},
             "failed_recently": [],
+            "paused": None,
         },
         {
             "name": "Cluster <Node>",
@@ -130,6 +131,7 @@ def test_with_the_security_token_status_lists_every_type(gateway: GatewayProcess
             "group": "ClusterRendering",
             "choices": {},
             "failed_recently": [],
+            "paused": None,
         },
         {
             "name": "Echo",
@@ -139,6 +141,7 @@ def test_with_the_security_token_status_lists_every_type(gateway: GatewayProcess
             "group": None,
             "choices": {},
             "failed_recently": [],
+            "paused": None,
         },
     ]
     assert status["sessions"] == []

@@ -62,6 +62,7 @@ def test_every_family_has_one_help_and_one_type_line_before_its_samples() -> Non
         "vizgate_store_changes_total",
         "vizgate_store_write_seconds_total",
         "vizgate_instances",
+        "vizgate_type_paused",
         "vizgate_instances_failed_recently",
         "vizgate_sessions",
         "vizgate_viewers",
@@ -97,6 +98,13 @@ def test_instances_that_failed_to_start_lately_are_counted_by_type() -> None:
     found = samples(exposition([pool, service("B")], [], SessionTally(), states=STATES))
     assert found['vizgate_instances_failed_recently{type="A"}'] == 2
     assert found['vizgate_instances_failed_recently{type="B"}'] == 0
+
+
+def test_a_type_paused_alone_is_one() -> None:
+    paused = replace(service("A"), paused="licence server down")
+    found = samples(exposition([paused, service("B")], [], SessionTally(), states=STATES))
+    assert found['vizgate_type_paused{type="A"}'] == 1
+    assert found['vizgate_type_paused{type="B"}'] == 0
 
 
 def test_an_ended_session_moves_its_bytes_from_live_to_the_tally() -> None:

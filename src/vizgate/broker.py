@@ -80,6 +80,8 @@ class Broker(BrokerRecords):
             :mod:`vizgate.user_limits`); None for no limit.
         paused: why new sessions are paused, or None (:mod:`vizgate.pause`); asked at each
             reservation, except an administrator's.
+        type_paused: why new sessions of the type named are paused, or None
+            (:class:`vizgate.pause.TypePauses`); asked as ``paused`` is.
         failed_instance_rest: seconds an instance whose ``start()`` failed is passed over by
             new reservations while another instance of its type is free.
     """
@@ -93,11 +95,13 @@ class Broker(BrokerRecords):
         store: SessionStore | None = None,
         max_sessions_per_user: int | None = None,
         paused: Callable[[], str | None] = lambda: None,
+        type_paused: Callable[[str], str | None] = lambda name: None,
         failed_instance_rest: float = FAILED_INSTANCE_REST,
     ) -> None:
         self.catalog = catalog
         self.failed_instance_rest = failed_instance_rest
         self.paused = paused
+        self.type_paused = type_paused
         self.max_sessions_per_user = max_sessions_per_user
         #: Where sessions are saved (None: nowhere); ``/metrics`` reads its backlog.
         self.store = ThreadedStore(store) if store is not None else None
@@ -232,6 +236,10 @@ class Broker(BrokerRecords):
             raise ReservationError(str(exc), reason="bad_option") from None
         if not unlimited and (why := self.paused()):
             raise ReservationError(f"new sessions are paused: {why}", reason="paused")
+        if not unlimited and (why := self.type_paused(service.name)):
+            raise ReservationError(
+                f"new {service.name} sessions are paused: {why}", reason="paused"
+            )
         if user and not unlimited:
             check_user_limits(self._live, service, user, self.max_sessions_per_user)
         now = self.now()

@@ -8,6 +8,8 @@ sessions.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from vizgate.catalog import Catalog
 from vizgate.registry import SessionRegistry
 from vizgate.sessions import ServiceInfo, SessionInfo, ViewerInfo, token_hash
@@ -23,6 +25,7 @@ class BrokerViews:
     # Wall-clock time minus the event loop's monotonic time, set when the broker opens.
     _wall_offset: float
     failed_instance_rest: float
+    type_paused: Callable[[str], str | None]
 
     def now(self) -> float:
         """The broker's clock (the event loop's monotonic time)."""
@@ -74,6 +77,7 @@ class BrokerViews:
                 group=service.group,
                 choices=service.choices,
                 failed_recently=self._live.resting(service.name, now, self.failed_instance_rest),
+                paused=self.type_paused(service.name),
             )
             for service in self.catalog
         ]

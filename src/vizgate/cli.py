@@ -42,7 +42,7 @@ from vizgate.cli_support import (
     add_data_dir,
 )
 from vizgate.exceptions import ConfigError, ConfigProblem, ScriptError
-from vizgate.pause import PauseFile
+from vizgate.pause import PauseFile, TypePauses
 from vizgate.report_commands import add_sessions_command, add_usage_command
 from vizgate.scripts import realize_instances
 from vizgate.window_sizes import DEFAULT_SIZES
@@ -236,16 +236,26 @@ def _add_pause(subparsers: Subparsers) -> None:
     pause = subparsers.add_parser(
         "pause",
         help="pause new sessions (for maintenance); running ones go on",
-        description="Pause new sessions of the gateway whose data directory is given: users "
-        "see REASON and cannot launch (administrators still can); running sessions go on. "
-        "The pause outlives restarts until 'vizgate resume'.",
+        description="Pause new sessions of the gateway whose data directory is given (or, "
+        "with --type, of one session type): users see REASON and cannot launch "
+        "(administrators still can); running sessions go on. The pause outlives restarts "
+        "until 'vizgate resume'.",
     )
     pause.add_argument("reason", metavar="REASON", nargs="?", default="", help="what users see")
+    pause.add_argument(
+        "--type", metavar="NAME", help="pause only this session type (e.g. its licence is down)"
+    )
+    pause.add_argument(
+        "--list", action="store_true", help="say what is paused, and why; change nothing"
+    )
     add_data_dir(pause)
     pause.set_defaults(func=_run_pause)
     resume = subparsers.add_parser(
-        "resume", help="accept new sessions again", description="Accept new sessions again."
+        "resume",
+        help="accept new sessions again",
+        description="Accept new sessions again (with --type, of that session type).",
     )
+    resume.add_argument("--type", metavar="NAME", help="resume only this session type")
     add_data_dir(resume)
     resume.set_defaults(func=_run_resume)
 
@@ -272,14 +282,30 @@ def _run_pause(args: argparse.Namespace) -> int:
     if data_dir is None:
         return EXIT_FAILURE
     pause_file = PauseFile.in_data_dir(data_dir)
+    type_pauses = TypePauses.in_data_dir(data_dir)
+    if args.list:
+        if args.type is not None or args.reason:
+            print("vizgate pause: --list takes no REASON or --type", file=sys.stderr)
+            return EXIT_PROBLEMS
+        everything = pause_file.reason()
+        print(f"new sessions are paused: {everything}" if everything else "new sessions: open")
+        for name, reason in sorted(type_pauses.reasons().items()):
+            print(f"new {name} sessions are paused: {reason}")
+        return EXIT_OK
+    if args.type is not None and not args.type.strip():
+        print("vizgate pause: --type needs a session type's name", file=sys.stderr)
+        return EXIT_PROBLEMS
+    target = pause_file.path if args.type is None else type_pauses.path
     try:
-        reason = pause_file.pause(args.reason)
+        if args.type is None:
+            reason = pause_file.pause(args.reason)
+        else:
+            reason = type_pauses.pause(args.type, args.reason)
     except OSError as exc:
-        print(
-            f"vizgate pause: cannot write {pause_file.path}: {exc.strerror or exc}", file=sys.stderr
-        )
+        print(f"vizgate pause: cannot write {target}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_FAILURE
-    print(f"new sessions are paused: {reason}")
+    what = "new sessions" if args.type is None else f"new {args.type} sessions"
+    print(f"{what} are paused: {reason}")
     return EXIT_OK
 
 
@@ -288,15 +314,17 @@ def _run_resume(args: argparse.Namespace) -> int:
     if data_dir is None:
         return EXIT_FAILURE
     pause_file = PauseFile.in_data_dir(data_dir)
+    type_pauses = TypePauses.in_data_dir(data_dir)
+    target = pause_file.path if args.type is None else type_pauses.path
     try:
-        resumed = pause_file.resume()
+        resumed = pause_file.resume() if args.type is None else type_pauses.resume(args.type)
     except OSError as exc:
-        print(
-            f"vizgate resume: cannot remove {pause_file.path}: {exc.strerror or exc}",
-            file=sys.stderr,
-        )
+        print(f"vizgate resume: cannot change {target}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_FAILURE
-    print("new sessions are accepted again" if resumed else "new sessions were not paused")
+    what = "new sessions" if args.type is None else f"new {args.type} sessions"
+    print(f"{what} are accepted again" if resumed else f"{what} were not paused")
+    if args.type is None and (still := sorted(type_pauses.reasons())):
+        print(f"still paused alone: {', '.join(still)} (vizgate resume --type NAME)")
     return EXIT_OK
 
 

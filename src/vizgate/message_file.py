@@ -32,7 +32,7 @@ class MessageFile:
         self.path = path
         self.default = default
         self._lock = threading.Lock()
-        self._seen: tuple[int, int] | None = None
+        self._seen: tuple[int, int, int] | None = None
         self._text: str | None = None
 
     def read(self) -> str | None:
@@ -42,7 +42,7 @@ class MessageFile:
             info = self.path.stat()
         except FileNotFoundError:
             return None
-        stamp = (info.st_mtime_ns, info.st_size)
+        stamp = (info.st_ino, info.st_mtime_ns, info.st_size)
         with self._lock:
             if stamp != self._seen:
                 try:

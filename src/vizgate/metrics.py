@@ -156,6 +156,13 @@ def exposition(
     )
     _family(
         lines,
+        "vizgate_type_paused",
+        "gauge",
+        "1 while new sessions of a session type alone are paused (vizgate pause --type), else 0.",
+        ((f'type="{_label(s.name)}"', 1 if s.paused else 0) for s in services),
+    )
+    _family(
+        lines,
         "vizgate_instances_failed_recently",
         "gauge",
         "Instances of a session type whose start() failed lately; new sessions pass them "

@@ -8,19 +8,41 @@ users are shown (:mod:`vizgate.message_file`). So it outlives a restart of the g
 
 The broker asks :meth:`PauseFile.reason` at each reservation: one ``stat``, and a read only
 when the file changed. Administrators may still start sessions (to check the maintenance).
+
+One session type may be paused alone (:class:`TypePauses`, the file ``paused-types.json``):
+its licence server or its nodes are down while the other types go on. The same rules hold.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import secrets
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
-from vizgate.message_file import MAX_LENGTH, MessageFile
+from vizgate.message_file import MAX_LENGTH, MessageFile, clean_message
 
-__all__ = ["DEFAULT_REASON", "MAX_REASON_LENGTH", "PAUSE_FILE_NAME", "PauseFile"]
+__all__ = [
+    "DEFAULT_REASON",
+    "MAX_REASON_LENGTH",
+    "PAUSE_FILE_NAME",
+    "TYPE_PAUSES_FILE_NAME",
+    "PauseFile",
+    "TypePauses",
+]
+
+logger = logging.getLogger(__name__)
 
 #: The file in the data directory.
 PAUSE_FILE_NAME: Final = "paused"
+#: The file of the session types paused alone, in the data directory.
+TYPE_PAUSES_FILE_NAME: Final = "paused-types.json"
 #: What users are told when the administrator gave no reason.
 DEFAULT_REASON: Final = "maintenance"
 #: Longer reasons are cut: they are shown on every page of the portal.
@@ -54,3 +76,119 @@ class PauseFile(MessageFile):
     def resume(self) -> bool:
         """Accept new sessions again; False if they were not paused."""
         return self.remove()
+
+
+class TypePauses:
+    """The session types whose new sessions are paused alone, with why, kept in ``path`` as a
+    JSON object ``{"type name": "reason"}``.
+
+    Reading costs one ``stat``, and a read only when the file changed; a file that cannot be
+    read or parsed pauses nothing (said once in the log, as for :class:`PauseFile`). Writers
+    (the commands, the Status page) take an exclusive lock on ``path`` + ``.lock`` around
+    their read and replace, so two changes made at once are both kept.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._seen: tuple[int, int, int] | None = None
+        self._reasons: dict[str, str] = {}
+
+    @classmethod
+    def in_data_dir(cls, data_dir: Path) -> TypePauses:
+        """The type pauses of the gateway whose data directory is ``data_dir``."""
+        return cls(data_dir / TYPE_PAUSES_FILE_NAME)
+
+    def reasons(self) -> dict[str, str]:
+        """Every paused type and why."""
+        try:
+            info = self.path.stat()
+        except FileNotFoundError:
+            return {}
+        stamp = (info.st_ino, info.st_mtime_ns, info.st_size)
+        with self._lock:
+            if stamp != self._seen:
+                self._seen = stamp
+                try:
+                    self._reasons = _parsed(self.path.read_text(encoding="utf-8"))
+                except FileNotFoundError:
+                    return {}
+                except (OSError, ValueError) as exc:
+                    self._reasons = {}
+                    why = exc.strerror if isinstance(exc, OSError) else exc
+                    logger.error("cannot read %s, no type is paused: %s", self.path, why)
+            return dict(self._reasons)
+
+    def reason(self, name: str) -> str | None:
+        """Why new sessions of type ``name`` are paused, or None when they are not."""
+        return self.reasons().get(name)
+
+    def pause(self, name: str, reason: str) -> str:
+        """Pause new sessions of type ``name`` for ``reason`` (cleaned as for
+        :class:`PauseFile`); returns the reason as users will see it.
+
+        Raises:
+            OSError: the file cannot be written.
+        """
+        shown = clean_message(reason) or DEFAULT_REASON
+        with self._changing() as reasons:
+            reasons[name] = shown
+        return shown
+
+    def resume(self, name: str) -> bool:
+        """Accept new sessions of type ``name`` again; False if they were not paused.
+
+        Raises:
+            OSError: the file cannot be written.
+        """
+        with self._changing() as reasons:
+            return reasons.pop(name, None) is not None
+
+    @contextlib.contextmanager
+    def _changing(self) -> Iterator[dict[str, str]]:
+        lock = os.open(self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                reasons = _parsed(self.path.read_text(encoding="utf-8"))
+            except FileNotFoundError:
+                reasons = {}
+            except ValueError:
+                # Replaced by what is written now, rather than refusing every change.
+                logger.warning("%s was not valid; it is written anew", self.path)
+                reasons = {}
+            before = dict(reasons)
+            yield reasons
+            if reasons != before:
+                self._replace(reasons)
+        finally:
+            os.close(lock)
+
+    def _replace(self, reasons: dict[str, str]) -> None:
+        if not reasons:
+            self.path.unlink(missing_ok=True)
+            return
+        temporary = self.path.with_name(f".{self.path.name}.{secrets.token_hex(6)}.tmp")
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(descriptor, "w", encoding="utf-8") as stream:
+                json.dump(reasons, stream, indent=1, sort_keys=True, ensure_ascii=False)
+                stream.write("\n")
+            os.replace(temporary, self.path)
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
+
+
+def _parsed(text: str) -> dict[str, str]:
+    """The type pauses in ``text``.
+
+    Raises:
+        ValueError: not a JSON object of strings.
+    """
+    found = json.loads(text)
+    if not isinstance(found, dict) or not all(
+        isinstance(name, str) and isinstance(reason, str) for name, reason in found.items()
+    ):
+        raise ValueError("expected a JSON object of type names and reasons")
+    return {name: clean_message(reason) or DEFAULT_REASON for name, reason in found.items()}

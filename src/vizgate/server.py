@@ -39,7 +39,7 @@ from vizgate.exceptions import ConfigError, DatabaseSetupError, ScriptError
 from vizgate.fastpath import TakeoverProtocol
 from vizgate.lifecycle import Timeouts
 from vizgate.logs import LOG_FORMATS, configure_logging
-from vizgate.pause import PauseFile
+from vizgate.pause import PauseFile, TypePauses
 from vizgate.web.proxy_trust import (
     add_single_sign_on_arguments,
     logout_url_problem,
@@ -368,6 +368,7 @@ def run_serve(args: argparse.Namespace) -> int:
         store=DjangoSessionStore(),
         max_sessions_per_user=args.max_sessions_per_user or None,
         paused=PauseFile.in_data_dir(data_dir.resolve()).reason,
+        type_paused=TypePauses.in_data_dir(data_dir.resolve()).reason,
     )
     ping_interval = args.ping_interval or None
     application = build_application(

@@ -111,3 +111,5 @@ class ServiceInfo:
     #: The instances whose ``start()`` failed lately, with how many seconds ago: new sessions
     #: pass them over while another instance is free.
     failed_recently: Mapping[int, float] = field(default_factory=dict, hash=False)
+    #: Why new sessions of this type alone are paused, or None.
+    paused: str | None = None

@@ -166,6 +166,7 @@ def service_json(info: ServiceInfo) -> dict[str, Any]:
         "group": info.group,
         "choices": {name: list(values) for name, values in info.choices.items()},
         "failed_recently": sorted(info.failed_recently),
+        "paused": info.paused,
     }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from vizgate.web.portal import share_views, usage_views, views
+from vizgate.web.portal import share_views, status_views, usage_views, views
 from vizgate.web.portal.forms import LoginForm
 
 __all__ = ["app_name", "urlpatterns"]
@@ -38,13 +38,13 @@ urlpatterns = [
     ),
     path("share/", share_views.open_pending_share, name="open_pending_share"),
     path("share/<str:secret>/", share_views.open_share, name="open_share"),
-    path("status/", views.status, name="status"),
-    path("status/pause", views.pause, name="pause"),
-    path("status/resume", views.resume, name="resume"),
+    path("status/", status_views.status, name="status"),
+    path("status/pause", status_views.pause, name="pause"),
+    path("status/resume", status_views.resume, name="resume"),
     path("status/usage", usage_views.usage, name="usage"),
     path("status/usage.csv", usage_views.usage_csv, name="usage_csv"),
-    path("status/notice", views.post_notice, name="post_notice"),
-    path("status/notice/withdraw", views.withdraw_notice, name="withdraw_notice"),
+    path("status/notice", status_views.post_notice, name="post_notice"),
+    path("status/notice/withdraw", status_views.withdraw_notice, name="withdraw_notice"),
     path("status/<str:session_id>/", views.session_detail, name="session_detail"),
     path("status/<str:session_id>/terminate", views.terminate, name="terminate"),
 ]

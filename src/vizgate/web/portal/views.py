@@ -21,7 +21,6 @@ import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -37,7 +36,6 @@ from vizgate.accounts import agroup_names, may_use_group
 from vizgate.broker import Broker
 from vizgate.choices import label
 from vizgate.exceptions import ReservationError
-from vizgate.pause import PauseFile
 from vizgate.sessions import ServiceInfo, SessionInfo
 from vizgate.web import runtime
 from vizgate.web.portal.assets import find_static
@@ -66,7 +64,6 @@ __all__ = [
     "portal_view",
     "session_detail",
     "session_status",
-    "status",
     "status_json",
     "terminate",
     "viewer",
@@ -396,117 +393,6 @@ async def end_session(request: HttpRequest, user: PortalUser, session_id: str) -
     if _wants_json(request):
         return JsonResponse({"ended": True})
     return redirect("portal:sessions")
-
-
-@portal_view(staff=True)
-async def status(request: HttpRequest, user: PortalUser) -> HttpResponseBase:
-    """``/status/``: every live session and the last ended ones, for administrators."""
-    broker = runtime.get_broker()
-    return render(
-        request,
-        "portal/status.html",
-        {
-            "services": [_TypeRow.of(info) for info in broker.services()],
-            "rows": [SessionRow.of(info) for info in broker.sessions()],
-            "ended": [SessionRow.of(info) for info in broker.history()],
-            "paused": broker.paused(),
-            "database": _database_line(broker),
-        },
-    )
-
-
-@dataclass(frozen=True)
-class _Failure:
-    index: int
-    ago: int
-
-
-@dataclass(frozen=True)
-class _TypeRow:
-    """A session type on the Status page, its recent start failures oldest instance first."""
-
-    name: str
-    in_use: int
-    count: int
-    sizes: tuple[str, ...]
-    group: str | None
-    failures: tuple[_Failure, ...]
-
-    @classmethod
-    def of(cls, info: ServiceInfo) -> _TypeRow:
-        return cls(
-            info.name,
-            info.in_use,
-            info.count,
-            info.sizes,
-            info.group,
-            tuple(
-                _Failure(index, round(ago)) for index, ago in sorted(info.failed_recently.items())
-            ),
-        )
-
-
-def _database_line(broker: Broker) -> str:
-    """How the session store's writes go, for administrators without Prometheus: reservations
-    and starts wait for them."""
-    if broker.store is None:
-        return ""
-    activity = broker.store.activity()
-    waiting = broker.store.waiting()
-    if not activity.transactions:
-        line = "Database: nothing written yet since the gateway started"
-    else:
-        mean_ms = activity.seconds / activity.transactions * 1000
-        line = (
-            f"Database: writes take {mean_ms:.1f} ms on average "
-            f"({activity.transactions} since the gateway started)"
-        )
-    if waiting:
-        line += f"; {waiting} session change{'s' if waiting != 1 else ''} waiting to be written"
-    return line + "."
-
-
-@portal_view(staff=True, methods=("POST",))
-async def pause(request: HttpRequest, user: PortalUser) -> HttpResponseBase:
-    """``POST /status/pause``: pause new sessions (``reason``); running ones go on."""
-    reason = pause_file().pause(str(request.POST.get("reason", "")))
-    logger.warning("%s paused new sessions: %s", user.get_username(), reason)
-    return redirect("portal:status")
-
-
-@portal_view(staff=True, methods=("POST",))
-async def resume(request: HttpRequest, user: PortalUser) -> HttpResponseBase:
-    """``POST /status/resume``: accept new sessions again."""
-    if pause_file().resume():
-        logger.warning("%s resumed new sessions", user.get_username())
-    return redirect("portal:status")
-
-
-@portal_view(staff=True, methods=("POST",))
-async def post_notice(request: HttpRequest, user: PortalUser) -> HttpResponseBase:
-    """``POST /status/notice``: show ``notice`` on every page and in every viewer."""
-    try:
-        shown = notice_file().post(str(request.POST.get("notice", "")))
-    except ValueError:
-        return message_page(
-            request, 400, "No notice", "A notice needs some text; to show none, withdraw it."
-        )
-    logger.warning("%s posted a notice to users: %s", user.get_username(), shown)
-    return redirect("portal:status")
-
-
-@portal_view(staff=True, methods=("POST",))
-async def withdraw_notice(request: HttpRequest, user: PortalUser) -> HttpResponseBase:
-    """``POST /status/notice/withdraw``: show no notice any more."""
-    if notice_file().withdraw():
-        logger.warning("%s withdrew the notice to users", user.get_username())
-    return redirect("portal:status")
-
-
-@functools.cache
-def pause_file() -> PauseFile:
-    """The pause of new sessions in the gateway's data directory (:mod:`vizgate.pause`)."""
-    return PauseFile.in_data_dir(Path(settings.VIZGATE_DATA_DIR))
 
 
 #: The most audit-trail lines the session page shows (the first ones, then the last ones).

@@ -1,6 +1,7 @@
 // Keeps a page's live tables current: every few seconds the page is fetched again and each
 // element marked data-refresh="NAME" is replaced by its new version. Nothing is replaced while
-// the pointer is pressed or a form is being sent, so a click always hits what it aimed at.
+// the pointer is pressed or a form is being sent, so a click always hits what it aimed at, and
+// an element is left as it is while one of its fields has the focus (what is being typed stays).
 const INTERVAL_MS = 4000;
 
 let busy = false;
@@ -25,7 +26,9 @@ async function refresh() {
     for (const old of document.querySelectorAll('[data-refresh]')) {
         const name = old.getAttribute('data-refresh');
         const replacement = fresh.querySelector(`[data-refresh="${CSS.escape(name)}"]`);
-        if (replacement && !busy) {
+        const typing = old.contains(document.activeElement)
+            && document.activeElement.matches('input, textarea, select');
+        if (replacement && !busy && !typing) {
             old.replaceWith(document.importNode(replacement, true));
         }
     }
