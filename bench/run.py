@@ -433,7 +433,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--up-mib", type=float, help="MiB per upstream transfer")
     parser.add_argument("--round-trips", type=int, help="timed round trips per repetition")
     parser.add_argument(
-        "--round-trip-block", type=_positive, help="round trips per target before the next one's turn"
+        "--round-trip-block",
+        type=_positive,
+        help="round trips per target before the next one's turn",
     )
     parser.add_argument("--concurrency", type=_sizes, help="tunnel counts, e.g. 100,500,1000")
     parser.add_argument("--concurrency-seconds", type=float, help="seconds each load runs")
