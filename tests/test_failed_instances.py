@@ -4,6 +4,7 @@ registry's choice, then a broker over doubles whose instance 1 always fails."""
 
 from __future__ import annotations
 
+import argparse
 import re
 from pathlib import Path
 from typing import Any, cast
@@ -17,6 +18,7 @@ from support import await_until, scaled, wait_until
 from vizgate.broker import FAILED_INSTANCE_REST, Broker
 from vizgate.exceptions import StartError
 from vizgate.registry import SessionRegistry
+from vizgate.server import add_serve_arguments
 from vizgate.sessions import ServiceInfo
 from vizgate.testing.doubles import RFB_GREETING, instances
 
@@ -187,3 +189,30 @@ def test_administrators_see_the_failed_instance_and_the_next_launch_avoids_it(
         assert open_socket(gateway, f"token={retry['token']}", None) == RFB_GREETING
     finally:
         gateway.stop()
+
+
+async def test_a_rest_of_zero_tries_the_lowest_free_instance_again(
+    make_broker: MakeBroker,
+) -> None:
+    broker = await pool_with_a_bad_instance(make_broker)
+    broker.failed_instance_rest = 0
+    await broker.attach((await broker.reserve("Desktop")).token)
+    failing = await broker.reserve("Desktop")
+    with pytest.raises(StartError):
+        await broker.attach(failing.token)
+    await await_until(lambda: desktop(broker).in_use == 1, WAIT, message="index 1 not freed")
+    assert desktop(broker).failed_recently == {}
+    assert (await broker.reserve("Desktop")).index == 1
+
+
+def test_the_rest_is_set_with_serve_failed_instance_rest(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    parser = argparse.ArgumentParser()
+    add_serve_arguments(parser)
+    base = ["--config", "external_services.json"]
+    assert parser.parse_args(base).failed_instance_rest == FAILED_INSTANCE_REST
+    assert parser.parse_args([*base, "--failed-instance-rest", "300"]).failed_instance_rest == 300
+    with pytest.raises(SystemExit):
+        parser.parse_args([*base, "--failed-instance-rest", "-1"])
+    assert "must be a number of seconds, 0 or more, not -1" in capsys.readouterr().err

@@ -33,7 +33,7 @@ from types import FrameType
 import uvicorn
 import uvloop
 
-from vizgate.broker import Broker
+from vizgate.broker import FAILED_INSTANCE_REST, Broker
 from vizgate.catalog import load_catalog
 from vizgate.exceptions import ConfigError, DatabaseSetupError, ScriptError
 from vizgate.fastpath import TakeoverProtocol
@@ -192,6 +192,14 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         type=_seconds,
         default=60.0,
         help="stop waiting for a script's stop() after this (default: %(default)g)",
+    )
+    parser.add_argument(
+        "--failed-instance-rest",
+        type=_seconds,
+        default=FAILED_INSTANCE_REST,
+        metavar="SECONDS",
+        help="pass over an instance whose start() failed for this long while another of its "
+        "type is free, e.g. a node of a pool that is down (0: never; default: %(default)g)",
     )
     parser.add_argument(
         "--stop-sessions-on-exit",
@@ -369,6 +377,7 @@ def run_serve(args: argparse.Namespace) -> int:
         max_sessions_per_user=args.max_sessions_per_user or None,
         paused=PauseFile.in_data_dir(data_dir.resolve()).reason,
         type_paused=TypePauses.in_data_dir(data_dir.resolve()).reason,
+        failed_instance_rest=args.failed_instance_rest,
     )
     ping_interval = args.ping_interval or None
     application = build_application(
