@@ -5,6 +5,7 @@ registry's choice, then a broker over doubles whose instance 1 always fails."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import re
 from pathlib import Path
 from typing import Any, cast
@@ -203,6 +204,33 @@ async def test_a_rest_of_zero_tries_the_lowest_free_instance_again(
     await await_until(lambda: desktop(broker).in_use == 1, WAIT, message="index 1 not freed")
     assert desktop(broker).failed_recently == {}
     assert (await broker.reserve("Desktop")).index == 1
+
+
+async def test_a_start_ended_by_its_user_or_an_administrator_is_no_failure(
+    make_broker: MakeBroker,
+) -> None:
+    broker = await make_broker({"Desktop": {"behaviour": "slow", "delay": 30}}, count=2)
+    for end in ("release", "terminate"):
+        reservation = await broker.reserve("Desktop")
+        attaching = asyncio.ensure_future(broker.attach(reservation.token))
+        await await_until(
+            lambda: [info.state for info in broker.sessions()] == ["starting"],
+            WAIT,
+            message="the start never began",
+        )
+        if end == "release":
+            broker.release(reservation.token)
+        else:
+            broker.terminate(reservation.session_id, "maintenance")
+        instances("Desktop")[reservation.index].release()
+        with pytest.raises(StartError):
+            await attaching
+        await await_until(lambda: desktop(broker).in_use == 0, WAIT, message="not freed")
+        assert desktop(broker).failed_recently == {}
+        again = await broker.reserve("Desktop")
+        assert again.index == reservation.index == 0
+        broker.release(again.token)
+        await await_until(lambda: desktop(broker).in_use == 0, WAIT, message="not freed")
 
 
 def test_the_rest_is_set_with_serve_failed_instance_rest(

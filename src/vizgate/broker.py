@@ -64,6 +64,9 @@ logger = logging.getLogger(__name__)
 
 #: Seconds an instance whose ``start()`` failed is passed over while another is free.
 FAILED_INSTANCE_REST = 60.0
+#: How a start ends that tells against its instance; a release, a termination or a shutdown
+#: during the start does not.
+INSTANCE_FAILURES = frozenset({EndReason.START_FAILED, EndReason.START_TIMEOUT, EndReason.CRASHED})
 
 
 class Broker(BrokerRecords):
@@ -525,14 +528,15 @@ class Broker(BrokerRecords):
                 )
         elif isinstance(action, SessionFailed):
             logger.warning("%s: failed to start: %s", session.label, action.message)
-            self._live.start_failed(session.service.name, session.index, self.now())
-            if session.service.count > 1:
-                logger.warning(
-                    "%s: new %s sessions go to its other free instances for %g s",
-                    session.label,
-                    session.service.name,
-                    self.failed_instance_rest,
-                )
+            if action.reason in INSTANCE_FAILURES:
+                self._live.start_failed(session.service.name, session.index, self.now())
+                if session.service.count > 1 and self.failed_instance_rest > 0:
+                    logger.warning(
+                        "%s: new %s sessions go to its other free instances for %g s",
+                        session.label,
+                        session.service.name,
+                        self.failed_instance_rest,
+                    )
             self._event(session, "failed", detail=action.message)
             if not session.ready.done():
                 session.ready.set_exception(StartError(action.message, reason=action.reason.value))
