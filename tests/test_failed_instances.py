@@ -177,6 +177,8 @@ def test_administrators_see_the_failed_instance_and_the_next_launch_avoids_it(
         assert status()["failed_recently"] == [1]
         metrics = gateway.request("/metrics", headers={"Authorization": f"Bearer {secret}"}).text
         assert 'vizgate_instances_failed_recently{type="Desktop"} 1' in metrics.splitlines()
+        view = gateway.request("/v1/status_view", {"security_token": secret}).text
+        assert '<td class="failed-recently">1</td>' in view
         browser = Browser(gateway.port)
         assert browser.login(admin).status == 302
         page = browser.get("/status/").text

@@ -157,6 +157,9 @@ def test_a_type_paused_from_the_command_line_and_resumed_from_the_status_page(
         services = {s["name"]: s for s in gateway.request("/v1/status").json()["services"]}
         assert services["Render"]["paused"] == "licence server down"
         assert services["Desktop"]["paused"] is None
+        view = gateway.request("/v1/status_view").text
+        assert '<td class="paused">paused: licence server down</td>' in view
+        assert '<td class="paused">open</td>' in view
         # The catalogue: the Render card says why and offers no launch; Desktop launches.
         browser = logged_in(gateway, alice)
         page = browser.get("/")
