@@ -73,6 +73,22 @@ def test_good_resources_pass() -> None:
     )
 
 
+def environment_of_xvnc(port: int) -> dict[str, str]:
+    """The environment of the Xvnc that serves ``port`` on this (the only) node."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            arguments = (entry / "cmdline").read_bytes().split(b"\0")
+            if not arguments[0].endswith(b"Xvnc") or str(port).encode() not in arguments:
+                continue
+            pairs = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        return dict(pair.decode().partition("=")[::2] for pair in pairs if b"=" in pair)
+    raise AssertionError(f"no Xvnc serves port {port}")
+
+
 @pytest.mark.integration
 async def test_a_job_gets_the_cpus_memory_and_gpus_its_user_picked(
     cluster: SlurmCluster, tmp_path: Path, state_dir: Path
@@ -90,6 +106,12 @@ async def test_a_job_gets_the_cpus_memory_and_gpus_its_user_picked(
         # What Slurm allocated, not only what was asked for: the node's GPUs are in use.
         used = cluster.run("sinfo", "-h", "-N", "-O", "GresUsed:40").stdout.strip()
         assert used.startswith(f"gpu:{GPUS}"), used
+        # The desktop's programs see the job's GPUs, as Slurm names them to CUDA and OpenCL.
+        [info] = broker.sessions()
+        assert info.port is not None
+        environment = environment_of_xvnc(info.port)
+        assert environment.get("CUDA_VISIBLE_DEVICES") == ",".join(map(str, range(GPUS)))
+        assert environment.get("SLURM_JOB_GPUS") == ",".join(map(str, range(GPUS)))
         broker.detach(attachment)
         await asyncio.wait_for(broker.wait_until_idle(), scaled(20))
     finally:
