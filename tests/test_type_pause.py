@@ -137,6 +137,25 @@ def test_the_commands_pause_list_and_resume_a_type(tmp_path: Path) -> None:
     assert (code, error) == (2, "vizgate pause: --list takes no REASON or --type\n")
 
 
+def test_with_the_catalog_the_command_refuses_a_type_it_does_not_have(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    config = write_config(tmp_path / "config", {"Desktop": {}, "Render": {}})
+    code, _, error = vizgate(data, "pause", "--type", "Rendr", "--config", str(config))
+    assert code == 2
+    assert error == (
+        f"vizgate pause: {config} has no session type 'Rendr'; its types: 'Desktop', 'Render'\n"
+    )
+    assert TypePauses.in_data_dir(data).reasons() == {}
+    assert vizgate(data, "pause", "--type", "Render", "--config", str(config))[0] == 0
+    assert TypePauses.in_data_dir(data).reasons() == {"Render": DEFAULT_REASON}
+    broken = tmp_path / "broken.json"
+    broken.write_text("{")
+    code, _, error = vizgate(data, "pause", "--type", "Render", "--config", str(broken))
+    assert code == 2
+    assert error.startswith(f"vizgate pause: the catalog {broken} has problems: ")
+
+
 @pytest.mark.integration
 def test_a_type_paused_from_the_command_line_and_resumed_from_the_status_page(
     tmp_path: Path,

@@ -246,6 +246,11 @@ def _add_pause(subparsers: Subparsers) -> None:
         "--type", metavar="NAME", help="pause only this session type (e.g. its licence is down)"
     )
     pause.add_argument(
+        "--config",
+        metavar="FILE",
+        help="the gateway's catalog: --type must name one of its types",
+    )
+    pause.add_argument(
         "--list", action="store_true", help="say what is paused, and why; change nothing"
     )
     add_data_dir(pause)
@@ -295,6 +300,11 @@ def _run_pause(args: argparse.Namespace) -> int:
     if args.type is not None and not args.type.strip():
         print("vizgate pause: --type needs a session type's name", file=sys.stderr)
         return EXIT_PROBLEMS
+    if args.type is not None and args.config is not None:
+        problem = _not_a_type_of(args.type, Path(args.config))
+        if problem is not None:
+            print(f"vizgate pause: {problem}", file=sys.stderr)
+            return EXIT_PROBLEMS
     target = pause_file.path if args.type is None else type_pauses.path
     try:
         if args.type is None:
@@ -307,6 +317,20 @@ def _run_pause(args: argparse.Namespace) -> int:
     what = "new sessions" if args.type is None else f"new {args.type} sessions"
     print(f"{what} are paused: {reason}")
     return EXIT_OK
+
+
+def _not_a_type_of(name: str, config: Path) -> str | None:
+    """Why ``name`` is not a session type of the catalog ``config`` (None when it is one)."""
+    try:
+        catalog = load_catalog(config)
+    except ConfigError as exc:
+        return f"the catalog {config} has problems: " + "; ".join(map(str, exc.problems))
+    names = [service.name for service in catalog]
+    if name in names:
+        return None
+    return f"{config} has no session type {name!r}; its types: " + ", ".join(
+        repr(known) for known in names
+    )
 
 
 def _run_resume(args: argparse.Namespace) -> int:
