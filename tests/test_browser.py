@@ -199,10 +199,11 @@ def desktop(vnc_home: VncHome, tmp_path: Path) -> Iterator[Desktop]:
                 "count": 1,
                 "options": {"behaviour": "slow", "delay": SLOW_DELAY},
             },
+            # A pool of two whose first instance always fails to start.
             BROKEN: {
                 "script": str(DOUBLE_SESSION_SCRIPT),
-                "count": 1,
-                "options": {"behaviour": "false"},
+                "count": 2,
+                "options": {"behaviour": "starts", "behaviour_by_index": {"0": "false"}},
             },
             SHORT: seed_desktop_type(display_base + 2, ["800x600"], max_lifetime=SHORT_LIFETIME),
         },
@@ -595,6 +596,8 @@ def test_the_viewer_shows_the_start_progress_and_why_a_start_failed(
         f"starting slowly ({SLOW_DELAY} s)", timeout=scaled(SLOW_DELAY) * 1000
     )
     playwright_api.expect(overlay).to_be_visible()
+    # While the session lives, nothing offers a new one.
+    playwright_api.expect(page.get_by_role("button", name="Launch again")).to_be_hidden()
     screenshot(page, "viewer-starting")
 
     page.goto(gateway.url)
@@ -609,6 +612,13 @@ def test_the_viewer_shows_the_start_progress_and_why_a_start_failed(
     playwright_api.expect(page.locator("#overlay-reconnect")).to_be_hidden()
     playwright_api.expect(page.locator("#end-form")).to_be_hidden()
     screenshot(page, "viewer-failed")
+    # Launch again: a new session of the type and size, on the instance that did not fail.
+    failed_id = page.url.rstrip("/").rsplit("/", 1)[-1]
+    page.get_by_role("button", name="Launch again").click()
+    page.wait_for_url(lambda url: failed_id not in url and "/sessions/" in url)
+    again_id = page.url.rstrip("/").rsplit("/", 1)[-1]
+    [again] = [s for s in status(gateway)["sessions"] if s["id"] == again_id]
+    assert (again["service"], again["index"], again["size"]) == (BROKEN, 1, "1024x768")
     assert_no_script_problems(page)
 
 
