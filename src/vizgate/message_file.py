@@ -11,11 +11,11 @@ shown on every page.
 from __future__ import annotations
 
 import logging
-import os
-import secrets
 import threading
 from pathlib import Path
 from typing import Final
+
+from vizgate.private_file import replace_privately
 
 __all__ = ["MAX_LENGTH", "MessageFile", "clean_message"]
 
@@ -64,15 +64,7 @@ class MessageFile:
             OSError: the file cannot be written.
         """
         shown = clean_message(text) or self.default
-        temporary = self.path.with_name(f".{self.path.name}.{secrets.token_hex(6)}.tmp")
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            with os.fdopen(descriptor, "w", encoding="utf-8") as stream:
-                stream.write(shown + "\n")
-            os.replace(temporary, self.path)
-        except BaseException:
-            temporary.unlink(missing_ok=True)
-            raise
+        replace_privately(self.path, (shown + "\n").encode())
         return shown
 
     def remove(self) -> bool:

@@ -20,13 +20,13 @@ import fcntl
 import json
 import logging
 import os
-import secrets
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
 from vizgate.message_file import MAX_LENGTH, MessageFile, clean_message
+from vizgate.private_file import replace_privately
 
 __all__ = [
     "DEFAULT_REASON",
@@ -168,16 +168,8 @@ class TypePauses:
         if not reasons:
             self.path.unlink(missing_ok=True)
             return
-        temporary = self.path.with_name(f".{self.path.name}.{secrets.token_hex(6)}.tmp")
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            with os.fdopen(descriptor, "w", encoding="utf-8") as stream:
-                json.dump(reasons, stream, indent=1, sort_keys=True, ensure_ascii=False)
-                stream.write("\n")
-            os.replace(temporary, self.path)
-        except BaseException:
-            temporary.unlink(missing_ok=True)
-            raise
+        text = json.dumps(reasons, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
+        replace_privately(self.path, text.encode())
 
 
 def _parsed(text: str) -> dict[str, str]:

@@ -16,13 +16,12 @@ fixed key everybody knows: that is obfuscation, and only the file's mode (0600) 
 
 from __future__ import annotations
 
-import os
-import secrets
 from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers import Cipher, modes
 
 from vizgate.exceptions import VizgateError
+from vizgate.private_file import replace_privately
 
 try:
     # cryptography >= 43 keeps the old ciphers here; single DES is TripleDES with one 8-byte key.
@@ -212,17 +211,4 @@ def write_vnc_password_file(path: str | Path, password: bytes) -> None:
         ValueError: the password is empty or contains a NUL byte.
         OSError: the file cannot be written.
     """
-    data = obfuscate_vnc_password(password)
-    file = Path(path).expanduser()
-    temporary = file.with_name(f".{file.name}.{secrets.token_hex(6)}.tmp")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-    descriptor = os.open(temporary, flags, 0o600)
-    try:
-        with os.fdopen(descriptor, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, file)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    replace_privately(Path(path).expanduser(), obfuscate_vnc_password(password))
