@@ -46,19 +46,16 @@ class SessionRegistry:
         that failed longest ago is tried again rather than refusing the user.
         """
         holders = self._holders[name]
-        failed = self._failed_at.get(name)
-        if not failed:
+        resting = self.resting(name, now, rest)
+        if not resting:
             return holders.index(None) if None in holders else None
-        for index, at in list(failed.items()):
-            if now - at >= rest:
-                del failed[index]
         free = [index for index, holder in enumerate(holders) if holder is None]
         if not free:
             return None
-        rested = [index for index in free if index not in failed]
+        rested = [index for index in free if index not in resting]
         if rested:
             return rested[0]
-        return min(free, key=failed.__getitem__)
+        return max(free, key=resting.__getitem__)
 
     def start_failed(self, name: str, index: int, now: float) -> None:
         """The instance ``index`` of type ``name`` failed to start at ``now``."""
