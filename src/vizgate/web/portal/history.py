@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 from collections.abc import Iterator
 
@@ -14,19 +15,9 @@ from vizgate.web.portal.models import Session
 __all__ = ["CHUNK", "session_uses"]
 
 
-#: The columns a :class:`SessionUse` is made of, in its fields' order.
-_COLUMNS = (
-    "id",
-    "service",
-    "user",
-    "state",
-    "created",
-    "started",
-    "ended",
-    "end_reason",
-    "bytes_to_client",
-    "bytes_to_server",
-)
+#: The columns a :class:`SessionUse` is made of (each field is the Session column of its name),
+#: in its fields' order.
+_COLUMNS = tuple(field.name for field in dataclasses.fields(SessionUse))
 #: Rows fetched from the database at a time.
 CHUNK = 2000
 
