@@ -130,6 +130,12 @@ def run_python(
     return result
 
 
+def vizgate_command(data: Path, *args: str) -> tuple[int, str, str]:
+    """``vizgate ARGS --data-dir DATA``: its status, stdout and stderr."""
+    result = run_python("-m", "vizgate", *args, "--data-dir", str(data), check=False)
+    return result.returncode, result.stdout, result.stderr
+
+
 def launch_gateway(
     directory: Path,
     config: Path,

@@ -37,6 +37,7 @@ from support import (
     vnc_authenticate,
     wait_until,
 )
+from vizgate.script_hooks import script_node
 from vizgate.scripts import RemoteServiceScript, ScriptError, realize_instances
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -162,6 +163,14 @@ def test_x11vnc_instances_use_one_display_and_port_each() -> None:
         (301, 6201),
         (302, 6202),
     ]
+
+
+def test_x11vnc_instances_name_their_node_so_one_node_can_be_paused() -> None:
+    pool = realize_instances("Render", X11VNC_SESSION, 4, {"hosts": ["n1", "n2"]})
+    [single] = realize_instances("Render", X11VNC_SESSION, 1, {"host": "n8"})
+
+    assert [script_node(instance) for instance in pool] == ["n1", "n2", "n1", "n2"]
+    assert script_node(single) == "n8"
 
 
 def test_x11vnc_default_display_base_is_200() -> None:

@@ -8,7 +8,7 @@ import pytest
 
 from snapshots import session_info
 from vizgate.metrics import START_BUCKETS, SessionTally, exposition
-from vizgate.sessions import ServiceInfo, SessionInfo
+from vizgate.sessions import NodeInfo, ServiceInfo, SessionInfo
 from vizgate.store import StoreActivity
 
 STATES = ["reserved", "starting", "running"]
@@ -63,6 +63,7 @@ def test_every_family_has_one_help_and_one_type_line_before_its_samples() -> Non
         "vizgate_store_write_seconds_total",
         "vizgate_instances",
         "vizgate_type_paused",
+        "vizgate_node_paused",
         "vizgate_instances_failed_recently",
         "vizgate_sessions",
         "vizgate_viewers",
@@ -105,6 +106,16 @@ def test_a_type_paused_alone_is_one() -> None:
     found = samples(exposition([paused, service("B")], [], SessionTally(), states=STATES))
     assert found['vizgate_type_paused{type="A"}'] == 1
     assert found['vizgate_type_paused{type="B"}'] == 0
+
+
+def test_a_paused_node_is_one() -> None:
+    nodes = [
+        NodeInfo(name="render01", instances=(("A", 0),), in_use=1, paused="fan swap"),
+        NodeInfo(name="render02", instances=(("A", 1),), in_use=0),
+    ]
+    found = samples(exposition([service("A")], [], SessionTally(), states=STATES, nodes=nodes))
+    assert found['vizgate_node_paused{node="render01"}'] == 1
+    assert found['vizgate_node_paused{node="render02"}'] == 0
 
 
 def test_an_ended_session_moves_its_bytes_from_live_to_the_tally() -> None:

@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from broker_fixtures import MakeBroker
-from gateway import run_python, start_gateway, write_config
+from gateway import start_gateway, write_config
+from gateway import vizgate_command as vizgate
 from portal_client import Account, create_accounts, logged_in
 from vizgate.exceptions import ReservationError
 from vizgate.pause import DEFAULT_REASON, TypePauses
@@ -102,11 +103,6 @@ async def test_a_paused_type_refuses_users_not_administrators_and_not_other_type
     await broker.reserve("Render", user="alice")
 
 
-def vizgate(data: Path, *args: str) -> tuple[int, str, str]:
-    result = run_python("-m", "vizgate", *args, "--data-dir", str(data), check=False)
-    return result.returncode, result.stdout, result.stderr
-
-
 def test_the_commands_pause_list_and_resume_a_type(tmp_path: Path) -> None:
     data = tmp_path / "data"
     data.mkdir(mode=0o700)
@@ -134,7 +130,7 @@ def test_the_commands_pause_list_and_resume_a_type(tmp_path: Path) -> None:
     code, _, error = vizgate(data, "pause", "--type", " ")
     assert (code, error) == (2, "vizgate pause: --type needs a session type's name\n")
     code, _, error = vizgate(data, "pause", "--list", "--type", "Render")
-    assert (code, error) == (2, "vizgate pause: --list takes no REASON or --type\n")
+    assert (code, error) == (2, "vizgate pause: --list takes no REASON, --type or --node\n")
 
 
 def test_with_the_catalog_the_command_refuses_a_type_it_does_not_have(tmp_path: Path) -> None:

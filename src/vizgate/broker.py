@@ -48,6 +48,7 @@ from vizgate.net import port_answers, server_greets
 from vizgate.readoption import adopted_session, left_the_catalog
 from vizgate.registry import SessionRegistry
 from vizgate.script_calls import ScriptCalls, call_start, call_stop
+from vizgate.script_hooks import script_node
 from vizgate.scripts import RemoteServiceScript, realize_instances
 from vizgate.sessions import (
     CloseRequest,
@@ -85,6 +86,9 @@ class Broker(BrokerRecords):
             reservation, except an administrator's.
         type_paused: why new sessions of the type named are paused, or None
             (:class:`vizgate.pause.TypePauses`); asked as ``paused`` is.
+        paused_nodes: the nodes paused alone and why (:class:`vizgate.pause.NodePauses`);
+            reservations, an administrator's too, pass over the instances whose script's
+            ``node()`` names one of them.
         failed_instance_rest: seconds an instance whose ``start()`` failed is passed over by
             new reservations while another instance of its type is free.
     """
@@ -99,18 +103,21 @@ class Broker(BrokerRecords):
         max_sessions_per_user: int | None = None,
         paused: Callable[[], str | None] = lambda: None,
         type_paused: Callable[[str], str | None] = lambda name: None,
+        paused_nodes: Callable[[], Mapping[str, str]] = dict,
         failed_instance_rest: float = FAILED_INSTANCE_REST,
     ) -> None:
         self.catalog = catalog
         self.failed_instance_rest = failed_instance_rest
         self.paused = paused
         self.type_paused = type_paused
+        self.paused_nodes = paused_nodes
         self.max_sessions_per_user = max_sessions_per_user
         #: Where sessions are saved (None: nowhere); ``/metrics`` reads its backlog.
         self.store = ThreadedStore(store) if store is not None else None
         self.timeouts = timeouts or Timeouts()
         self.probe_interval = probe_interval
         self._instances: dict[str, list[RemoteServiceScript]] = {}
+        self._nodes: dict[str, list[str | None]] = {}
         self._script_calls = ScriptCalls()
         self._live = SessionRegistry()
         self._connection_ids = itertools.count(1)
@@ -144,6 +151,7 @@ class Broker(BrokerRecords):
                 service.options_dict(),
             )
             self._instances[service.name] = instances
+            self._nodes[service.name] = await asyncio.to_thread(_nodes_of, instances)
             self._live.add_type(service.name, service.count)
         if self.store is not None:
             for record in await asyncio.to_thread(self.store.load_live):
@@ -217,7 +225,8 @@ class Broker(BrokerRecords):
         unlimited: bool = False,
     ) -> Reservation:
         """Hold the lowest free instance of a type for a new token (passing over one that
-        failed to start in the last :attr:`failed_instance_rest` seconds while another is free).
+        failed to start in the last :attr:`failed_instance_rest` seconds while another is free,
+        and every one on a paused node).
 
         Args:
             service_name: the session type.
@@ -246,8 +255,19 @@ class Broker(BrokerRecords):
         if user and not unlimited:
             check_user_limits(self._live, service, user, self.max_sessions_per_user)
         now = self.now()
-        index = self._live.free_index(service.name, now, self.failed_instance_rest)
+        on_paused_nodes = self._on_paused_nodes(service.name)
+        index = self._live.free_index(service.name, now, self.failed_instance_rest, on_paused_nodes)
         if index is None:
+            free_but_paused = [
+                on_paused_nodes[free]
+                for free in self._live.free_indexes(service.name)
+                if free in on_paused_nodes
+            ]
+            if free_but_paused:
+                node, why = free_but_paused[0]
+                raise ReservationError(
+                    f"new {service.name} sessions are paused on {node}: {why}", reason="paused"
+                )
             raise ReservationError(
                 f"no free instance of {service.name!r} ({service.count} of {service.count} in use)",
                 reason="no_free_instance",
@@ -286,6 +306,17 @@ class Broker(BrokerRecords):
         # A token handed out is one a gateway killed right after still knows.
         await self._until_saved(session, "the token is handed out")
         return Reservation(token=token, session_id=session.id, service=service.name, index=index)
+
+    def _on_paused_nodes(self, service_name: str) -> dict[int, tuple[str, str]]:
+        """The instances of a type on a paused node, with the node and why."""
+        paused = self.paused_nodes()
+        if not paused:
+            return {}
+        return {
+            index: (node, paused[node])
+            for index, node in enumerate(self._nodes.get(service_name, ()))
+            if node is not None and node in paused
+        }
 
     async def attach(self, token: str, *, client: str = "", user: str = "") -> Attachment:
         """Attach a viewer to a session; the first attach starts it. Waits until it runs.
@@ -603,3 +634,8 @@ class Broker(BrokerRecords):
                 if deadline is not None and deadline <= now:
                     session.lifecycle.tick(now)
                     self._drive(session)
+
+
+def _nodes_of(instances: list[RemoteServiceScript]) -> list[str | None]:
+    """The node of each instance, by index (None where its script does not say)."""
+    return [script_node(instance) for instance in instances]

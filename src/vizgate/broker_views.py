@@ -8,11 +8,11 @@ sessions.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from vizgate.catalog import Catalog
 from vizgate.registry import SessionRegistry
-from vizgate.sessions import ServiceInfo, SessionInfo, ViewerInfo, token_hash
+from vizgate.sessions import NodeInfo, ServiceInfo, SessionInfo, ViewerInfo, token_hash
 
 __all__ = ["BrokerViews"]
 
@@ -26,6 +26,9 @@ class BrokerViews:
     _wall_offset: float
     failed_instance_rest: float
     type_paused: Callable[[str], str | None]
+    paused_nodes: Callable[[], Mapping[str, str]]
+    # By type, the node of each instance (None where its script does not say).
+    _nodes: dict[str, list[str | None]]
 
     def now(self) -> float:
         """The broker's clock (the event loop's monotonic time)."""
@@ -80,4 +83,27 @@ class BrokerViews:
                 paused=self.type_paused(service.name),
             )
             for service in self.catalog
+        ]
+
+    def nodes(self) -> list[NodeInfo]:
+        """Every node the instances run on (as their scripts' ``node()`` say), and every paused
+        one, by name."""
+        paused = self.paused_nodes()
+        instances: dict[str, list[tuple[str, int]]] = {}
+        in_use: dict[str, int] = {}
+        for service_name, nodes in self._nodes.items():
+            free = set(self._live.free_indexes(service_name))
+            for index, node in enumerate(nodes):
+                if node is None:
+                    continue
+                instances.setdefault(node, []).append((service_name, index))
+                in_use[node] = in_use.get(node, 0) + (index not in free)
+        return [
+            NodeInfo(
+                name=name,
+                instances=tuple(instances.get(name, ())),
+                in_use=in_use.get(name, 0),
+                paused=paused.get(name),
+            )
+            for name in sorted(instances.keys() | paused.keys())
         ]

@@ -5,7 +5,8 @@
 ``vizgate user ...`` and ``vizgate group ...`` manage the portal's accounts in the database of
 ``--data-dir`` (:mod:`vizgate.account_commands`); ``vizgate sessions`` and ``usage`` report on
 the history (:mod:`vizgate.report_commands`); ``vizgate pause`` and ``resume`` stop and
-allow new sessions; ``vizgate notice`` shows users a notice; ``vizgate backup`` copies the
+allow new sessions and ``vizgate notice`` shows users a notice
+(:mod:`vizgate.maintenance_commands`); ``vizgate backup`` copies the
 database (:mod:`vizgate.backup`); ``vizgate demo`` serves the examples (see :mod:`vizgate.demo`).
 
 Each subcommand is one ``_add_<name>`` function that declares its arguments and binds one
@@ -42,7 +43,7 @@ from vizgate.cli_support import (
     add_data_dir,
 )
 from vizgate.exceptions import ConfigError, ConfigProblem, ScriptError
-from vizgate.pause import PauseFile, TypePauses
+from vizgate.maintenance_commands import add_notice_command, add_pause_commands
 from vizgate.report_commands import add_sessions_command, add_usage_command
 from vizgate.scripts import realize_instances
 from vizgate.window_sizes import DEFAULT_SIZES
@@ -229,169 +230,6 @@ def _plural(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
-# --- vizgate pause / resume ------------------------------------------------------------------
-
-
-def _add_pause(subparsers: Subparsers) -> None:
-    pause = subparsers.add_parser(
-        "pause",
-        help="pause new sessions (for maintenance); running ones go on",
-        description="Pause new sessions of the gateway whose data directory is given (or, "
-        "with --type, of one session type): users see REASON and cannot launch "
-        "(administrators still can); running sessions go on. The pause outlives restarts "
-        "until 'vizgate resume'.",
-    )
-    pause.add_argument("reason", metavar="REASON", nargs="?", default="", help="what users see")
-    pause.add_argument(
-        "--type", metavar="NAME", help="pause only this session type (e.g. its licence is down)"
-    )
-    pause.add_argument(
-        "--config",
-        metavar="FILE",
-        help="the gateway's catalog: --type must name one of its types",
-    )
-    pause.add_argument(
-        "--list", action="store_true", help="say what is paused, and why; change nothing"
-    )
-    add_data_dir(pause)
-    pause.set_defaults(func=_run_pause)
-    resume = subparsers.add_parser(
-        "resume",
-        help="accept new sessions again",
-        description="Accept new sessions again (with --type, of that session type).",
-    )
-    resume.add_argument("--type", metavar="NAME", help="resume only this session type")
-    add_data_dir(resume)
-    resume.set_defaults(func=_run_resume)
-
-
-def _own_data_dir(args: argparse.Namespace, command: str) -> Path | None:
-    """The data directory ``args`` name, or None (and why, on stderr) when it belongs to
-    another account."""
-    from vizgate.web import check_data_dir_owner, data_dir_of
-
-    data_dir = data_dir_of(args.data_dir).resolve()
-    try:
-        check_data_dir_owner(data_dir)
-    except PermissionError as exc:
-        print(
-            f"vizgate {command}: cannot use the data directory {data_dir}: {exc.strerror}",
-            file=sys.stderr,
-        )
-        return None
-    return data_dir
-
-
-def _run_pause(args: argparse.Namespace) -> int:
-    data_dir = _own_data_dir(args, "pause")
-    if data_dir is None:
-        return EXIT_FAILURE
-    pause_file = PauseFile.in_data_dir(data_dir)
-    type_pauses = TypePauses.in_data_dir(data_dir)
-    if args.list:
-        if args.type is not None or args.reason:
-            print("vizgate pause: --list takes no REASON or --type", file=sys.stderr)
-            return EXIT_PROBLEMS
-        everything = pause_file.reason()
-        print(f"new sessions are paused: {everything}" if everything else "new sessions: open")
-        for name, reason in sorted(type_pauses.reasons().items()):
-            print(f"new {name} sessions are paused: {reason}")
-        return EXIT_OK
-    if args.type is not None and not args.type.strip():
-        print("vizgate pause: --type needs a session type's name", file=sys.stderr)
-        return EXIT_PROBLEMS
-    if args.type is not None and args.config is not None:
-        problem = _not_a_type_of(args.type, Path(args.config))
-        if problem is not None:
-            print(f"vizgate pause: {problem}", file=sys.stderr)
-            return EXIT_PROBLEMS
-    target = pause_file.path if args.type is None else type_pauses.path
-    try:
-        if args.type is None:
-            reason = pause_file.pause(args.reason)
-        else:
-            reason = type_pauses.pause(args.type, args.reason)
-    except OSError as exc:
-        print(f"vizgate pause: cannot write {target}: {exc.strerror or exc}", file=sys.stderr)
-        return EXIT_FAILURE
-    what = "new sessions" if args.type is None else f"new {args.type} sessions"
-    print(f"{what} are paused: {reason}")
-    return EXIT_OK
-
-
-def _not_a_type_of(name: str, config: Path) -> str | None:
-    """Why ``name`` is not a session type of the catalog ``config`` (None when it is one)."""
-    try:
-        catalog = load_catalog(config)
-    except ConfigError as exc:
-        return f"the catalog {config} has problems: " + "; ".join(map(str, exc.problems))
-    names = [service.name for service in catalog]
-    if name in names:
-        return None
-    return f"{config} has no session type {name!r}; its types: " + ", ".join(
-        repr(known) for known in names
-    )
-
-
-def _run_resume(args: argparse.Namespace) -> int:
-    data_dir = _own_data_dir(args, "resume")
-    if data_dir is None:
-        return EXIT_FAILURE
-    pause_file = PauseFile.in_data_dir(data_dir)
-    type_pauses = TypePauses.in_data_dir(data_dir)
-    target = pause_file.path if args.type is None else type_pauses.path
-    try:
-        resumed = pause_file.resume() if args.type is None else type_pauses.resume(args.type)
-    except OSError as exc:
-        print(f"vizgate resume: cannot change {target}: {exc.strerror or exc}", file=sys.stderr)
-        return EXIT_FAILURE
-    what = "new sessions" if args.type is None else f"new {args.type} sessions"
-    print(f"{what} are accepted again" if resumed else f"{what} were not paused")
-    if args.type is None and (still := sorted(type_pauses.reasons())):
-        print(f"still paused alone: {', '.join(still)} (vizgate resume --type NAME)")
-    return EXIT_OK
-
-
-def _add_notice(subparsers: Subparsers) -> None:
-    notice = subparsers.add_parser(
-        "notice",
-        help="show a notice to every user (or, with --withdraw, no more)",
-        description="Show TEXT on every page of the portal, the login page included, and in "
-        "every open viewer within seconds; it stops nothing (for that: vizgate pause). Without "
-        "TEXT, print the notice shown now.",
-    )
-    notice.add_argument("text", metavar="TEXT", nargs="?", default=None, help="what users see")
-    notice.add_argument("--withdraw", action="store_true", help="show no notice any more")
-    add_data_dir(notice)
-    notice.set_defaults(func=_run_notice)
-
-
-def _run_notice(args: argparse.Namespace) -> int:
-    from vizgate.notice import NoticeFile
-
-    if args.withdraw and args.text is not None:
-        print("vizgate notice: give TEXT or --withdraw, not both", file=sys.stderr)
-        return EXIT_PROBLEMS
-    data_dir = _own_data_dir(args, "notice")
-    if data_dir is None:
-        return EXIT_FAILURE
-    notice = NoticeFile.in_data_dir(data_dir)
-    try:
-        if args.withdraw:
-            print("the notice is withdrawn" if notice.withdraw() else "there was no notice")
-        elif args.text is not None:
-            print(f"every user now sees: {notice.post(args.text)}")
-        else:
-            print(notice.text() or "no notice")
-    except ValueError as exc:
-        print(f"vizgate notice: {exc}", file=sys.stderr)
-        return EXIT_PROBLEMS
-    except OSError as exc:
-        print(f"vizgate notice: cannot use {notice.path}: {exc.strerror or exc}", file=sys.stderr)
-        return EXIT_FAILURE
-    return EXIT_OK
-
-
 def _add_backup(subparsers: Subparsers) -> None:
     backup = subparsers.add_parser(
         "backup",
@@ -462,8 +300,8 @@ _COMMANDS: tuple[Callable[[Subparsers], None], ...] = (
     add_group_command,
     add_sessions_command,
     add_usage_command,
-    _add_pause,
-    _add_notice,
+    add_pause_commands,
+    add_notice_command,
     _add_backup,
     _add_demo,
 )

@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from vizgate.sessions import ServiceInfo, SessionInfo
+from vizgate.sessions import NodeInfo, ServiceInfo, SessionInfo
 from vizgate.store import StoreActivity
 
 __all__ = ["CONTENT_TYPE", "START_BUCKETS", "SessionTally", "exposition"]
@@ -94,6 +94,7 @@ def exposition(
     *,
     states: Sequence[str],
     paused: bool = False,
+    nodes: Sequence[NodeInfo] = (),
     store_waiting: int = 0,
     store_activity: StoreActivity | None = None,
 ) -> str:
@@ -105,6 +106,7 @@ def exposition(
         tally: what happened since the process started.
         states: the live states, each reported for every type (0 when none is in it).
         paused: new sessions are paused (:mod:`vizgate.pause`).
+        nodes: the nodes the instances run on (:meth:`vizgate.broker.Broker.nodes`).
         store_waiting: session changes not yet written to the database.
         store_activity: what the session store has written (none without a database).
     """
@@ -160,6 +162,14 @@ def exposition(
         "gauge",
         "1 while new sessions of a session type alone are paused (vizgate pause --type), else 0.",
         ((f'type="{_label(s.name)}"', 1 if s.paused else 0) for s in services),
+    )
+    _family(
+        lines,
+        "vizgate_node_paused",
+        "gauge",
+        "1 while no new session starts on a node (vizgate pause --node), else 0; "
+        "nodes are those the session scripts name.",
+        ((f'node="{_label(n.name)}"', 1 if n.paused else 0) for n in nodes),
     )
     _family(
         lines,

@@ -10,7 +10,13 @@ The broker asks :meth:`PauseFile.reason` at each reservation: one ``stat``, and 
 when the file changed. Administrators may still start sessions (to check the maintenance).
 
 One session type may be paused alone (:class:`TypePauses`, the file ``paused-types.json``):
-its licence server or its nodes are down while the other types go on. The same rules hold.
+its licence server is down while the other types go on. The same rules hold.
+
+One node of a pool may be paused alone (:class:`NodePauses`, the file ``paused-nodes.json``)
+for its maintenance: reservations pass over the instances that run on it (as their script's
+optional ``node()`` says) while the pool's other nodes take new sessions, and its running
+sessions go on until their users leave. Unlike the other pauses it holds for administrators
+too: the node may be switched off.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Final
+from typing import ClassVar, Final, Self
 
 from vizgate.message_file import MAX_LENGTH, MessageFile, clean_message
 from vizgate.private_file import replace_privately
@@ -31,8 +37,11 @@ from vizgate.private_file import replace_privately
 __all__ = [
     "DEFAULT_REASON",
     "MAX_REASON_LENGTH",
+    "NODE_PAUSES_FILE_NAME",
     "PAUSE_FILE_NAME",
     "TYPE_PAUSES_FILE_NAME",
+    "NamedPauses",
+    "NodePauses",
     "PauseFile",
     "TypePauses",
 ]
@@ -43,6 +52,8 @@ logger = logging.getLogger(__name__)
 PAUSE_FILE_NAME: Final = "paused"
 #: The file of the session types paused alone, in the data directory.
 TYPE_PAUSES_FILE_NAME: Final = "paused-types.json"
+#: The file of the nodes paused alone, in the data directory.
+NODE_PAUSES_FILE_NAME: Final = "paused-nodes.json"
 #: What users are told when the administrator gave no reason.
 DEFAULT_REASON: Final = "maintenance"
 #: Longer reasons are cut: they are shown on every page of the portal.
@@ -78,15 +89,20 @@ class PauseFile(MessageFile):
         return self.remove()
 
 
-class TypePauses:
-    """The session types whose new sessions are paused alone, with why, kept in ``path`` as a
-    JSON object ``{"type name": "reason"}``.
+class NamedPauses:
+    """Things paused alone by name (session types, nodes), with why, kept in ``path`` as a
+    JSON object ``{"name": "reason"}``.
 
     Reading costs one ``stat``, and a read only when the file changed; a file that cannot be
     read or parsed pauses nothing (said once in the log, as for :class:`PauseFile`). Writers
     (the commands, the Status page) take an exclusive lock on ``path`` + ``.lock`` around
     their read and replace, so two changes made at once are both kept.
     """
+
+    #: What the names are, for the log.
+    kind: ClassVar[str] = "name"
+    #: The file in the data directory.
+    file_name: ClassVar[str] = ""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -95,12 +111,12 @@ class TypePauses:
         self._reasons: dict[str, str] = {}
 
     @classmethod
-    def in_data_dir(cls, data_dir: Path) -> TypePauses:
-        """The type pauses of the gateway whose data directory is ``data_dir``."""
-        return cls(data_dir / TYPE_PAUSES_FILE_NAME)
+    def in_data_dir(cls, data_dir: Path) -> Self:
+        """The pauses of the gateway whose data directory is ``data_dir``."""
+        return cls(data_dir / cls.file_name)
 
     def reasons(self) -> dict[str, str]:
-        """Every paused type and why."""
+        """Every paused name and why."""
         try:
             info = self.path.stat()
         except FileNotFoundError:
@@ -116,15 +132,15 @@ class TypePauses:
                 except (OSError, ValueError) as exc:
                     self._reasons = {}
                     why = exc.strerror if isinstance(exc, OSError) else exc
-                    logger.error("cannot read %s, no type is paused: %s", self.path, why)
+                    logger.error("cannot read %s, no %s is paused: %s", self.path, self.kind, why)
             return dict(self._reasons)
 
     def reason(self, name: str) -> str | None:
-        """Why new sessions of type ``name`` are paused, or None when they are not."""
+        """Why new sessions of (or on) ``name`` are paused, or None when they are not."""
         return self.reasons().get(name)
 
     def pause(self, name: str, reason: str) -> str:
-        """Pause new sessions of type ``name`` for ``reason`` (cleaned as for
+        """Pause new sessions of (or on) ``name`` for ``reason`` (cleaned as for
         :class:`PauseFile`); returns the reason as users will see it.
 
         Raises:
@@ -136,7 +152,7 @@ class TypePauses:
         return shown
 
     def resume(self, name: str) -> bool:
-        """Accept new sessions of type ``name`` again; False if they were not paused.
+        """Accept new sessions of (or on) ``name`` again; False if they were not paused.
 
         Raises:
             OSError: the file cannot be written.
@@ -172,8 +188,22 @@ class TypePauses:
         replace_privately(self.path, text.encode())
 
 
+class TypePauses(NamedPauses):
+    """The session types whose new sessions are paused alone (``paused-types.json``)."""
+
+    kind = "type"
+    file_name = TYPE_PAUSES_FILE_NAME
+
+
+class NodePauses(NamedPauses):
+    """The nodes on which no new session starts (``paused-nodes.json``)."""
+
+    kind = "node"
+    file_name = NODE_PAUSES_FILE_NAME
+
+
 def _parsed(text: str) -> dict[str, str]:
-    """The type pauses in ``text``.
+    """The pauses in ``text``.
 
     Raises:
         ValueError: not a JSON object of strings.
@@ -182,5 +212,5 @@ def _parsed(text: str) -> dict[str, str]:
     if not isinstance(found, dict) or not all(
         isinstance(name, str) and isinstance(reason, str) for name, reason in found.items()
     ):
-        raise ValueError("expected a JSON object of type names and reasons")
+        raise ValueError("expected a JSON object of names and reasons")
     return {name: clean_message(reason) or DEFAULT_REASON for name, reason in found.items()}

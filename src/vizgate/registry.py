@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 
 from vizgate.live import LiveSession
 from vizgate.sessions import SessionInfo
@@ -37,25 +37,32 @@ class SessionRegistry:
         """Make room for the ``count`` instances of session type ``name``."""
         self._holders[name] = [None] * count
 
-    def free_index(self, name: str, now: float = 0.0, rest: float = 0.0) -> int | None:
-        """The lowest index of type ``name`` no live session holds, or None.
+    def free_index(
+        self, name: str, now: float = 0.0, rest: float = 0.0, passed_over: Collection[int] = ()
+    ) -> int | None:
+        """The lowest index of type ``name`` no live session holds and not ``passed_over`` (on
+        a paused node), or None.
 
         An instance whose ``start()`` failed less than ``rest`` seconds before ``now`` is passed
         over while another is free: in a pool of nodes, one that is down would otherwise take
         every next user's launch (and every retry). When only resting ones are free, the one
         that failed longest ago is tried again rather than refusing the user.
         """
-        holders = self._holders[name]
         resting = self.resting(name, now, rest)
-        if not resting:
+        if not resting and not passed_over:
+            holders = self._holders[name]
             return holders.index(None) if None in holders else None
-        free = [index for index, holder in enumerate(holders) if holder is None]
+        free = [index for index in self.free_indexes(name) if index not in passed_over]
         if not free:
             return None
         rested = [index for index in free if index not in resting]
         if rested:
             return rested[0]
         return max(free, key=resting.__getitem__)
+
+    def free_indexes(self, name: str) -> list[int]:
+        """Every index of type ``name`` no live session holds."""
+        return [index for index, holder in enumerate(self._holders[name]) if holder is None]
 
     def start_failed(self, name: str, index: int, now: float) -> None:
         """The instance ``index`` of type ``name`` failed to start at ``now``."""

@@ -40,7 +40,7 @@ from vizgate.exceptions import ConfigError, DatabaseSetupError, ScriptError
 from vizgate.fastpath import TakeoverProtocol
 from vizgate.lifecycle import Timeouts
 from vizgate.logs import configure_logging
-from vizgate.pause import PauseFile, TypePauses
+from vizgate.pause import NodePauses, PauseFile, TypePauses
 from vizgate.serve_options import SECURITY_TOKEN_ENV, add_serve_arguments
 from vizgate.web.proxy_trust import (
     logout_url_problem,
@@ -166,6 +166,7 @@ def run_serve(args: argparse.Namespace) -> int:
         max_sessions_per_user=args.max_sessions_per_user or None,
         paused=PauseFile.in_data_dir(data_dir.resolve()).reason,
         type_paused=TypePauses.in_data_dir(data_dir.resolve()).reason,
+        paused_nodes=NodePauses.in_data_dir(data_dir.resolve()).reasons,
         failed_instance_rest=args.failed_instance_rest,
     )
     ping_interval = args.ping_interval or None

@@ -14,6 +14,7 @@ from vizgate.lifecycle import EndReason
 
 __all__ = [
     "CloseRequest",
+    "NodeInfo",
     "Reservation",
     "ServiceInfo",
     "SessionInfo",
@@ -95,6 +96,20 @@ class ViewerInfo:
     user: str
     access: str
     since: float
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """A node that session types' instances run on (as their scripts' ``node()`` say), or one
+    paused that no instance runs on any more."""
+
+    name: str
+    #: The instances on it: (type name, index).
+    instances: tuple[tuple[str, int], ...]
+    #: How many of them live sessions hold.
+    in_use: int
+    #: Why no new session starts on it, or None.
+    paused: str | None = None
 
 
 @dataclass(frozen=True)

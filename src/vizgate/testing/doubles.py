@@ -25,7 +25,8 @@ Behaviours (see :data:`BEHAVIOURS`):
     Start like ``starts``; ``stop()`` closes the server, then raises, or blocks like ``never``.
 
 ``options.behaviour_by_index`` (``{"1": "false"}``) gives some instances another behaviour than
-the rest: a pool with one bad node.
+the rest: a pool with one bad node. ``options.nodes`` (``["n1", "n2"]``) gives the instances
+nodes in turn, as an SSH pool's script does: ``node()`` names instance *i*'s.
 
 Every double counts its ``start()`` and ``stop()`` calls and records whether the two ever
 overlapped (the broker promises they never do); :meth:`DoubleScript.crash` makes a running
@@ -269,6 +270,13 @@ class DoubleScript(RemoteServiceScript):
     def server(self) -> EchoServer | None:
         """The echo server of the current session, if one runs."""
         return self._server
+
+    def node(self) -> str | None:
+        """The node of this instance, from ``options.nodes`` in turn (None without)."""
+        nodes = self._common_options.get("nodes")
+        if not isinstance(nodes, list) or not nodes:
+            return None
+        return str(nodes[self._index % len(nodes)])
 
     def release(self) -> None:
         """Let a ``start()`` or ``stop()`` blocked by this double return now."""

@@ -41,6 +41,7 @@ async def metrics(request: HttpRequest) -> HttpResponse:
         broker.tally,
         states=_STATES,
         paused=broker.paused() is not None,
+        nodes=broker.nodes(),
         store_waiting=broker.store.waiting() if broker.store is not None else 0,
         store_activity=broker.store.activity() if broker.store is not None else None,
     )

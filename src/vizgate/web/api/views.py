@@ -32,7 +32,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from vizgate.accounts import amay_use, forbidden_message
 from vizgate.exceptions import ReservationError
-from vizgate.sessions import ServiceInfo, SessionInfo, session_id_of
+from vizgate.sessions import NodeInfo, ServiceInfo, SessionInfo, session_id_of
 from vizgate.web import runtime
 from vizgate.web.portal.context import notice_file
 
@@ -170,6 +170,16 @@ def service_json(info: ServiceInfo) -> dict[str, Any]:
     }
 
 
+def node_json(info: NodeInfo) -> dict[str, Any]:
+    """One node as ``/v1/status`` shows it."""
+    return {
+        "name": info.name,
+        "instances": [{"service": name, "index": index} for name, index in info.instances],
+        "in_use": info.in_use,
+        "paused": info.paused,
+    }
+
+
 def session_json(info: SessionInfo) -> dict[str, Any]:
     """One live session as ``/v1/status`` shows it: its public id and a token prefix only."""
     return {
@@ -295,6 +305,7 @@ async def status(request: HttpRequest) -> HttpResponse:
             "paused": broker.paused(),
             "notice": notice_file().text(),
             "services": [service_json(info) for info in broker.services()],
+            "nodes": [node_json(info) for info in broker.nodes()],
             "sessions": [session_json(info) for info in broker.sessions()],
             "ended": [ended_session_json(info) for info in broker.history()],
         }
@@ -311,6 +322,7 @@ async def status_view(request: HttpRequest) -> HttpResponse:
         "api/status_view.html",
         {
             "services": [service_json(info) for info in broker.services()],
+            "nodes": [node_json(info) for info in broker.nodes()],
             "sessions": [session_json(info) for info in broker.sessions()],
             "ended": ended,
         },

@@ -1,6 +1,7 @@
 """The administrators' Status page and its controls: the session types (in use, failed to
-start lately, paused alone), the live and the last ended sessions, how the database's writes go;
-pausing new sessions (all, or one type's), and the notice to every user."""
+start lately, paused alone), the nodes they run on, the live and the last ended sessions, how
+the database's writes go; pausing new sessions (all, one type's, or those on one node), and the
+notice to every user."""
 
 from __future__ import annotations
 
@@ -15,13 +16,14 @@ from django.shortcuts import redirect, render
 
 from vizgate.broker import Broker
 from vizgate.exceptions import ReservationError
-from vizgate.pause import PauseFile, TypePauses
-from vizgate.sessions import ServiceInfo
+from vizgate.pause import NodePauses, PauseFile, TypePauses
+from vizgate.sessions import NodeInfo, ServiceInfo
 from vizgate.web import runtime
 from vizgate.web.portal.context import notice_file
 from vizgate.web.portal.views import PortalUser, SessionRow, message_page, portal_view
 
 __all__ = [
+    "node_pauses",
     "pause",
     "pause_file",
     "post_notice",
@@ -43,6 +45,7 @@ async def status(request: HttpRequest, user: PortalUser) -> HttpResponseBase:
         "portal/status.html",
         {
             "services": [_TypeRow(info) for info in broker.services()],
+            "nodes": [_NodeRow(info) for info in broker.nodes()],
             "rows": [SessionRow.of(info) for info in broker.sessions()],
             "ended": [SessionRow.of(info) for info in broker.history()],
             "paused": broker.paused(),
@@ -70,6 +73,20 @@ class _TypeRow:
         ]
 
 
+@dataclass(frozen=True)
+class _NodeRow:
+    """A node on the Status page, with its instances grouped by type."""
+
+    info: NodeInfo
+
+    @property
+    def instances(self) -> str:
+        by_type: dict[str, list[str]] = {}
+        for name, index in self.info.instances:
+            by_type.setdefault(name, []).append(f"#{index}")
+        return "; ".join(f"{name} {', '.join(indexes)}" for name, indexes in by_type.items())
+
+
 def _database_line(broker: Broker) -> str:
     """How the session store's writes go, for administrators without Prometheus: reservations
     and starts wait for them."""
@@ -93,33 +110,40 @@ def _database_line(broker: Broker) -> str:
 @portal_view(staff=True, methods=("POST",))
 async def pause(request: HttpRequest, user: PortalUser) -> HttpResponseBase:
     """``POST /status/pause``: pause new sessions (``reason``), or with ``type`` only those of
-    that session type; running ones go on."""
-    name = request.POST.get("type")
-    if name is None:
-        reason = pause_file().pause(str(request.POST.get("reason", "")))
-        logger.warning("%s paused new sessions: %s", user.get_username(), reason)
-        return redirect("portal:status")
-    refusal = _unknown_type(request, name)
-    if refusal is not None:
-        return refusal
-    reason = type_pauses().pause(name, str(request.POST.get("reason", "")))
-    logger.warning("%s paused new %s sessions: %s", user.get_username(), name, reason)
+    that session type, or with ``node`` only those on that node; running ones go on."""
+    reason = str(request.POST.get("reason", ""))
+    if (node := request.POST.get("node")) is not None:
+        if node not in {info.name for info in runtime.get_broker().nodes()}:
+            return message_page(
+                request, 400, "No such node", f"No session type's instances run on {node!r}."
+            )
+        shown = node_pauses().pause(node, reason)
+        logger.warning("%s paused new sessions on %s: %s", user.get_username(), node, shown)
+    elif (name := request.POST.get("type")) is not None:
+        if (refusal := _unknown_type(request, name)) is not None:
+            return refusal
+        shown = type_pauses().pause(name, reason)
+        logger.warning("%s paused new %s sessions: %s", user.get_username(), name, shown)
+    else:
+        shown = pause_file().pause(reason)
+        logger.warning("%s paused new sessions: %s", user.get_username(), shown)
     return redirect("portal:status")
 
 
 @portal_view(staff=True, methods=("POST",))
 async def resume(request: HttpRequest, user: PortalUser) -> HttpResponseBase:
-    """``POST /status/resume``: accept new sessions again (with ``type``, that type's)."""
-    name = request.POST.get("type")
-    if name is None:
-        if pause_file().resume():
-            logger.warning("%s resumed new sessions", user.get_username())
-        return redirect("portal:status")
-    refusal = _unknown_type(request, name)
-    if refusal is not None:
-        return refusal
-    if type_pauses().resume(name):
-        logger.warning("%s resumed new %s sessions", user.get_username(), name)
+    """``POST /status/resume``: accept new sessions again (with ``type``, that type's; with
+    ``node``, those on that node, known to the catalog or not)."""
+    if (node := request.POST.get("node")) is not None:
+        if node_pauses().resume(node):
+            logger.warning("%s resumed new sessions on %s", user.get_username(), node)
+    elif (name := request.POST.get("type")) is not None:
+        if (refusal := _unknown_type(request, name)) is not None:
+            return refusal
+        if type_pauses().resume(name):
+            logger.warning("%s resumed new %s sessions", user.get_username(), name)
+    elif pause_file().resume():
+        logger.warning("%s resumed new sessions", user.get_username())
     return redirect("portal:status")
 
 
@@ -163,3 +187,9 @@ def pause_file() -> PauseFile:
 def type_pauses() -> TypePauses:
     """The session types paused alone, in the gateway's data directory."""
     return TypePauses.in_data_dir(Path(settings.VIZGATE_DATA_DIR))
+
+
+@functools.cache
+def node_pauses() -> NodePauses:
+    """The nodes paused alone, in the gateway's data directory."""
+    return NodePauses.in_data_dir(Path(settings.VIZGATE_DATA_DIR))
