@@ -22,6 +22,7 @@ from vizgate.pause import NodePauses, TypePauses
 from vizgate.registry import SessionRegistry
 from vizgate.script_hooks import script_node
 from vizgate.scripts import RemoteServiceScript
+from vizgate.served_catalog import ServedCatalog
 
 # -- the parts -----------------------------------------------------------------------------------
 
@@ -142,6 +143,20 @@ async def test_a_paused_node_no_script_names_any_more_is_still_listed(
     [n1, old] = broker.nodes()
     assert (n1.name, n1.paused) == ("n1", None)
     assert (old.name, old.instances, old.paused) == ("old-node", (), "retired")
+
+
+def test_the_served_catalog_is_read_back_and_a_bad_file_is_none(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert ServedCatalog.load(tmp_path) is None
+    served = ServedCatalog(config="/etc/vizgate/c.json", types=("Desktop",), nodes=("n1", "n2"))
+    served.save(tmp_path)
+    assert ServedCatalog.load(tmp_path) == served
+    assert (tmp_path / "catalog-served.json").stat().st_mode & 0o777 == 0o600
+    (tmp_path / "catalog-served.json").write_text('{"config": "c", "types": [1], "nodes": []}')
+    with caplog.at_level(logging.WARNING):
+        assert ServedCatalog.load(tmp_path) is None
+    assert "cannot read" in caplog.text
 
 
 # -- the commands --------------------------------------------------------------------------------

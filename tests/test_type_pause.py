@@ -106,10 +106,12 @@ async def test_a_paused_type_refuses_users_not_administrators_and_not_other_type
 def test_the_commands_pause_list_and_resume_a_type(tmp_path: Path) -> None:
     data = tmp_path / "data"
     data.mkdir(mode=0o700)
+    # No gateway has served this data directory: the name cannot be checked, and it says so.
     assert vizgate(data, "pause", "--type", "Render", "licence down") == (
         0,
         "new Render sessions are paused: licence down\n",
-        "",
+        f"vizgate pause: the name is not checked: no gateway has served {data} yet "
+        "(--config FILE checks it against a catalog)\n",
     )
     assert vizgate(data, "pause", "all nodes rebooting")[0] == 0
     assert vizgate(data, "pause", "--list")[1] == (
@@ -163,7 +165,18 @@ def test_a_type_paused_from_the_command_line_and_resumed_from_the_status_page(
     create_accounts(data, [alice, root])
     gateway = start_gateway(tmp_path / "run", config)
     try:
-        assert vizgate(data, "pause", "--type", "Render", "licence server down")[0] == 0
+        # The gateway said what it serves: a name that is none of its types is refused.
+        assert vizgate(data, "pause", "--type", "Rendr") == (
+            2,
+            "",
+            f"vizgate pause: the gateway of {data.resolve()} serves no session type 'Rendr' "
+            f"(its catalog: {config.resolve()}); its session types: 'Desktop', 'Render'\n",
+        )
+        assert vizgate(data, "pause", "--type", "Render", "licence server down") == (
+            0,
+            "new Render sessions are paused: licence server down\n",
+            "",
+        )
         refused = gateway.request("/v1/reserve/Render")
         assert refused.status == 503
         assert refused.json()["reason"] == "paused"

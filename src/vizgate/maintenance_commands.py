@@ -22,6 +22,7 @@ from vizgate.exceptions import ConfigError, ScriptError
 from vizgate.pause import NamedPauses, NodePauses, PauseFile, TypePauses
 from vizgate.script_hooks import script_node
 from vizgate.scripts import realize_instances
+from vizgate.served_catalog import ServedCatalog
 
 __all__ = ["add_notice_command", "add_pause_commands"]
 
@@ -42,8 +43,8 @@ def add_pause_commands(subparsers: Subparsers) -> None:
     pause.add_argument(
         "--config",
         metavar="FILE",
-        help="the gateway's catalog: --type must name one of its types, --node one of the "
-        "nodes its instances run on",
+        help="the catalog --type must name a type of, or --node a node of (default: the one "
+        "the gateway of --data-dir served last)",
     )
     pause.add_argument(
         "--list", action="store_true", help="say what is paused, and why; change nothing"
@@ -139,9 +140,8 @@ def _run_pause(args: argparse.Namespace) -> int:
         option = "--node needs a node's name" if args.node else "--type needs a session type's name"
         print(f"vizgate pause: {option}", file=sys.stderr)
         return EXIT_PROBLEMS
-    if scope.pauses is not None and args.config is not None:
-        known = _not_a_node_of if args.node is not None else _not_a_type_of
-        problem = known(scope.name, Path(args.config))
+    if scope.pauses is not None:
+        problem = _unknown_name(args, scope.name, data_dir)
         if problem is not None:
             print(f"vizgate pause: {problem}", file=sys.stderr)
             return EXIT_PROBLEMS
@@ -155,6 +155,32 @@ def _run_pause(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     print(f"{scope.words} are paused: {reason}")
     return EXIT_OK
+
+
+def _unknown_name(args: argparse.Namespace, name: str, data_dir: Path) -> str | None:
+    """Why ``name`` is no session type (``--type``) or node (``--node``) of the catalog given
+    with ``--config``, or else of the one the gateway served last; None when it is one, or
+    when no catalog is known (said on stderr)."""
+    node = args.node is not None
+    if args.config is not None:
+        config = Path(args.config)
+        return _not_a_node_of(name, config) if node else _not_a_type_of(name, config)
+    served = ServedCatalog.load(data_dir)
+    if served is None:
+        print(
+            f"vizgate pause: the name is not checked: no gateway has served {data_dir} yet "
+            "(--config FILE checks it against a catalog)",
+            file=sys.stderr,
+        )
+        return None
+    known, what = (served.nodes, "node") if node else (served.types, "session type")
+    if name in known:
+        return None
+    listed = ", ".join(map(repr, known)) if known else "none"
+    return (
+        f"the gateway of {data_dir} serves no {what} {name!r} (its catalog: {served.config}); "
+        f"its {what}s: {listed}"
+    )
 
 
 def _not_a_type_of(name: str, config: Path) -> str | None:

@@ -42,6 +42,7 @@ from vizgate.lifecycle import Timeouts
 from vizgate.logs import configure_logging
 from vizgate.pause import NodePauses, PauseFile, TypePauses
 from vizgate.serve_options import SECURITY_TOKEN_ENV, add_serve_arguments
+from vizgate.served_catalog import ServedCatalog
 from vizgate.web.proxy_trust import (
     logout_url_problem,
     single_sign_on_of,
@@ -175,6 +176,7 @@ def run_serve(args: argparse.Namespace) -> int:
         stop_sessions_on_exit=args.stop_sessions_on_exit,
         url_prefix=args.url_prefix,
         history_days=args.history_days or None,
+        on_open=lambda: _record_served_catalog(broker, Path(args.config), data_dir.resolve()),
     )
     config = uvicorn.Config(
         trusted_proxy_layers(
@@ -280,6 +282,20 @@ class _Server(uvicorn.Server):
         if self._watcher is not None:
             self._watcher.cancel()
         await super().shutdown(sockets=sockets)
+
+
+def _record_served_catalog(broker: Broker, config: Path, data_dir: Path) -> None:
+    """Tell the commands run beside the gateway which types and nodes it serves
+    (:mod:`vizgate.served_catalog`)."""
+    served = ServedCatalog(
+        config=str(config.resolve()),
+        types=tuple(service.name for service in broker.catalog),
+        nodes=tuple(node.name for node in broker.nodes() if node.instances),
+    )
+    try:
+        served.save(data_dir)
+    except OSError as exc:
+        logger.warning("cannot record the catalog served in %s: %s", data_dir, exc.strerror)
 
 
 def _announce(url: str) -> None:

@@ -46,6 +46,7 @@ class Gateway:
             sessions keep running and the next start of the gateway adopts them.
         housekeeper: sweeps the database while the server runs (started once the broker is
             open).
+        on_open: called once the broker is open (the server records what it serves).
 
     Attributes:
         startup_error: why the lifespan start-up failed, if it did (the server reports it).
@@ -60,9 +61,11 @@ class Gateway:
         stop_sessions_on_exit: bool = False,
         url_prefix: str = "",
         housekeeper: Housekeeper | None = None,
+        on_open: Callable[[], None] | None = None,
     ) -> None:
         self.broker = broker
         self.housekeeper = housekeeper
+        self.on_open = on_open
         self.stop_sessions_on_exit = stop_sessions_on_exit
         self.http = http
         self.websocket = websocket
@@ -118,6 +121,8 @@ class Gateway:
                     len(self.broker.catalog),
                     self.broker.catalog.instance_count,
                 )
+                if self.on_open is not None:
+                    self.on_open()
                 if self.housekeeper is not None:
                     self.housekeeper.start()
                 await send({"type": "lifespan.startup.complete"})
@@ -141,6 +146,7 @@ def build_application(
     stop_sessions_on_exit: bool = False,
     url_prefix: str = "",
     history_days: int | None = None,
+    on_open: Callable[[], None] | None = None,
 ) -> Gateway:
     """The gateway's ASGI application: Django for HTTP, the tunnel for WebSockets.
 
@@ -153,6 +159,7 @@ def build_application(
             description says how it is served).
         history_days: how long the history of ended sessions is kept; None keeps it all
             (:mod:`vizgate.web.housekeeping`).
+        on_open: see :class:`Gateway`.
     """
     # Imported here: Django's handler and the portal's authorizer need configured settings.
     from django.core.handlers.asgi import ASGIHandler
@@ -167,4 +174,5 @@ def build_application(
         stop_sessions_on_exit=stop_sessions_on_exit,
         url_prefix=url_prefix,
         housekeeper=Housekeeper(history_days),
+        on_open=on_open,
     )
