@@ -256,6 +256,34 @@ def test_check_shows_defaults_file_ext_timeouts_and_hides_secret_options(
     assert "id_ed25519" not in out
 
 
+def test_check_shows_which_instances_run_on_which_node(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from vizgate.testing import DOUBLE_SESSION_SCRIPT
+
+    config = tmp_path / "external_services.json"
+    config.write_text(
+        json.dumps(
+            {
+                "Pool": {
+                    "script": str(DOUBLE_SESSION_SCRIPT),
+                    "count": 3,
+                    "options": {"nodes": ["render01", "render02"]},
+                },
+                "Alone": {"script": str(DOUBLE_SESSION_SCRIPT), "count": 1, "options": {}},
+            }
+        )
+    )
+
+    assert main(["check", str(config)]) == EXIT_OK
+
+    out = capsys.readouterr().out
+    shown = [" ".join(line.split()) for line in out.splitlines()]
+    assert "nodes: render01 (#0, #2), render02 (#1)" in shown
+    # A type whose script names no node has no such line.
+    assert sum(line.startswith("nodes:") for line in shown) == 1
+
+
 def test_check_missing_file_exits_2_with_a_message(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

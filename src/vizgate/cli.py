@@ -27,7 +27,7 @@ import argparse
 import json
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -45,6 +45,7 @@ from vizgate.cli_support import (
 from vizgate.exceptions import ConfigError, ConfigProblem, ScriptError
 from vizgate.maintenance_commands import add_notice_command, add_pause_commands
 from vizgate.report_commands import add_sessions_command, add_usage_command
+from vizgate.script_hooks import script_node
 from vizgate.scripts import realize_instances
 from vizgate.window_sizes import DEFAULT_SIZES
 
@@ -146,9 +147,13 @@ def _run_check(args: argparse.Namespace) -> int:
     # Scripts run their module code and realize_service() here, and may print; realizing
     # before printing the catalog keeps their output from splitting it up.
     problems: list[ConfigProblem] = []
+    nodes: dict[str, list[str | None]] = {}
     for service in catalog:
         try:
-            realize_instances(service.name, service.script, service.count, service.options_dict())
+            instances = realize_instances(
+                service.name, service.script, service.count, service.options_dict()
+            )
+            nodes[service.name] = [script_node(instance) for instance in instances]
         except ScriptError as exc:
             problems.append(
                 ConfigProblem(
@@ -158,7 +163,7 @@ def _run_check(args: argparse.Namespace) -> int:
                 )
             )
 
-    _print_catalog(catalog, sys.stdout)
+    _print_catalog(catalog, nodes, sys.stdout)
     if problems:
         return _report_problems(problems, args.config)
     types = _plural(len(catalog), "session type")
@@ -177,11 +182,13 @@ def _report_problems(problems: Sequence[ConfigProblem], config: str) -> int:
     return EXIT_PROBLEMS
 
 
-def _print_catalog(catalog: Catalog, out: TextIO) -> None:
+def _print_catalog(
+    catalog: Catalog, nodes: Mapping[str, Sequence[str | None]], out: TextIO
+) -> None:
     print(f"Catalog {catalog.path}", file=out)
     for service in catalog:
         print(file=out)
-        _print_service(service, out)
+        _print_service(service, nodes.get(service.name, ()), out)
     if catalog.warnings:
         print(file=out)
         print(f"{_plural(len(catalog.warnings), 'warning')}:", file=out)
@@ -190,7 +197,7 @@ def _print_catalog(catalog: Catalog, out: TextIO) -> None:
     print(file=out)
 
 
-def _print_service(service: ServiceType, out: TextIO) -> None:
+def _print_service(service: ServiceType, nodes: Sequence[str | None], out: TextIO) -> None:
     indexes = "index 0" if service.count == 1 else f"indexes 0-{service.count - 1}"
     sizes = ", ".join(service.sizes)
     if "sizes" not in service.options and service.sizes == DEFAULT_SIZES:
@@ -202,6 +209,8 @@ def _print_service(service: ServiceType, out: TextIO) -> None:
         ("file_ext", ", ".join(service.file_ext) if service.file_ext else "(none)"),
         ("script", str(service.script)),
     ]
+    if by_node := _instances_by_node(nodes):
+        lines.append(("nodes", by_node))
     lines += [
         (key, f"{service.options[key]} s") for key in TIMEOUT_OPTIONS if key in service.options
     ]
@@ -218,6 +227,15 @@ def _print_service(service: ServiceType, out: TextIO) -> None:
     width = max(len(label) for label, _ in lines)
     for label, text in lines:
         print(f"  {label + ':':<{width + 1}} {text}", file=out)
+
+
+def _instances_by_node(nodes: Sequence[str | None]) -> str:
+    """Which instances run on which node, as the scripts' ``node()`` say ("" if none says)."""
+    indexes: dict[str, list[str]] = {}
+    for index, node in enumerate(nodes):
+        if node is not None:
+            indexes.setdefault(node, []).append(f"#{index}")
+    return ", ".join(f"{node} ({', '.join(held)})" for node, held in indexes.items())
 
 
 def _show_value(key: str, value: Any) -> str:
