@@ -115,7 +115,11 @@ async def test_a_paused_node_sends_new_sessions_to_the_others_and_keeps_its_own(
     assert by_name["n1"].instances == (("Desktop", 0), ("Desktop", 2))
     assert (by_name["n1"].in_use, by_name["n1"].paused) == (1, "fan swap")
     assert (by_name["n2"].in_use, by_name["n2"].paused) == (2, None)
+    desktop = {info.name: info for info in broker.services()}["Desktop"]
+    assert (desktop.in_use, desktop.free_on_paused_nodes) == (3, 1)
     pauses.resume("n1")
+    desktop = {info.name: info for info in broker.services()}["Desktop"]
+    assert desktop.free_on_paused_nodes == 0
     assert (await broker.reserve("Desktop", user="bo")).index == 2
 
 
@@ -223,7 +227,8 @@ def test_a_node_paused_from_the_command_line_and_resumed_from_the_status_page(
     config = write_config(tmp_path / "config", {"Desktop": pool})
     data = tmp_path / "run" / "data"
     root = Account("root", "root-swaps-the-fan-of-render01", admin=True)
-    create_accounts(data, [root])
+    alice = Account("alice", "alice-renders-on-render02-4")
+    create_accounts(data, [root, alice])
     gateway = start_gateway(tmp_path / "run", config, env={"VIZGATE_SECURITY_TOKEN": secret})
     try:
 
@@ -255,6 +260,12 @@ def test_a_node_paused_from_the_command_line_and_resumed_from_the_status_page(
             "paused": "fan swap",
         }
         assert (nodes["render02"]["in_use"], nodes["render02"]["paused"]) == (2, None)
+        [desktop] = status()["services"]
+        assert (desktop["in_use"], desktop["free_on_paused_nodes"]) == (3, 1)
+        # Users see that what is left is on a node under maintenance, and cannot launch.
+        card = logged_in(gateway, alice).get("/").text
+        assert "0 of 4 free (1 more on a node under maintenance)" in card
+        assert re.search(r'class="primary" disabled>Launch', card)
         view = gateway.request("/v1/status_view", {"security_token": secret}).text
         row = re.search(r'<tr data-node="render01">.*?</tr>', view, re.DOTALL)
         assert row is not None

@@ -71,6 +71,7 @@ class BrokerViews:
         """Every session type with how many of its instances are in use, and which failed to
         start lately."""
         now = self.now()
+        paused_nodes = self.paused_nodes()
         return [
             ServiceInfo(
                 name=service.name,
@@ -81,9 +82,21 @@ class BrokerViews:
                 choices=service.choices,
                 failed_recently=self._live.resting(service.name, now, self.failed_instance_rest),
                 paused=self.type_paused(service.name),
+                free_on_paused_nodes=self._free_on(paused_nodes, service.name),
             )
             for service in self.catalog
         ]
+
+    def _free_on(self, nodes: Mapping[str, str], service_name: str) -> int:
+        """How many free instances of a type run on one of ``nodes``."""
+        if not nodes:
+            return 0
+        of_type = self._nodes.get(service_name, [])
+        return sum(
+            1
+            for index in self._live.free_indexes(service_name)
+            if index < len(of_type) and of_type[index] in nodes
+        )
 
     def nodes(self) -> list[NodeInfo]:
         """Every node the instances run on (as their scripts' ``node()`` say), and every paused

@@ -128,3 +128,5 @@ class ServiceInfo:
     failed_recently: Mapping[int, float] = field(default_factory=dict, hash=False)
     #: Why new sessions of this type alone are paused, or None.
     paused: str | None = None
+    #: Free instances on a paused node (:class:`NodeInfo`): new sessions pass them over.
+    free_on_paused_nodes: int = 0

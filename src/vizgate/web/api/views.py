@@ -167,6 +167,7 @@ def service_json(info: ServiceInfo) -> dict[str, Any]:
         "choices": {name: list(values) for name, values in info.choices.items()},
         "failed_recently": sorted(info.failed_recently),
         "paused": info.paused,
+        "free_on_paused_nodes": info.free_on_paused_nodes,
     }
 
 

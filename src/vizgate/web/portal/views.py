@@ -278,7 +278,11 @@ async def _render_catalogue(
         if info.user == user.get_username():
             mine.setdefault(info.service, []).append(info)
     cards = [
-        Card(info=info, free=info.count - info.in_use, mine=tuple(mine.get(info.name, ())))
+        Card(
+            info=info,
+            free=info.count - info.in_use - info.free_on_paused_nodes,
+            mine=tuple(mine.get(info.name, ())),
+        )
         for info in await _usable_services(broker, user)
     ]
     return render(
