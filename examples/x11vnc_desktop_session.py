@@ -201,6 +201,8 @@ class X11VNCSession(RemoteServiceScript):
         return 5900 + self.display()
 
     def node(self) -> str:
+        """The node this instance runs on; vizgate reads it too, so that an administrator can
+        pause one node of the pool (``vizgate pause --node NAME``)."""
         nodes = self.nodes()
         return nodes[self._index % len(nodes)]
 
