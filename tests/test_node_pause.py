@@ -117,6 +117,9 @@ async def test_a_paused_node_sends_new_sessions_to_the_others_and_keeps_its_own(
     assert (by_name["n2"].in_use, by_name["n2"].paused) == (2, None)
     desktop = {info.name: info for info in broker.services()}["Desktop"]
     assert (desktop.in_use, desktop.free_on_paused_nodes) == (3, 1)
+    assert [info.index for info in broker.sessions_on("n1")] == [0]
+    assert [info.index for info in broker.sessions_on("n2")] == [1, 3]
+    assert broker.sessions_on("elsewhere") == []
     pauses.resume("n1")
     desktop = {info.name: info for info in broker.services()}["Desktop"]
     assert desktop.free_on_paused_nodes == 0
@@ -283,12 +286,32 @@ def test_a_node_paused_from_the_command_line_and_resumed_from_the_status_page(
         assert "Desktop #0, #2" in shown
         assert "Paused: fan swap" in shown
         assert "(drained)" not in shown
+        assert "End its 1 session" in shown
         token = page.csrf_token()
         unknown = admin.post("/status/pause", {"node": "render9", "csrfmiddlewaretoken": token})
         assert unknown.status == 400
+        # Its maintenance begins: the session still on it is ended, its user told why. A node
+        # that is not paused is refused, so that no new session lands on it meanwhile.
+        refused = admin.post("/status/node/end", {"node": "render02", "csrfmiddlewaretoken": token})
+        assert refused.status == 400
+        assert status()["nodes"][1]["in_use"] == 2
+        ending = admin.post("/status/node/end", {"node": "render01", "csrfmiddlewaretoken": token})
+        assert ending.status == 302
+        assert status()["nodes"][0]["in_use"] == 0
+        [ended] = [s for s in status()["ended"] if s["index"] == 0]
+        assert ended["end_reason"] == "terminated"
+        assert ended["message"] == (
+            "session ended by administrator: render01 is down for maintenance (fan swap)"
+        )
+        assert "root ended 1 session(s) on render01: fan swap" in gateway.output()
+        drained = admin.get("/status/")
+        row = re.search(r'<tr data-node="render01">.*?</tr>', drained.text, re.DOTALL)
+        assert row is not None
+        assert "(drained)" in row.group(0)
+        assert "End its" not in row.group(0)
         done = admin.post("/status/resume", {"node": "render01", "csrfmiddlewaretoken": token})
         assert done.status == 302
-        assert reserve().json()["index"] == 2
+        assert [reserve().json()["index"] for _ in range(2)] == [0, 2]
         assert "root resumed new sessions on render01" in gateway.output()
         admin.post(
             "/status/pause",

@@ -91,11 +91,10 @@ class BrokerViews:
         """How many free instances of a type run on one of ``nodes``."""
         if not nodes:
             return 0
-        of_type = self._nodes.get(service_name, [])
         return sum(
             1
             for index in self._live.free_indexes(service_name)
-            if index < len(of_type) and of_type[index] in nodes
+            if self._node_of(service_name, index) in nodes
         )
 
     def nodes(self) -> list[NodeInfo]:
@@ -120,3 +119,15 @@ class BrokerViews:
             )
             for name in sorted(instances.keys() | paused.keys())
         ]
+
+    def sessions_on(self, node: str) -> list[SessionInfo]:
+        """The live sessions whose instance runs on ``node``, oldest first."""
+        return [
+            session.info(self._wall)
+            for session in self._live
+            if self._node_of(session.service.name, session.index) == node
+        ]
+
+    def _node_of(self, service_name: str, index: int) -> str | None:
+        nodes = self._nodes.get(service_name, [])
+        return nodes[index] if index < len(nodes) else None

@@ -5,6 +5,7 @@ notice to every user."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from vizgate.web.portal.context import notice_file
 from vizgate.web.portal.views import PortalUser, SessionRow, message_page, portal_view
 
 __all__ = [
+    "end_node_sessions",
     "node_pauses",
     "pause",
     "pause_file",
@@ -144,6 +146,30 @@ async def resume(request: HttpRequest, user: PortalUser) -> HttpResponseBase:
             logger.warning("%s resumed new %s sessions", user.get_username(), name)
     elif pause_file().resume():
         logger.warning("%s resumed new sessions", user.get_username())
+    return redirect("portal:status")
+
+
+@portal_view(staff=True, methods=("POST",))
+async def end_node_sessions(request: HttpRequest, user: PortalUser) -> HttpResponseBase:
+    """``POST /status/node/end``: end every session on the paused ``node`` (its maintenance
+    begins); each user is told why."""
+    node = str(request.POST.get("node", ""))
+    reason = node_pauses().reason(node)
+    if reason is None:
+        return message_page(
+            request,
+            400,
+            "The node is not paused",
+            f"Pause {node!r} first, so that no new session starts on it while its sessions end.",
+        )
+    broker = runtime.get_broker()
+    message = f"session ended by administrator: {node} is down for maintenance ({reason})"
+    ended = 0
+    for info in broker.sessions_on(node):
+        # One may end on its own meanwhile: then there is nothing more to do for it.
+        with contextlib.suppress(ReservationError):
+            ended += broker.terminate(info.id, message, by=user.get_username())
+    logger.warning("%s ended %d session(s) on %s: %s", user.get_username(), ended, node, reason)
     return redirect("portal:status")
 
 

@@ -41,6 +41,7 @@ urlpatterns = [
     path("status/", status_views.status, name="status"),
     path("status/pause", status_views.pause, name="pause"),
     path("status/resume", status_views.resume, name="resume"),
+    path("status/node/end", status_views.end_node_sessions, name="end_node_sessions"),
     path("status/usage", usage_views.usage, name="usage"),
     path("status/usage.csv", usage_views.usage_csv, name="usage_csv"),
     path("status/notice", status_views.post_notice, name="post_notice"),
