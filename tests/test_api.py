@@ -122,6 +122,7 @@ def test_with_the_security_token_status_lists_every_type(gateway: GatewayProcess
             "choices": {},
             "failed_recently": [],
             "paused": None,
+            "free_on_paused_nodes": 0,
         },
         {
             "name": "Cluster <Node>",
@@ -132,6 +133,7 @@ def test_with_the_security_token_status_lists_every_type(gateway: GatewayProcess
             "choices": {},
             "failed_recently": [],
             "paused": None,
+            "free_on_paused_nodes": 0,
         },
         {
             "name": "Echo",
@@ -142,6 +144,7 @@ def test_with_the_security_token_status_lists_every_type(gateway: GatewayProcess
             "choices": {},
             "failed_recently": [],
             "paused": None,
+            "free_on_paused_nodes": 0,
         },
     ]
     assert status["sessions"] == []

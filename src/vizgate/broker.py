@@ -45,10 +45,10 @@ from vizgate.lifecycle import (
 from vizgate.live import Attachment, LiveSession
 from vizgate.metrics import SessionTally
 from vizgate.net import port_answers, server_greets
+from vizgate.placement import InstanceNodes, choose_instance
 from vizgate.readoption import adopted_session, left_the_catalog
 from vizgate.registry import SessionRegistry
 from vizgate.script_calls import ScriptCalls, call_start, call_stop
-from vizgate.script_hooks import script_node
 from vizgate.scripts import RemoteServiceScript, realize_instances
 from vizgate.sessions import (
     CloseRequest,
@@ -117,7 +117,7 @@ class Broker(BrokerRecords):
         self.timeouts = timeouts or Timeouts()
         self.probe_interval = probe_interval
         self._instances: dict[str, list[RemoteServiceScript]] = {}
-        self._nodes: dict[str, list[str | None]] = {}
+        self._nodes = InstanceNodes()
         self._script_calls = ScriptCalls()
         self._live = SessionRegistry()
         self._connection_ids = itertools.count(1)
@@ -151,7 +151,7 @@ class Broker(BrokerRecords):
                 service.options_dict(),
             )
             self._instances[service.name] = instances
-            self._nodes[service.name] = await asyncio.to_thread(_nodes_of, instances)
+            await asyncio.to_thread(self._nodes.add_type, service.name, instances)
             self._live.add_type(service.name, service.count)
         if self.store is not None:
             for record in await asyncio.to_thread(self.store.load_live):
@@ -255,23 +255,14 @@ class Broker(BrokerRecords):
         if user and not unlimited:
             check_user_limits(self._live, service, user, self.max_sessions_per_user)
         now = self.now()
-        on_paused_nodes = self._on_paused_nodes(service.name)
-        index = self._live.free_index(service.name, now, self.failed_instance_rest, on_paused_nodes)
-        if index is None:
-            free_but_paused = [
-                on_paused_nodes[free]
-                for free in self._live.free_indexes(service.name)
-                if free in on_paused_nodes
-            ]
-            if free_but_paused:
-                node, why = free_but_paused[0]
-                raise ReservationError(
-                    f"new {service.name} sessions are paused on {node}: {why}", reason="paused"
-                )
-            raise ReservationError(
-                f"no free instance of {service.name!r} ({service.count} of {service.count} in use)",
-                reason="no_free_instance",
-            )
+        index = choose_instance(
+            self._live,
+            service,
+            self._nodes,
+            self.paused_nodes(),
+            now=now,
+            rest=self.failed_instance_rest,
+        )
         start_options["username"] = user
         token = secrets.token_urlsafe(32)
         session = LiveSession(
@@ -306,17 +297,6 @@ class Broker(BrokerRecords):
         # A token handed out is one a gateway killed right after still knows.
         await self._until_saved(session, "the token is handed out")
         return Reservation(token=token, session_id=session.id, service=service.name, index=index)
-
-    def _on_paused_nodes(self, service_name: str) -> dict[int, tuple[str, str]]:
-        """The instances of a type on a paused node, with the node and why."""
-        paused = self.paused_nodes()
-        if not paused:
-            return {}
-        return {
-            index: (node, paused[node])
-            for index, node in enumerate(self._nodes.get(service_name, ()))
-            if node is not None and node in paused
-        }
 
     async def attach(self, token: str, *, client: str = "", user: str = "") -> Attachment:
         """Attach a viewer to a session; the first attach starts it. Waits until it runs.
@@ -634,8 +614,3 @@ class Broker(BrokerRecords):
                 if deadline is not None and deadline <= now:
                     session.lifecycle.tick(now)
                     self._drive(session)
-
-
-def _nodes_of(instances: list[RemoteServiceScript]) -> list[str | None]:
-    """The node of each instance, by index (None where its script does not say)."""
-    return [script_node(instance) for instance in instances]

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from vizgate.catalog import Catalog
+from vizgate.placement import InstanceNodes
 from vizgate.registry import SessionRegistry
 from vizgate.sessions import NodeInfo, ServiceInfo, SessionInfo, ViewerInfo, token_hash
 
@@ -27,8 +28,7 @@ class BrokerViews:
     failed_instance_rest: float
     type_paused: Callable[[str], str | None]
     paused_nodes: Callable[[], Mapping[str, str]]
-    # By type, the node of each instance (None where its script does not say).
-    _nodes: dict[str, list[str | None]]
+    _nodes: InstanceNodes
 
     def now(self) -> float:
         """The broker's clock (the event loop's monotonic time)."""
@@ -89,32 +89,21 @@ class BrokerViews:
 
     def _free_on(self, nodes: Mapping[str, str], service_name: str) -> int:
         """How many free instances of a type run on one of ``nodes``."""
-        if not nodes:
-            return 0
-        return sum(
-            1
-            for index in self._live.free_indexes(service_name)
-            if self._node_of(service_name, index) in nodes
-        )
+        return len(self._nodes.on(service_name, self._live.free_indexes(service_name), nodes))
 
     def nodes(self) -> list[NodeInfo]:
         """Every node the instances run on (as their scripts' ``node()`` say), and every paused
         one, by name."""
         paused = self.paused_nodes()
-        instances: dict[str, list[tuple[str, int]]] = {}
-        in_use: dict[str, int] = {}
-        for service_name, nodes in self._nodes.items():
-            free = set(self._live.free_indexes(service_name))
-            for index, node in enumerate(nodes):
-                if node is None:
-                    continue
-                instances.setdefault(node, []).append((service_name, index))
-                in_use[node] = in_use.get(node, 0) + (index not in free)
+        instances = self._nodes.instances()
+        free = {
+            service.name: set(self._live.free_indexes(service.name)) for service in self.catalog
+        }
         return [
             NodeInfo(
                 name=name,
                 instances=tuple(instances.get(name, ())),
-                in_use=in_use.get(name, 0),
+                in_use=sum(index not in free[kind] for kind, index in instances.get(name, ())),
                 paused=paused.get(name),
             )
             for name in sorted(instances.keys() | paused.keys())
@@ -125,9 +114,5 @@ class BrokerViews:
         return [
             session.info(self._wall)
             for session in self._live
-            if self._node_of(session.service.name, session.index) == node
+            if self._nodes.of(session.service.name, session.index) == node
         ]
-
-    def _node_of(self, service_name: str, index: int) -> str | None:
-        nodes = self._nodes.get(service_name, [])
-        return nodes[index] if index < len(nodes) else None
