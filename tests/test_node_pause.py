@@ -194,6 +194,9 @@ def test_the_commands_pause_list_and_resume_a_node(tmp_path: Path) -> None:
     code, _, error = vizgate(data, "pause", "--node", "a", "--type", "Desktop")
     assert code == 2
     assert "not allowed with argument" in error
+    code, _, error = vizgate(data, "pause", "everything", "--config", str(config))
+    assert code == 2
+    assert error == "vizgate pause: --config checks the name given to --type or --node\n"
     code, _, error = vizgate(data, "pause", "--node", " ")
     assert (code, error) == (2, "vizgate pause: --node needs a node's name\n")
     assert vizgate(data, "pause", "--type", "Plain", "licence")[0] == 0

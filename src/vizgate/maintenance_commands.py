@@ -136,6 +136,9 @@ def _run_pause(args: argparse.Namespace) -> int:
             print(f"new sessions on {name} are paused: {reason}")
         return EXIT_OK
     scope = _scope(args, data_dir)
+    if scope.pauses is None and args.config is not None:
+        print("vizgate pause: --config checks the name given to --type or --node", file=sys.stderr)
+        return EXIT_PROBLEMS
     if scope.pauses is not None and not scope.name.strip():
         option = "--node needs a node's name" if args.node else "--type needs a session type's name"
         print(f"vizgate pause: {option}", file=sys.stderr)
