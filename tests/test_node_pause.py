@@ -287,6 +287,9 @@ def test_a_node_paused_from_the_command_line_and_resumed_from_the_status_page(
         assert row is not None
         shown = html.unescape(row.group(0))
         assert "Desktop #0, #2" in shown
+        desktop_row = re.search(r'<tr data-type="Desktop">.*?</tr>', page.text, re.DOTALL)
+        assert desktop_row is not None
+        assert "(+1 free on paused nodes)" in desktop_row.group(0)
         assert "Paused: fan swap" in shown
         assert "(drained)" not in shown
         assert "End its 1 session" in shown
