@@ -294,6 +294,43 @@ def test_the_database_store_keeps_its_sqlite_connection_until_it_breaks(tmp_path
     }
 
 
+_DJANGO_REPLACED = """
+import json, os, pathlib, sqlite3, sys
+from dataclasses import replace
+from vizgate.web import setup_django
+setup_django(pathlib.Path(sys.argv[1]), allowed_hosts=["localhost"])
+from django.db import connection
+from vizgate.store import SessionRecord
+from vizgate.web.portal.store import DjangoSessionStore
+store = DjangoSessionStore()
+record = SessionRecord(**json.loads(sys.argv[2]))
+store.write([record])
+store.write([replace(record, state="running")])
+path = pathlib.Path(connection.settings_dict["NAME"])
+# A backup restored the documented way (a copy put in place, -wal and -shm removed), but while
+# the gateway still runs.
+copy = path.with_name("restored.sqlite3")
+with sqlite3.connect(path) as source, sqlite3.connect(copy) as target:
+    source.backup(target)
+os.replace(copy, path)
+for suffix in ("-wal", "-shm"):
+    pathlib.Path(str(path) + suffix).unlink(missing_ok=True)
+store.write([replace(record, id="after", token_hash="1" * 64, index=1, state="running")])
+with sqlite3.connect(path) as restored:
+    rows = sorted(row[0] for row in restored.execute("SELECT id FROM portal_session"))
+print(json.dumps(rows))
+"""
+
+
+def test_the_database_store_writes_to_a_database_file_restored_under_it(tmp_path: Path) -> None:
+    result = run_python(
+        "-c", _DJANGO_REPLACED, str(tmp_path / "data"), json.dumps(asdict(record("before")))
+    )
+    # The kept connection would have gone on writing to the replaced file, lost with it.
+    assert json.loads(result.stdout) == ["after", "before"]
+    assert "was replaced while the gateway ran" in result.stderr
+
+
 _DJANGO_RETRY = """
 import json, pathlib, sys
 from vizgate.web import setup_django

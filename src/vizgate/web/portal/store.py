@@ -3,24 +3,32 @@
 Its methods block on the database; the broker calls them from its store thread, never from the
 event loop. Django closes a broken or old connection only around requests: each method does it
 first, as a request would, so that a restarted database server is reconnected to (SQLite's
-connection, which Django would close at every request, is kept until it fails); a database that
-cannot be reached raises :class:`~vizgate.store.StoreUnavailable`, and the store thread tries
-again later. A write is one transaction of upserts (``INSERT ... ON CONFLICT``) and inserts.
+connection, which Django would close at every request, is kept until it fails, or until the
+file it opened is no longer the one at the database's path: a backup restored while the gateway
+runs would otherwise take none of its writes); a database that cannot be reached raises
+:class:`~vizgate.store.StoreUnavailable`, and the store thread tries again later. A write is one
+transaction of upserts (``INSERT ... ON CONFLICT``) and inserts.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime
+import logging
+import os
 from collections.abc import Iterator, Sequence
 
 from django.db import DEFAULT_DB_ALIAS, close_old_connections, connections, transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.backends.signals import connection_created
 
 from vizgate.store import SessionEventRecord, SessionRecord, StoreUnavailable
 from vizgate.web.database_outage import DATABASE_AWAY_ERRORS, outage_reason
 from vizgate.web.portal.models import Session, SessionEvent
 
 __all__ = ["DjangoSessionStore"]
+
+logger = logging.getLogger(__name__)
 
 
 def _moment(seconds: float) -> datetime.datetime:
@@ -41,9 +49,55 @@ def _drop_old_connection() -> None:
     if per_request and connection.connection is not None and not connection.errors_occurred:
         # SQLite's connections are not kept between requests (CONN_MAX_AGE 0), and Django's rule
         # would close this thread's before every write: opening it again (the file, the
-        # pragmas, Django's SQL functions) cost about 1 ms a write. Only a broken one goes.
+        # pragmas, Django's SQL functions) cost about 1 ms a write. Only a broken one goes, or
+        # one whose file was replaced.
+        if _file_replaced(connection):
+            connection.close()
         return
     close_old_connections()
+
+
+def _file_identity(name: object) -> tuple[int, int] | None:
+    """The device and inode of the SQLite file ``name``; None when there is none."""
+    try:
+        info = os.stat(str(name))
+    except (OSError, ValueError):
+        return None
+    return info.st_dev, info.st_ino
+
+
+def _file_replaced(connection: BaseDatabaseWrapper) -> bool:
+    """Whether another file now stands at the path of the SQLite file ``connection`` opened
+    (a backup restored without stopping the gateway); said once in the log."""
+    if connection.vendor != "sqlite":
+        return False
+    name = connection.settings_dict["NAME"]
+    now = _file_identity(name)
+    opened = getattr(connection, _OPENED_FILE, None)
+    if opened is None:
+        setattr(connection, _OPENED_FILE, now)
+        return False
+    if now is None or now == opened:
+        return False
+    logger.error(
+        "the database file %s was replaced while the gateway ran; the sessions are written to "
+        "the new one from now on (restore a backup with the gateway stopped)",
+        name,
+    )
+    setattr(connection, _OPENED_FILE, now)
+    return True
+
+
+#: Where a connection keeps the identity of the SQLite file it opened.
+_OPENED_FILE = "vizgate_opened_file"
+
+
+def _remember_file(sender: object, connection: BaseDatabaseWrapper, **kwargs: object) -> None:
+    if connection.vendor == "sqlite":
+        setattr(connection, _OPENED_FILE, _file_identity(connection.settings_dict["NAME"]))
+
+
+connection_created.connect(_remember_file, dispatch_uid="vizgate-sqlite-opened-file")
 
 
 @contextlib.contextmanager
