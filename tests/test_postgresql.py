@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import html
 import signal
+import threading
 import urllib.parse
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from gateway import GatewayProcess, launch_gateway, run_python, start_gateway, write_config
-from portal_client import Account, Browser, create_accounts, open_socket
+from portal_client import Account, Browser, Page, create_accounts, open_socket
 from postgresql_server import postgres_server
 from support import scaled, wait_until
 from vizgate.testing.doubles import RFB_GREETING
@@ -247,5 +249,52 @@ def test_the_first_request_after_a_quick_postgresql_restart_is_served(tmp_path: 
             server.start()
             assert browser.get("/").status == 200
             assert browser.get("/sessions/").status == 200
+        finally:
+            gateway.stop()
+
+
+def test_a_login_goes_on_while_the_usage_page_waits_for_the_database(tmp_path: Path) -> None:
+    """The Usage page reads a year of sessions in a worker thread, never on the event loop that
+    serves every page and relays every desktop: while its query waits, a user logs in. (Run on
+    the event loop, the report holds the login until the database answers: checked by hand.)"""
+    config = write_config(tmp_path / "config", {DESKTOP: {"options": {"behaviour": "starts"}}})
+    data = tmp_path / "data"
+    root = Account("root", "root-reads-the-usage-report-7", admin=True)
+    with postgres_server() as server:
+        env = {"VIZGATE_DATABASE_URL": server.url}
+        create_accounts(data, [ALICE, root], env=env)
+        gateway = start_gateway(tmp_path / "run", config, "--data-dir", str(data), env=env)
+        try:
+            admin = Browser(gateway.port)
+            assert admin.login(root).status == 302
+            locker: Any = server.connect()
+            report: dict[str, Page] = {}
+            reading = threading.Thread(
+                target=lambda: report.update(page=admin.get("/status/usage?days=365"))
+            )
+            try:
+                # Holding the sessions' table makes the report's query wait, for as long as
+                # the test likes: no timing decides what runs when.
+                locker.execute("BEGIN")
+                locker.execute("LOCK TABLE portal_session IN ACCESS EXCLUSIVE MODE")
+                reading.start()
+                waiting = (
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND position('portal_session' in query) > 0"
+                )
+                wait_until(
+                    lambda: server.rows(waiting)[0][0] > 0,
+                    scaled(10),
+                    message="the usage report never reached the database",
+                )
+                assert Browser(gateway.port).login(ALICE).status == 302
+                assert reading.is_alive(), "the report did not wait for the lock"
+            finally:
+                locker.execute("ROLLBACK")
+                locker.close()
+            reading.join(scaled(20))
+            assert not reading.is_alive()
+            assert report["page"].status == 200
+            assert "By session type" in report["page"].text
         finally:
             gateway.stop()
