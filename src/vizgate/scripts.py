@@ -56,6 +56,10 @@ class RemoteServiceScript:
     * ``set_end_time(timestamp)`` (provided): when the session's VNC server will stop by itself
       (a batch job's time limit), in seconds since the epoch. vizgate warns the viewers a minute
       before and ends the session then, saying why, rather than letting it vanish.
+    * ``get_state() -> dict`` and ``load_state(dict)``: what the script needs besides its index
+      to find its session again after the gateway restarts (:mod:`vizgate.script_hooks`).
+    * ``node() -> str``: the machine this instance runs on, known before ``start()`` (a pool of
+      hosts gives each index its node); administrators can then pause one node of the pool.
     """
 
     def __init__(
