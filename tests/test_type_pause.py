@@ -89,7 +89,7 @@ async def test_a_paused_type_refuses_users_not_administrators_and_not_other_type
 ) -> None:
     pauses = TypePauses(tmp_path / "paused-types.json")
     broker = await make_broker({"Desktop": {}, "Render": {}})
-    broker.type_paused = pauses.reason
+    broker.paused_types = pauses.reasons
     pauses.pause("Render", "licence server down")
     with pytest.raises(ReservationError) as caught:
         await broker.reserve("Render", user="alice")

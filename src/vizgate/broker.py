@@ -84,7 +84,7 @@ class Broker(BrokerRecords):
             :mod:`vizgate.user_limits`); None for no limit.
         paused: why new sessions are paused, or None (:mod:`vizgate.pause`); asked at each
             reservation, except an administrator's.
-        type_paused: why new sessions of the type named are paused, or None
+        paused_types: the session types paused alone and why
             (:class:`vizgate.pause.TypePauses`); asked as ``paused`` is.
         paused_nodes: the nodes paused alone and why (:class:`vizgate.pause.NodePauses`);
             reservations, an administrator's too, pass over the instances whose script's
@@ -102,14 +102,14 @@ class Broker(BrokerRecords):
         store: SessionStore | None = None,
         max_sessions_per_user: int | None = None,
         paused: Callable[[], str | None] = lambda: None,
-        type_paused: Callable[[str], str | None] = lambda name: None,
+        paused_types: Callable[[], Mapping[str, str]] = dict,
         paused_nodes: Callable[[], Mapping[str, str]] = dict,
         failed_instance_rest: float = FAILED_INSTANCE_REST,
     ) -> None:
         self.catalog = catalog
         self.failed_instance_rest = failed_instance_rest
         self.paused = paused
-        self.type_paused = type_paused
+        self.paused_types = paused_types
         self.paused_nodes = paused_nodes
         self.max_sessions_per_user = max_sessions_per_user
         #: Where sessions are saved (None: nowhere); ``/metrics`` reads its backlog.
@@ -248,7 +248,7 @@ class Broker(BrokerRecords):
             raise ReservationError(str(exc), reason="bad_option") from None
         if not unlimited and (why := self.paused()):
             raise ReservationError(f"new sessions are paused: {why}", reason="paused")
-        if not unlimited and (why := self.type_paused(service.name)):
+        if not unlimited and (why := self.paused_types().get(service.name)):
             raise ReservationError(
                 f"new {service.name} sessions are paused: {why}", reason="paused"
             )

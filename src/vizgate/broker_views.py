@@ -26,7 +26,7 @@ class BrokerViews:
     # Wall-clock time minus the event loop's monotonic time, set when the broker opens.
     _wall_offset: float
     failed_instance_rest: float
-    type_paused: Callable[[str], str | None]
+    paused_types: Callable[[], Mapping[str, str]]
     paused_nodes: Callable[[], Mapping[str, str]]
     _nodes: InstanceNodes
 
@@ -71,6 +71,7 @@ class BrokerViews:
         """Every session type with how many of its instances are in use, and which failed to
         start lately."""
         now = self.now()
+        paused_types = self.paused_types()
         paused_nodes = self.paused_nodes()
         return [
             ServiceInfo(
@@ -81,7 +82,7 @@ class BrokerViews:
                 group=service.group,
                 choices=service.choices,
                 failed_recently=self._live.resting(service.name, now, self.failed_instance_rest),
-                paused=self.type_paused(service.name),
+                paused=paused_types.get(service.name),
                 free_on_paused_nodes=self._free_on(paused_nodes, service.name),
             )
             for service in self.catalog

@@ -166,7 +166,7 @@ def run_serve(args: argparse.Namespace) -> int:
         store=DjangoSessionStore(),
         max_sessions_per_user=args.max_sessions_per_user or None,
         paused=PauseFile.in_data_dir(data_dir.resolve()).reason,
-        type_paused=TypePauses.in_data_dir(data_dir.resolve()).reason,
+        paused_types=TypePauses.in_data_dir(data_dir.resolve()).reasons,
         paused_nodes=NodePauses.in_data_dir(data_dir.resolve()).reasons,
         failed_instance_rest=args.failed_instance_rest,
     )
