@@ -27,7 +27,7 @@ import argparse
 import json
 import re
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -44,8 +44,8 @@ from vizgate.cli_support import (
 )
 from vizgate.exceptions import ConfigError, ConfigProblem, ScriptError
 from vizgate.maintenance_commands import add_notice_command, add_pause_commands
+from vizgate.placement import InstanceNodes
 from vizgate.report_commands import add_sessions_command, add_usage_command
-from vizgate.script_hooks import script_node
 from vizgate.scripts import realize_instances
 from vizgate.window_sizes import DEFAULT_SIZES
 
@@ -147,13 +147,15 @@ def _run_check(args: argparse.Namespace) -> int:
     # Scripts run their module code and realize_service() here, and may print; realizing
     # before printing the catalog keeps their output from splitting it up.
     problems: list[ConfigProblem] = []
-    nodes: dict[str, list[str | None]] = {}
+    nodes = InstanceNodes()
     for service in catalog:
         try:
-            instances = realize_instances(
-                service.name, service.script, service.count, service.options_dict()
+            nodes.add_type(
+                service.name,
+                realize_instances(
+                    service.name, service.script, service.count, service.options_dict()
+                ),
             )
-            nodes[service.name] = [script_node(instance) for instance in instances]
         except ScriptError as exc:
             problems.append(
                 ConfigProblem(
@@ -182,13 +184,11 @@ def _report_problems(problems: Sequence[ConfigProblem], config: str) -> int:
     return EXIT_PROBLEMS
 
 
-def _print_catalog(
-    catalog: Catalog, nodes: Mapping[str, Sequence[str | None]], out: TextIO
-) -> None:
+def _print_catalog(catalog: Catalog, nodes: InstanceNodes, out: TextIO) -> None:
     print(f"Catalog {catalog.path}", file=out)
     for service in catalog:
         print(file=out)
-        _print_service(service, nodes.get(service.name, ()), out)
+        _print_service(service, nodes, out)
     if catalog.warnings:
         print(file=out)
         print(f"{_plural(len(catalog.warnings), 'warning')}:", file=out)
@@ -197,7 +197,7 @@ def _print_catalog(
     print(file=out)
 
 
-def _print_service(service: ServiceType, nodes: Sequence[str | None], out: TextIO) -> None:
+def _print_service(service: ServiceType, nodes: InstanceNodes, out: TextIO) -> None:
     indexes = "index 0" if service.count == 1 else f"indexes 0-{service.count - 1}"
     sizes = ", ".join(service.sizes)
     if "sizes" not in service.options and service.sizes == DEFAULT_SIZES:
@@ -209,7 +209,7 @@ def _print_service(service: ServiceType, nodes: Sequence[str | None], out: TextI
         ("file_ext", ", ".join(service.file_ext) if service.file_ext else "(none)"),
         ("script", str(service.script)),
     ]
-    if by_node := _instances_by_node(nodes):
+    if by_node := _instances_by_node(nodes.of_type(service.name)):
         lines.append(("nodes", by_node))
     lines += [
         (key, f"{service.options[key]} s") for key in TIMEOUT_OPTIONS if key in service.options

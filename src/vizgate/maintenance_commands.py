@@ -20,7 +20,7 @@ from vizgate.catalog import load_catalog
 from vizgate.cli_support import EXIT_FAILURE, EXIT_OK, EXIT_PROBLEMS, Subparsers, add_data_dir
 from vizgate.exceptions import ConfigError, ScriptError
 from vizgate.pause import NamedPauses, NodePauses, PauseFile, TypePauses
-from vizgate.script_hooks import script_node
+from vizgate.placement import InstanceNodes
 from vizgate.scripts import realize_instances
 from vizgate.served_catalog import ServedCatalog
 
@@ -204,18 +204,19 @@ def _not_a_node_of(name: str, config: Path) -> str | None:
     """Why no instance of the catalog ``config`` runs on node ``name`` (None when one does)."""
     try:
         catalog = load_catalog(config)
-        nodes: list[str] = []
+        by_node = InstanceNodes()
         for service in catalog:
-            for instance in realize_instances(
-                service.name, service.script, service.count, service.options_dict()
-            ):
-                node = script_node(instance)
-                if node is not None and node not in nodes:
-                    nodes.append(node)
+            by_node.add_type(
+                service.name,
+                realize_instances(
+                    service.name, service.script, service.count, service.options_dict()
+                ),
+            )
     except ConfigError as exc:
         return f"the catalog {config} has problems: " + "; ".join(map(str, exc.problems))
     except ScriptError as exc:
         return f"the catalog {config} has problems: {exc}"
+    nodes = list(by_node.instances())
     if name in nodes:
         return None
     if not nodes:

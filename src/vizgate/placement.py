@@ -35,6 +35,10 @@ class InstanceNodes:
         nodes = self._by_type.get(name, [])
         return nodes[index] if index < len(nodes) else None
 
+    def of_type(self, name: str) -> list[str | None]:
+        """The node of each instance of type ``name``, by index."""
+        return list(self._by_type.get(name, []))
+
     def instances(self) -> dict[str, list[tuple[str, int]]]:
         """Every node named, with its instances (type, index), in the catalog's order."""
         found: dict[str, list[tuple[str, int]]] = {}
