@@ -10,16 +10,13 @@ shown on every page.
 
 from __future__ import annotations
 
-import logging
-import threading
 from pathlib import Path
 from typing import Final
 
 from vizgate.private_file import replace_privately
+from vizgate.watched_file import WatchedFile
 
 __all__ = ["MAX_LENGTH", "MessageFile", "clean_message"]
-
-logger = logging.getLogger(__name__)
 
 #: Longer messages are cut: they are shown on every page of the portal.
 MAX_LENGTH: Final = 300
@@ -31,31 +28,15 @@ class MessageFile:
     def __init__(self, path: Path, default: str = "") -> None:
         self.path = path
         self.default = default
-        self._lock = threading.Lock()
-        self._seen: tuple[int, int, int] | None = None
-        self._text: str | None = None
+        self._file = WatchedFile(path, self._parse)
+
+    def _parse(self, data: bytes) -> str:
+        return clean_message(data.decode("utf-8", errors="replace")) or self.default
 
     def read(self) -> str | None:
         """The message, or None when there is none, or when the file cannot be read (said once
         in the log: a page must not fail because of it)."""
-        try:
-            info = self.path.stat()
-        except FileNotFoundError:
-            return None
-        stamp = (info.st_ino, info.st_mtime_ns, info.st_size)
-        with self._lock:
-            if stamp != self._seen:
-                try:
-                    text = self.path.read_text(encoding="utf-8", errors="replace")
-                except FileNotFoundError:
-                    return None
-                except OSError as exc:
-                    self._seen, self._text = stamp, None
-                    logger.error("cannot read %s: %s", self.path, exc.strerror or exc)
-                    return None
-                self._text = clean_message(text) or self.default
-                self._seen = stamp
-            return self._text
+        return self._file.read()
 
     def write(self, text: str) -> str:
         """Keep ``text`` (cleaned; an empty one is :attr:`default`); returns it as it is shown.

@@ -26,13 +26,13 @@ import fcntl
 import json
 import logging
 import os
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar, Final, Self
 
 from vizgate.message_file import MAX_LENGTH, MessageFile, clean_message
 from vizgate.private_file import replace_privately
+from vizgate.watched_file import WatchedFile
 
 __all__ = [
     "DEFAULT_REASON",
@@ -106,9 +106,11 @@ class NamedPauses:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._lock = threading.Lock()
-        self._seen: tuple[int, int, int] | None = None
-        self._reasons: dict[str, str] = {}
+        self._file = WatchedFile(
+            path,
+            lambda data: _parsed(data.decode("utf-8")),
+            unreadable=f", no {self.kind} is paused",
+        )
 
     @classmethod
     def in_data_dir(cls, data_dir: Path) -> Self:
@@ -117,23 +119,7 @@ class NamedPauses:
 
     def reasons(self) -> dict[str, str]:
         """Every paused name and why."""
-        try:
-            info = self.path.stat()
-        except FileNotFoundError:
-            return {}
-        stamp = (info.st_ino, info.st_mtime_ns, info.st_size)
-        with self._lock:
-            if stamp != self._seen:
-                self._seen = stamp
-                try:
-                    self._reasons = _parsed(self.path.read_text(encoding="utf-8"))
-                except FileNotFoundError:
-                    return {}
-                except (OSError, ValueError) as exc:
-                    self._reasons = {}
-                    why = exc.strerror if isinstance(exc, OSError) else exc
-                    logger.error("cannot read %s, no %s is paused: %s", self.path, self.kind, why)
-            return dict(self._reasons)
+        return dict(self._file.read() or {})
 
     def reason(self, name: str) -> str | None:
         """Why new sessions of (or on) ``name`` are paused, or None when they are not."""
