@@ -118,6 +118,8 @@ def run_serve(args: argparse.Namespace) -> int:
     from vizgate.web import data_dir_of, setup_django
 
     data_dir = data_dir_of(args.data_dir)
+    # As given, for messages; resolved, for everything that uses it.
+    resolved_data_dir = data_dir.resolve()
     allowed_hosts = args.allowed_host or _default_allowed_hosts(args.host)
     if not args.allowed_host and (not args.host or _is_wildcard(args.host)):
         logger.warning(
@@ -127,7 +129,7 @@ def run_serve(args: argparse.Namespace) -> int:
         )
     try:
         setup_django(
-            data_dir.resolve(),
+            resolved_data_dir,
             allowed_hosts=allowed_hosts,
             https=https,
             url_prefix=args.url_prefix,
@@ -165,9 +167,9 @@ def run_serve(args: argparse.Namespace) -> int:
         ),
         store=DjangoSessionStore(),
         max_sessions_per_user=args.max_sessions_per_user or None,
-        paused=PauseFile.in_data_dir(data_dir.resolve()).reason,
-        paused_types=TypePauses.in_data_dir(data_dir.resolve()).reasons,
-        paused_nodes=NodePauses.in_data_dir(data_dir.resolve()).reasons,
+        paused=PauseFile.in_data_dir(resolved_data_dir).reason,
+        paused_types=TypePauses.in_data_dir(resolved_data_dir).reasons,
+        paused_nodes=NodePauses.in_data_dir(resolved_data_dir).reasons,
         failed_instance_rest=args.failed_instance_rest,
     )
     ping_interval = args.ping_interval or None
@@ -176,7 +178,7 @@ def run_serve(args: argparse.Namespace) -> int:
         stop_sessions_on_exit=args.stop_sessions_on_exit,
         url_prefix=args.url_prefix,
         history_days=args.history_days or None,
-        on_open=lambda: _record_served_catalog(broker, Path(args.config), data_dir.resolve()),
+        on_open=lambda: _record_served_catalog(broker, Path(args.config), resolved_data_dir),
     )
     config = uvicorn.Config(
         trusted_proxy_layers(
